@@ -1,0 +1,243 @@
+"""Certificates in, a :class:`CertChain` out.  Pure: no file or network access.
+
+Private key blocks in a bundle (HAProxy's combined PEM) are skipped by the PEM scanner
+before any decoding: their text is never decoded, logged, copied or kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from .errors import CertificateError
+
+# RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
+_TLS_FEATURE_STATUS_REQUEST = 5
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL
+)
+
+
+def _is_private_key_label(label: bytes) -> bool:
+    return b"PRIVATE KEY" in label
+
+
+def parse_certificates(data: bytes, path: str) -> list[x509.Certificate]:
+    """Every certificate in ``data`` (PEM blocks in order, or a single DER certificate).
+
+    Private key blocks and other non-certificate blocks (DH parameters, CSRs) are
+    ignored.  Raises CertificateError when a CERTIFICATE block does not decode, or when
+    there is no certificate at all.
+    """
+    certs: list[x509.Certificate] = []
+    saw_pem = False
+    for match in _PEM_BLOCK.finditer(data):
+        saw_pem = True
+        label, body = match.group(1), match.group(2)
+        if _is_private_key_label(label) or label not in (b"CERTIFICATE", b"X509 CERTIFICATE"):
+            continue
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+            certs.append(x509.load_der_x509_certificate(der))
+        except (ValueError, binascii.Error) as e:
+            raise CertificateError(
+                path, f"certificate block {len(certs) + 1} is not a valid certificate ({e})"
+            ) from e
+    if not saw_pem and data[:1] == b"\x30":
+        try:
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError as e:
+            raise CertificateError(path, f"neither PEM nor a DER certificate ({e})") from e
+    if not certs:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            raise CertificateError(path, "truncated PEM: a CERTIFICATE block has no END line")
+        raise CertificateError(path, "no certificate found (expected PEM or DER)")
+    return certs
+
+
+def parse_issuer_bytes(data: bytes, source: str) -> x509.Certificate:
+    """The first certificate in an issuer file or AIA caIssuers body: DER, PEM or PKCS#7."""
+    try:
+        return parse_certificates(data, source)[0]
+    except CertificateError:
+        pass
+    for loader in (pkcs7.load_der_pkcs7_certificates, pkcs7.load_pem_pkcs7_certificates):
+        try:
+            found = loader(data)
+        except ValueError:
+            continue
+        if found:
+            return found[0]
+    raise CertificateError(source, "not a certificate in DER, PEM or PKCS#7 form")
+
+
+def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    """The certificate's AIA OCSP URLs, in the order it lists them."""
+    return _aia_urls(cert, AuthorityInformationAccessOID.OCSP)
+
+
+def ca_issuers_urls(cert: x509.Certificate) -> tuple[str, ...]:
+    return _aia_urls(cert, AuthorityInformationAccessOID.CA_ISSUERS)
+
+
+def _aia_urls(cert: x509.Certificate, method: x509.ObjectIdentifier) -> tuple[str, ...]:
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(
+        d.access_location.value
+        for d in aia
+        if d.access_method == method
+        and isinstance(d.access_location, x509.UniformResourceIdentifier)
+    )
+
+
+def is_must_staple(cert: x509.Certificate) -> bool:
+    try:
+        feature = cert.extensions.get_extension_for_class(x509.TLSFeature).value
+    except x509.ExtensionNotFound:
+        return False
+    return any(f.value == _TLS_FEATURE_STATUS_REQUEST for f in feature)
+
+
+def is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s name and key signed ``cert``."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def subject_public_key_bits(cert: x509.Certificate) -> bytes:
+    """The contents of subjectPublicKey's BIT STRING, as RFC 6960 CertID hashes it.
+
+    cryptography has no accessor for it, so the SubjectPublicKeyInfo DER is walked:
+    SEQUENCE { AlgorithmIdentifier SEQUENCE, BIT STRING }.
+    """
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _, body = _der_tlv(spki, 0, 0x30)
+    start, _ = body
+    alg_end = _der_tlv(spki, start, 0x30)[1][1]
+    (bits_start, bits_end) = _der_tlv(spki, alg_end, 0x03)[1]
+    # The first content octet of a BIT STRING counts unused bits; a key has none.
+    return spki[bits_start + 1 : bits_end]
+
+
+def _der_tlv(der: bytes, offset: int, tag: int) -> tuple[int, tuple[int, int]]:
+    """Read one DER TLV at ``offset``: (tag, (content start, content end))."""
+    if der[offset] != tag:
+        raise ValueError(f"expected DER tag {tag:#x} at {offset}")
+    length = der[offset + 1]
+    start = offset + 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(der[start : start + n], "big")
+        start += n
+    return tag, (start, start + length)
+
+
+@dataclass(frozen=True)
+class CertChain:
+    """A leaf certificate with what OCSP needs: its issuer and responder URLs."""
+
+    leaf: x509.Certificate
+    issuer: x509.Certificate | None
+    path: str
+    ocsp_urls: tuple[str, ...] = ()
+    must_staple: bool = False
+    ca_issuers_urls: tuple[str, ...] = field(default=())
+
+    @property
+    def serial(self) -> int:
+        return self.leaf.serial_number
+
+    @property
+    def serial_hex(self) -> str:
+        return format(self.leaf.serial_number, "X")
+
+    @property
+    def not_after(self) -> datetime:
+        return self.leaf.not_valid_after_utc
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the leaf's DER: identifies one certificate wherever it is found."""
+        return self.leaf.fingerprint(hashes.SHA256()).hex()
+
+    def with_issuer(self, issuer: x509.Certificate) -> CertChain:
+        return CertChain(
+            self.leaf, issuer, self.path, self.ocsp_urls, self.must_staple, self.ca_issuers_urls
+        )
+
+    def with_ocsp_urls(self, urls: tuple[str, ...]) -> CertChain:
+        return CertChain(
+            self.leaf, self.issuer, self.path, urls, self.must_staple, self.ca_issuers_urls
+        )
+
+
+def build_chain(
+    certs: list[x509.Certificate], path: str, issuer: x509.Certificate | None = None
+) -> CertChain:
+    """The leaf (first certificate) and its issuer, from a bundle or an explicit issuer.
+
+    The issuer is the bundle certificate that actually signed the leaf; a configured
+    ``issuer`` is used when the bundle holds none.  ``CertChain.issuer`` is None when
+    neither has it (the caller may then try AIA caIssuers).
+
+    Raises CertificateError for a bundle that starts with a CA certificate, a
+    self-signed leaf, or a configured issuer that did not sign the leaf.
+    """
+    leaf = certs[0]
+    if is_ca(leaf) and len(certs) > 1:
+        raise CertificateError(path, "bundle starts with a CA certificate; put the leaf first")
+    if leaf.issuer == leaf.subject and issued_by(leaf, leaf):
+        raise CertificateError(path, "self-signed certificate: there is no CA to ask for OCSP")
+    found = next((c for c in certs[1:] if issued_by(leaf, c)), None)
+    if found is None and issuer is not None:
+        if not issued_by(leaf, issuer):
+            raise CertificateError(path, "the configured issuer did not sign this certificate")
+        found = issuer
+    return CertChain(
+        leaf=leaf,
+        issuer=found,
+        path=path,
+        ocsp_urls=ocsp_urls(leaf),
+        must_staple=is_must_staple(leaf),
+        ca_issuers_urls=ca_issuers_urls(leaf),
+    )
+
+
+def name_hash(leaf: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """CertID issuerNameHash: hash of the DER of the leaf's issuer name."""
+    return _digest(leaf.issuer.public_bytes(), algorithm)
+
+
+def key_hash(issuer: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
+    """CertID issuerKeyHash: hash of the issuer's subjectPublicKey bits."""
+    return _digest(subject_public_key_bits(issuer), algorithm)
+
+
+def _digest(data: bytes, algorithm: hashes.HashAlgorithm) -> bytes:
+    return hashlib.new(algorithm.name, data).digest()

@@ -1,0 +1,178 @@
+"""The command line.  ``main(argv) -> exit status``; logging is configured here only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import NoReturn
+
+from . import __version__, certs, config, ocsp, report
+from .errors import (
+    EX_NOINPUT,
+    CertificateError,
+    InvalidResponseError,
+    OCSPStatusError,
+    StapledError,
+    UsageError,
+)
+from .pipeline import Stapler
+from .transport import Transport
+
+log = logging.getLogger("stapled")
+
+EXIT_HELP = """\
+exit status:
+  0   all good
+  1   some refresh (or the reload) failed, but every staple on disk is still valid
+  2   some certificate has no valid staple, or is revoked
+  64  usage error   65 bad input file   66 missing input   73 cannot write   78 bad config
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="stapled",
+        description="Keeps OCSP staples fresh and fully validated for TLS servers.",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stapled {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    once = sub.add_parser(
+        "once", help="refresh every staple that is due, once (for cron or by hand)",
+        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_arg(once)
+    once.add_argument("--force", action="store_true", help="refresh every staple, due or not")
+    noise = once.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="print only problems")
+    noise.add_argument("-v", "--verbose", action="store_true", help="print details")
+
+    status = sub.add_parser(
+        "status", help="show every certificate and its staple (no network)",
+        description="Exit status like a monitoring check: 0 ok, 1 warning, 2 critical.",
+    )
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    verify = sub.add_parser(
+        "verify", help="check a DER staple against its certificate",
+        description="Exit 0 only for a valid staple saying 'good'.",
+    )
+    verify.add_argument("staple", type=Path, metavar="STAPLE", help="DER OCSP response file")
+    verify.add_argument("--cert", type=Path, required=True, help="certificate (PEM or DER)")
+    verify.add_argument(
+        "--issuer", type=Path, help="issuer certificate, when --cert does not include it"
+    )
+
+    demo = sub.add_parser(
+        "demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1"
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the demo directory and print its path"
+    )
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, required=True, metavar="FILE",
+        help="configuration file (TOML)",
+    )
+
+
+def setup_logging(level: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger("stapled")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+        setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+        command = {"once": _once, "status": _status, "verify": _verify, "demo": _demo}
+        return command[args.command](args)
+    except StapledError as e:
+        print(f"stapled: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _once(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    transport = Transport(timeout=cfg.timeout)
+    try:
+        result = Stapler(cfg, transport=transport).once(force=args.force)
+    finally:
+        transport.close()
+    return result.exit_code()
+
+
+def _status(args: argparse.Namespace) -> int:
+    result = Stapler(config.load(args.config)).status()
+    if args.json:
+        print(json.dumps(report.as_json(result), indent=2))
+    else:
+        print(report.table(result))
+    return int(max((r.severity(result.now) for r in result.records), default=0))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    leaf_certs = certs.parse_certificates(_read(args.cert), str(args.cert))
+    issuer = certs.parse_issuer_bytes(_read(args.issuer), str(args.issuer)) if args.issuer else None
+    chain = certs.build_chain(leaf_certs, str(args.cert), issuer)
+    if chain.issuer is None:
+        raise UsageError(f"{args.cert} does not include its issuer; name it with --issuer")
+    try:
+        # No margin: the question is whether it is valid now, not whether it is worth serving.
+        staple = ocsp.validate(_read(args.staple), chain, datetime.now(UTC), margin=timedelta(0))
+    except (InvalidResponseError, OCSPStatusError) as e:
+        print(f"stapled: {args.staple}: {e}", file=sys.stderr)
+        return 2
+    print(f"staple:       {args.staple}")
+    print(f"certificate:  serial {chain.serial_hex}, {chain.leaf.subject.rfc4514_string()}")
+    print(f"status:       {staple.cert_status}")
+    if staple.revocation_time:
+        print(f"revoked at:   {report.rfc3339(staple.revocation_time)} ({staple.revocation_reason})")
+    print(f"signed by:    {staple.signer}")
+    print(f"produced at:  {report.rfc3339(staple.produced_at)}")
+    print(f"this update:  {report.rfc3339(staple.this_update)}")
+    print(f"next update:  {report.rfc3339(staple.next_update)}")
+    return 0 if staple.cert_status is ocsp.CertStatus.GOOD else 2
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise _NoInput(str(path), "no such file") from e
+    except OSError as e:
+        raise _NoInput(str(path), f"cannot read ({e.strerror})") from e
+
+
+class _NoInput(CertificateError):
+    exit_code = EX_NOINPUT
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import demo  # the throwaway CA is only needed here
+
+    return demo.run(keep=args.keep)

@@ -1,0 +1,210 @@
+"""TOML configuration -> a frozen :class:`Config`.
+
+Every problem is a ConfigError naming the file and the key, raised before anything is
+written.  Relative paths are taken relative to the configuration file.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_REFRESH_AT = 0.5
+DEFAULT_CONCURRENCY = 16
+DEFAULT_PER_HOST = 4
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_RELOAD_TIMEOUT = 60.0
+STATE_DIR_NAME = ".stapled"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One entry of ``certificates``: a directory, file or glob, with its overrides."""
+
+    path: str
+    ocsp_url: tuple[str, ...] = ()
+    issuer: Path | None = None
+    name: str | None = None
+
+    @property
+    def is_glob(self) -> bool:
+        return glob.has_magic(self.path)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    output_dir: Path
+    certificates: tuple[Source, ...]
+    reload_command: tuple[str, ...] = ()
+    refresh_at: float = DEFAULT_REFRESH_AT
+    concurrency: int = DEFAULT_CONCURRENCY
+    per_host: int = DEFAULT_PER_HOST
+    timeout: float = DEFAULT_TIMEOUT
+    reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
+    cert_id_hash: str = "sha1"
+    state_dir: Path | None = None
+
+    @property
+    def state_path(self) -> Path:
+        """Where stapled keeps its own records (state file, caIssuers cache)."""
+        return self.state_dir or self.output_dir / STATE_DIR_NAME
+
+
+_TOP_KEYS = {
+    "output_dir", "certificates", "reload_command", "refresh_at", "concurrency",
+    "per_host", "timeout", "reload_timeout", "cert_id_hash", "state_dir",
+}
+_SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name"}
+
+
+def load(path: str | Path) -> Config:
+    """Read and check the configuration file at ``path``.
+
+    Raises ConfigError (exit 78) for an unreadable file, bad TOML, unknown keys,
+    wrong types, values out of range and sources that do not exist.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot read the configuration file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), "the configuration file is not UTF-8 text") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML ({e})") from e
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    """Check an already decoded TOML table; ``path`` names the file in errors."""
+    p = _Checker(path)
+    for key in sorted(set(raw) - _TOP_KEYS):
+        raise p.error(key, f"unknown key (known keys: {', '.join(sorted(_TOP_KEYS))})")
+    output_dir = p.path(raw, "output_dir", required=True)
+    assert output_dir is not None  # required=True
+    if "certificates" not in raw:
+        raise p.error("certificates", "missing: list the certificate directories, files or globs")
+    entries = raw["certificates"]
+    if not isinstance(entries, list) or not entries:
+        raise p.error("certificates", "must be a non-empty list of paths or tables")
+    sources = tuple(p.source(entry, f"certificates[{i}]") for i, entry in enumerate(entries))
+    refresh_at = p.number(raw, "refresh_at", DEFAULT_REFRESH_AT)
+    if not 0 < refresh_at < 1:
+        raise p.error("refresh_at", f"must be between 0 and 1 (exclusive), not {refresh_at}")
+    cert_id_hash = raw.get("cert_id_hash", "sha1")
+    if cert_id_hash not in ("sha1", "sha256"):
+        raise p.error("cert_id_hash", f"must be 'sha1' or 'sha256', not {cert_id_hash!r}")
+    return Config(
+        path=path,
+        output_dir=output_dir,
+        certificates=sources,
+        reload_command=p.command(raw, "reload_command"),
+        refresh_at=refresh_at,
+        concurrency=p.count(raw, "concurrency", DEFAULT_CONCURRENCY),
+        per_host=p.count(raw, "per_host", DEFAULT_PER_HOST),
+        timeout=p.duration(raw, "timeout", DEFAULT_TIMEOUT),
+        reload_timeout=p.duration(raw, "reload_timeout", DEFAULT_RELOAD_TIMEOUT),
+        cert_id_hash=cert_id_hash,
+        state_dir=p.path(raw, "state_dir"),
+    )
+
+
+class _Checker:
+    """Type checks that name the file and key in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path
+        self.base = path.resolve().parent
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(str(self.file), reason, key)
+
+    def path(self, raw: dict[str, Any], key: str, *, required: bool = False) -> Path | None:
+        value = raw.get(key)
+        if value is None:
+            if required:
+                raise self.error(key, "missing")
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.error(key, "must be a non-empty string path")
+        return self.base / Path(value).expanduser()
+
+    def number(self, raw: dict[str, Any], key: str, default: float) -> float:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise self.error(key, f"must be a number, not {value!r}")
+        return float(value)
+
+    def duration(self, raw: dict[str, Any], key: str, default: float) -> float:
+        value = self.number(raw, key, default)
+        if not 0 < value < math.inf:
+            raise self.error(key, f"must be a positive number of seconds, not {value}")
+        return value
+
+    def count(self, raw: dict[str, Any], key: str, default: int) -> int:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.error(key, f"must be a whole number of at least 1, not {value!r}")
+        return value
+
+    def command(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
+        value = raw.get(key)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            # Split like a shell would, but never hand it to one.
+            try:
+                argv = shlex.split(value)
+            except ValueError as e:
+                raise self.error(key, f"cannot be split into words ({e})") from e
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            argv = list(value)
+        else:
+            raise self.error(key, "must be a string or a list of strings")
+        if not argv:
+            raise self.error(key, "is empty; remove it to run no command")
+        return tuple(argv)
+
+    def source(self, entry: object, key: str) -> Source:
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        if not isinstance(entry, dict):
+            raise self.error(key, "must be a path or a table with 'path'")
+        for unknown in sorted(set(entry) - _SOURCE_KEYS):
+            known = ", ".join(sorted(_SOURCE_KEYS))
+            raise self.error(f"{key}.{unknown}", f"unknown key (known: {known})")
+        path = self.path(entry, "path", required=True) if "path" in entry else None
+        if path is None:
+            raise self.error(f"{key}.path", "missing")
+        where = f"{key}.path"
+        if glob.has_magic(str(path)):
+            if not path.parent.exists() and not glob.has_magic(str(path.parent)):
+                raise self.error(where, f"the directory of the glob {path} does not exist")
+        elif not path.exists():
+            raise self.error(where, f"{path} does not exist")
+        issuer = self.path(entry, "issuer")
+        if issuer is not None and not issuer.is_file():
+            raise self.error(f"{key}.issuer", f"{issuer} is not a file")
+        urls = entry.get("ocsp_url", ())
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
+            raise self.error(f"{key}.ocsp_url", "must be a URL or a list of URLs")
+        for url in urls:
+            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+                raise self.error(f"{key}.ocsp_url", f"{url!r} is not an http(s) URL")
+        name = entry.get("name")
+        if name is not None and (
+            not isinstance(name, str) or not name or "/" in name or name.startswith(".")
+        ):
+            raise self.error(f"{key}.name", "must be a plain file name without '/' or leading '.'")
+        return Source(path=str(path), ocsp_url=tuple(urls), issuer=issuer, name=name)

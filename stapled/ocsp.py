@@ -1,0 +1,306 @@
+"""OCSP requests and response validation.  Pure: no I/O, ``now`` is a parameter.
+
+The servers stapled feeds do not verify what they staple (nginx never checks an
+``ssl_stapling_file``, mod_ssl and HAProxy never check signatures), so :func:`validate`
+is the only signature check between a CA's responder and every client.  It follows
+RFC 6960 section 3.2 and RFC 5019 in the order the checks appear there.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from urllib.parse import quote
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
+
+from . import certs
+from .certs import CertChain
+from .errors import InvalidResponseError, OCSPStatusError
+
+# RFC 5019 section 5: GET is used when the whole URL fits in 255 bytes, so that
+# responses can be cached by HTTP proxies; larger requests are POSTed.
+MAX_GET_URL = 255
+# Clocks disagree; a thisUpdate this far in the future is still accepted.
+DEFAULT_SKEW = timedelta(minutes=5)
+# HAProxy stops stapling 300 s before nextUpdate; a response closer than that to its end
+# is of no use to any server.
+DEFAULT_MARGIN = timedelta(minutes=5)
+
+_PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}
+
+
+class CertStatus(enum.StrEnum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+
+
+_STATUS = {
+    ocsp.OCSPCertStatus.GOOD: CertStatus.GOOD,
+    ocsp.OCSPCertStatus.REVOKED: CertStatus.REVOKED,
+    ocsp.OCSPCertStatus.UNKNOWN: CertStatus.UNKNOWN,
+}
+
+
+@dataclass(frozen=True)
+class Staple:
+    """A validated OCSP response for one certificate: exactly the bytes received."""
+
+    der: bytes = field(repr=False)
+    cert_status: CertStatus
+    serial: int
+    this_update: datetime
+    next_update: datetime
+    produced_at: datetime
+    signer: str
+    revocation_time: datetime | None = None
+    revocation_reason: str | None = None
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.next_update - self.this_update
+
+    def is_older_than(self, other: Staple) -> bool:
+        """True when this response predates ``other`` (a replay must never win)."""
+        return self.this_update < other.this_update or self.produced_at < other.produced_at
+
+
+def hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    """The CertID hash for a configured name ('sha1', the default everywhere, or 'sha256')."""
+    return _HASHES[name]
+
+
+def build_request(chain: CertChain, algorithm: hashes.HashAlgorithm | None = None) -> bytes:
+    """A DER OCSPRequest for one certificate, without nonce.
+
+    One certificate per request and no nonce (RFC 5019 section 2.1): responders
+    pre-produce responses and ignore nonces.  SHA-1 CertIDs are the default because
+    HAProxy only matches those.
+    """
+    if chain.issuer is None:
+        raise ValueError("an OCSP request needs the issuer certificate")
+    builder = ocsp.OCSPRequestBuilder().add_certificate(
+        chain.leaf, chain.issuer, algorithm or hashes.SHA1()
+    )
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    method: str
+    url: str
+    body: bytes | None
+
+
+def http_request(url: str, der: bytes) -> HTTPRequest:
+    """GET when the URL fits in 255 bytes, else POST (RFC 5019 section 5).
+
+    GET carries the percent-encoded *standard* base64 of the request; responders
+    reject base64url.
+    """
+    encoded = quote(base64.b64encode(der).decode("ascii"), safe="")
+    get_url = (url if url.endswith("/") else url + "/") + encoded
+    if len(get_url.encode()) <= MAX_GET_URL:
+        return HTTPRequest("GET", get_url, None)
+    return HTTPRequest("POST", url, der)
+
+
+def validate(
+    der: bytes,
+    chain: CertChain,
+    now: datetime,
+    *,
+    skew: timedelta = DEFAULT_SKEW,
+    margin: timedelta = DEFAULT_MARGIN,
+) -> Staple:
+    """Check ``der`` completely as the OCSP response for ``chain.leaf`` at time ``now``.
+
+    Returns the Staple for good, revoked and unknown answers alike; what to do with each
+    is policy.  Raises OCSPStatusError for an unsuccessful responseStatus and
+    InvalidResponseError for anything else that must not be published; the caller adds
+    the URL with ``.at(url)``.
+    """
+    issuer = chain.issuer
+    if issuer is None:
+        raise InvalidResponseError("the issuer certificate is not known, so nothing can be checked")
+    resp = _parse(der)
+    signer, signer_desc = _find_signer(resp, issuer, now)
+    _verify_signature(resp, signer)
+    single = _matching_single(resp, chain.leaf, issuer)
+    this_update = single.this_update_utc
+    next_update = single.next_update_utc
+    produced_at = resp.produced_at_utc
+    if next_update is None:
+        raise InvalidResponseError(
+            "no nextUpdate: nginx would serve it forever and HAProxy refuses it"
+        )
+    if this_update > now + skew:
+        raise InvalidResponseError(f"thisUpdate {_iso(this_update)} is in the future")
+    if produced_at > now + skew:
+        raise InvalidResponseError(f"producedAt {_iso(produced_at)} is in the future")
+    if next_update <= this_update:
+        raise InvalidResponseError("nextUpdate is not after thisUpdate")
+    if next_update <= now + margin:
+        raise InvalidResponseError(f"expired or about to: nextUpdate {_iso(next_update)}")
+    status = _STATUS[single.certificate_status]
+    reason = None
+    if status is CertStatus.REVOKED and single.revocation_reason is not None:
+        reason = single.revocation_reason.value
+    return Staple(
+        der=der,
+        cert_status=status,
+        serial=chain.leaf.serial_number,
+        this_update=this_update,
+        next_update=next_update,
+        produced_at=produced_at,
+        signer=signer_desc,
+        revocation_time=single.revocation_time_utc,
+        revocation_reason=reason,
+    )
+
+
+def _parse(der: bytes) -> ocsp.OCSPResponse:
+    if not der:
+        raise InvalidResponseError("empty body")
+    try:
+        resp = ocsp.load_der_ocsp_response(der)
+    except ValueError as e:
+        raise InvalidResponseError(f"not a DER OCSP response ({e})") from e
+    if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+        # Unsigned and forgeable (RFC 6960 section 2.3): a failed fetch, never a staple.
+        name = resp.response_status.name.lower().replace("_", "")
+        raise OCSPStatusError(_STATUS_NAMES.get(name, name))
+    return resp
+
+
+_STATUS_NAMES = {
+    "malformedrequest": "malformedRequest",
+    "internalerror": "internalError",
+    "trylater": "tryLater",
+    "sigrequired": "sigRequired",
+    "unauthorized": "unauthorized",
+}
+
+
+def _find_signer(
+    resp: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
+) -> tuple[x509.Certificate, str]:
+    """The certificate named by the ResponderID, authorised per RFC 6960 section 4.2.2.2."""
+    key_hash = resp.responder_key_hash
+    name = resp.responder_name
+
+    def named(cert: x509.Certificate) -> bool:
+        if key_hash is not None:
+            try:
+                ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+            except (ValueError, TypeError, UnsupportedAlgorithm):
+                return False
+            return ski == key_hash
+        return cert.subject == name
+
+    if named(issuer):
+        return issuer, "issuer"
+    for cert in resp.certificates:
+        if not named(cert):
+            continue
+        if not certs.issued_by(cert, issuer):
+            raise InvalidResponseError(
+                "signed by a responder certificate that the issuer did not issue"
+            )
+        if not _has_ocsp_signing(cert):
+            raise InvalidResponseError(
+                "signed by a delegated responder without the OCSPSigning extended key usage"
+            )
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise InvalidResponseError("signed by a delegated responder certificate not valid now")
+        return cert, f"delegated responder {cert.subject.rfc4514_string()}"
+    raise InvalidResponseError(
+        "signed by a key that is neither the issuer nor a responder it authorised"
+    )
+
+
+def _has_ocsp_signing(cert: x509.Certificate) -> bool:
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.OCSP_SIGNING in eku
+
+
+def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
+    key = signer.public_key()
+    sig, data = resp.signature, resp.tbs_response_bytes
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            if resp.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS:
+                _verify_pss(key, sig, data)
+            else:
+                key.verify(sig, data, padding.PKCS1v15(), _signature_hash(resp))
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(sig, data, ec.ECDSA(_signature_hash(resp)))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(sig, data)
+        else:
+            raise InvalidResponseError(f"unsupported signer key type {type(key).__name__}")
+    except InvalidSignature as e:
+        raise InvalidResponseError("the signature does not verify") from e
+
+
+def _signature_hash(resp: ocsp.OCSPResponse) -> hashes.HashAlgorithm:
+    try:
+        algorithm = resp.signature_hash_algorithm
+    except UnsupportedAlgorithm as e:
+        raise InvalidResponseError(f"unsupported signature algorithm ({e})") from e
+    if algorithm is None or isinstance(algorithm, hashes.MD5):
+        raise InvalidResponseError("signature algorithm without an acceptable hash")
+    return algorithm
+
+
+def _verify_pss(key: rsa.RSAPublicKey, sig: bytes, data: bytes) -> None:
+    # cryptography cannot name the hash of an RSA-PSS signature, so try the ones CAs use.
+    for h in _PSS_HASHES:
+        try:
+            key.verify(sig, data, padding.PSS(padding.MGF1(h()), padding.PSS.AUTO), h())
+        except InvalidSignature:
+            continue
+        return
+    raise InvalidSignature
+
+
+def _matching_single(
+    resp: ocsp.OCSPResponse, leaf: x509.Certificate, issuer: x509.Certificate
+) -> ocsp.OCSPSingleResponse:
+    """The SingleResponse whose CertID names ``leaf``, among all of them (RFC 6960 4.2.2.3)."""
+    expected: dict[str, tuple[bytes, bytes]] = {}
+    for single in resp.responses:
+        algorithm = single.hash_algorithm
+        if algorithm.name not in _HASHES:
+            continue
+        if algorithm.name not in expected:
+            expected[algorithm.name] = (
+                certs.name_hash(leaf, algorithm),
+                certs.key_hash(issuer, algorithm),
+            )
+        name_hash, key_hash = expected[algorithm.name]
+        if (
+            single.serial_number == leaf.serial_number
+            and single.issuer_name_hash == name_hash
+            and single.issuer_key_hash == key_hash
+        ):
+            return single
+    raise InvalidResponseError(
+        f"no SingleResponse for serial {leaf.serial_number:X} from this issuer"
+    )
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

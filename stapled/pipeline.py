@@ -1,0 +1,421 @@
+"""One pass over every certificate: find, decide, fetch, validate, write, reload.
+
+This is the wiring between the pure core (certs, ocsp, policy) and the shell modules
+(discovery, transport, store, reload); ``once`` runs it a single time and the daemon
+reuses it per certificate.  The clock and the transport are parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from . import certs, discovery, ocsp, policy, store
+from .certs import CertChain
+from .config import Config
+from .discovery import Found
+from .errors import (
+    CertificateError,
+    FetchError,
+    InvalidResponseError,
+    OCSPStatusError,
+    ReloadError,
+    StapledError,
+    StoreError,
+)
+from .ocsp import CertStatus, Staple
+from .policy import Severity, State
+from .reload import run_command
+from .transport import Transport
+
+log = logging.getLogger("stapled")
+
+Clock = Callable[[], datetime]
+Reloader = Callable[[Sequence[str], float], str]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Record:
+    """Everything ``status`` shows about one certificate."""
+
+    name: str
+    path: str
+    state: State
+    serial: str | None = None
+    ocsp_url: str | None = None
+    staple: str | None = None
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    next_refresh: datetime | None = None
+    last_error: str | None = None
+    must_staple: bool = False
+    changed: bool = False
+    # True when this pass (not an earlier one) failed to refresh it.
+    failed_now: bool = False
+
+    def severity(self, now: datetime, *, aging: bool = True) -> Severity:
+        staple_aging = (
+            aging
+            and self.this_update is not None
+            and self.next_update is not None
+            and policy.is_aging(self.this_update, self.next_update, now)
+        )
+        return policy.severity(
+            self.state,
+            failing=self.last_error is not None,
+            aging=staple_aging,
+            has_ocsp=self.ocsp_url is not None,
+        )
+
+
+@dataclass
+class PassResult:
+    records: list[Record]
+    now: datetime
+    reload_error: str | None = None
+    changed: list[str] = field(default_factory=list)
+
+    def exit_code(self) -> int:
+        """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""
+        worst = max((r.severity(self.now, aging=False) for r in self.records), default=Severity.OK)
+        if worst is Severity.CRITICAL:
+            return 2
+        if self.reload_error or any(r.failed_now for r in self.records):
+            return 1
+        return 0
+
+
+class Stapler:
+    """Runs passes for one configuration.  ``transport=None`` means: no network at all."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        clock: Clock = utc_now,
+        reloader: Reloader = run_command,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.clock = clock
+        self.reloader = reloader
+        self.hash = ocsp.hash_algorithm(config.cert_id_hash)
+        self._host_limits: dict[str, threading.BoundedSemaphore] = {}
+        self._issuers: dict[str, x509.Certificate | str] = {}
+        self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._lock = threading.Lock()
+
+    # ---- the pass -------------------------------------------------------------------
+
+    def once(self, *, force: bool = False) -> PassResult:
+        """Refresh whatever is due (everything with ``force``); write, then reload once.
+
+        Raises StoreError when the output directory is unusable (nothing is written).
+        """
+        out = self.config.output_dir
+        store.prepare_dir(out)
+        if removed := store.remove_temp_files(out):
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
+        saved = store.load_state(self.config.state_path)
+        records, groups = self._classify(discovery.discover(self.config.certificates))
+        pool_size = max(1, min(self.config.concurrency, len(groups)))
+        with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
+            for group_records in pool.map(lambda g: self._refresh(g, force), groups.values()):
+                records.extend(group_records)
+        result = PassResult(sorted(records, key=lambda r: r.name), self.clock())
+        result.changed = [r.name for r in result.records if r.changed]
+        self._save_state(saved, result.records)
+        for record in result.records:
+            _log_record(record)
+        if result.changed and self.config.reload_command:
+            result.reload_error = self._reload()
+        return result
+
+    def status(self) -> PassResult:
+        """The same records without any network request or write."""
+        saved = store.load_state(self.config.state_path).get("certificates", {})
+        records, groups = self._classify(discovery.discover(self.config.certificates))
+        now = self.clock()
+        for members in groups.values():
+            current = self._current(members, now)
+            for member in members:
+                rec = self._record(member, current)
+                rec.last_error = (saved.get(member.name) or {}).get("last_error")
+                records.append(rec)
+        return PassResult(sorted(records, key=lambda r: r.name), now)
+
+    def _classify(self, found: list[Found]) -> tuple[list[Record], dict[str, list[Found]]]:
+        """Records for what needs no fetch; the rest grouped by certificate fingerprint.
+
+        A certificate found in several places is one group: one request, every staple
+        file written from it.
+        """
+        now = self.clock()
+        records: list[Record] = []
+        groups: dict[str, list[Found]] = defaultdict(list)
+        for item in found:
+            chain = item.chain
+            if chain is None:
+                records.append(Record(item.name, item.path, State.ERROR, last_error=item.error))
+                continue
+            base = Record(
+                item.name, item.path, State.NO_OCSP, serial=chain.serial_hex,
+                must_staple=chain.must_staple,
+                ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
+            )
+            if not chain.ocsp_urls:
+                records.append(base)
+            elif now >= chain.not_after:
+                base.state = State.EXPIRED
+                base.last_error = f"the certificate expired on {_iso(chain.not_after)}"
+                records.append(base)
+            else:
+                groups[chain.fingerprint].append(item)
+        return records, groups
+
+    def _refresh(self, members: list[Found], force: bool) -> list[Record]:
+        """Fetch (if due) and write the staple for one certificate and all its names."""
+        chain = members[0].chain
+        assert chain is not None  # _classify groups only usable chains
+        try:
+            chain = self._with_issuer(chain, fetch=True)
+        except StapledError as e:
+            return [self._failed(m, str(e), None, State.ERROR) for m in members]
+        now = self.clock()
+        current = self._current(members, now, chain)
+        error: str | None = None
+        unknown = False
+        if policy.needs_refresh(current, now, self.config.refresh_at, force=force):
+            fetched, url, error = self._fetch(chain)
+            if fetched is not None and fetched.cert_status is CertStatus.UNKNOWN:
+                error, unknown = f"{url}: the responder says the certificate is unknown", True
+            elif fetched is not None and current is not None and fetched.is_older_than(current):
+                error = (
+                    f"{url}: response of {_iso(fetched.this_update)} is older than the staple "
+                    "on disk; refused"
+                )
+            elif fetched is not None:
+                current = fetched
+        records = []
+        for member in members:
+            rec = self._record(member, current, unknown=unknown)
+            if current is not None:
+                try:
+                    rec.changed = store.write_atomic(self._staple_path(member), current.der)
+                except StoreError as e:
+                    error = str(e)
+            if error:
+                rec.last_error, rec.failed_now = error, True
+            records.append(rec)
+        return records
+
+    # ---- pieces -----------------------------------------------------------------------
+
+    def _staple_path(self, item: Found) -> Path:
+        return self.config.output_dir / f"{item.name}.der"
+
+    def _record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
+        chain = item.chain
+        assert chain is not None
+        rec = Record(
+            item.name, item.path, policy.state_of(current, unknown_answer=unknown),
+            serial=chain.serial_hex, ocsp_url=chain.ocsp_urls[0], must_staple=chain.must_staple,
+            staple=str(self._staple_path(item)),
+        )
+        if current is not None:
+            rec.this_update, rec.next_update = current.this_update, current.next_update
+            rec.next_refresh = policy.refresh_time(current, self.config.refresh_at)
+        return rec
+
+    def _failed(self, item: Found, error: str, current: Staple | None, state: State) -> Record:
+        rec = self._record(item, current)
+        rec.state, rec.last_error, rec.failed_now = state, error, True
+        return rec
+
+    def _current(
+        self, members: list[Found], now: datetime, chain: CertChain | None = None
+    ) -> Staple | None:
+        """The newest valid staple already on disk under any of the certificate's names."""
+        chain = chain or members[0].chain
+        assert chain is not None
+        if chain.issuer is None:
+            try:
+                chain = self._with_issuer(chain, fetch=False)
+            except StapledError:
+                return None
+        best: Staple | None = None
+        for member in members:
+            try:
+                der = store.read(self._staple_path(member))
+            except StoreError:
+                continue
+            if der is None:
+                continue
+            try:
+                staple = ocsp.validate(der, chain, now)
+            except (InvalidResponseError, OCSPStatusError) as e:
+                log.debug("%s: the staple on disk is not usable: %s", member.name, e)
+                continue
+            if staple.cert_status is CertStatus.UNKNOWN:
+                continue
+            if best is None or best.is_older_than(staple):
+                best = staple
+        return best
+
+    def _fetch(self, chain: CertChain) -> tuple[Staple | None, str, str | None]:
+        """Ask each responder in turn: (first valid answer, its URL, None) or the errors."""
+        if self.transport is None:
+            return None, "", "no network in this mode"
+        request = ocsp.build_request(chain, self.hash)
+        errors: list[str] = []
+        for url in chain.ocsp_urls:
+            http = ocsp.http_request(url, request)
+            try:
+                with self._host_limit(url):
+                    reply = self.transport.request(http.method, http.url, http.body)
+                if reply.content_type and reply.content_type != "application/ocsp-response":
+                    log.debug("%s: unexpected Content-Type %r", url, reply.content_type)
+                staple = ocsp.validate(reply.body, chain, self.clock())
+            except (InvalidResponseError, OCSPStatusError) as e:
+                errors.append(str(e.at(url)))
+                continue
+            except FetchError as e:
+                errors.append(str(e))
+                continue
+            return staple, url, None
+        return None, "", "; ".join(errors)
+
+    def _host_limit(self, url: str) -> threading.BoundedSemaphore:
+        host = urlsplit(url).netloc
+        with self._lock:
+            if host not in self._host_limits:
+                self._host_limits[host] = threading.BoundedSemaphore(self.config.per_host)
+            return self._host_limits[host]
+
+    def _with_issuer(self, chain: CertChain, *, fetch: bool) -> CertChain:
+        """The chain with its issuer, from the AIA caIssuers URL when the files had none.
+
+        Each URL is fetched once per process and cached on disk, so ``status`` (with
+        ``fetch=False``) finds it without network.
+        """
+        if chain.issuer is not None:
+            return chain
+        if not chain.ca_issuers_urls:
+            raise CertificateError(
+                chain.path,
+                "the issuer certificate is not in the file, no issuer is configured, and the "
+                "certificate has no caIssuers URL",
+            )
+        reasons = []
+        for url in chain.ca_issuers_urls:
+            issuer = self._issuer_from(url, fetch=fetch)
+            if isinstance(issuer, str):
+                reasons.append(issuer)
+            elif certs.issued_by(chain.leaf, issuer):
+                return chain.with_issuer(issuer)
+            else:
+                reasons.append(f"{url}: that certificate did not sign this one")
+        raise CertificateError(chain.path, "cannot get the issuer: " + "; ".join(reasons))
+
+    def _issuer_from(self, url: str, *, fetch: bool) -> x509.Certificate | str:
+        with self._locks[url]:
+            if url in self._issuers:
+                return self._issuers[url]
+            cache = self.config.state_path / "issuers" / (
+                hashlib.sha256(url.encode()).hexdigest()[:32] + ".der"
+            )
+            try:
+                data = store.read(cache)
+                if data is not None:
+                    self._issuers[url] = certs.parse_issuer_bytes(data, str(cache))
+                    return self._issuers[url]
+            except (StoreError, CertificateError):
+                pass  # a damaged cache entry is fetched again
+            if not fetch or self.transport is None:
+                return f"{url}: not fetched yet"
+            try:
+                reply = self.transport.get(url)
+                issuer = certs.parse_issuer_bytes(reply.body, url)
+                store.prepare_dir(cache.parent)
+                store.write_atomic(cache, issuer.public_bytes(Encoding.DER), mode=0o644)
+            except StapledError as e:
+                result: x509.Certificate | str = str(e)
+            else:
+                result = issuer
+            self._issuers[url] = result
+            return result
+
+    def _save_state(self, saved: dict[str, Any], records: list[Record]) -> None:
+        entries = saved.get("certificates")
+        entries = entries if isinstance(entries, dict) else {}
+        now = _iso(self.clock())
+        for rec in records:
+            entry = entries.setdefault(rec.name, {})
+            if rec.failed_now:
+                entry["last_error"] = rec.last_error
+                entry["last_failure"] = now
+            elif rec.state in (State.GOOD, State.REVOKED):
+                entry.pop("last_error", None)
+        names = {r.name for r in records}
+        state = {"version": 1, "certificates": {k: v for k, v in entries.items() if k in names}}
+        try:
+            store.save_state(self.config.state_path, state)
+        except StoreError as e:
+            log.warning("cannot record state: %s", e)
+
+    def _reload(self) -> str | None:
+        argv = self.config.reload_command
+        try:
+            self.reloader(argv, self.config.reload_timeout)
+        except ReloadError as e:
+            log.error("%s", e)
+            return str(e)
+        log.info("reloaded: %s", " ".join(argv))
+        return None
+
+
+def _log_record(rec: Record) -> None:
+    name = rec.name
+    if rec.state is State.NO_OCSP:
+        log.info("%s: no OCSP URL in the certificate; nothing to staple", name)
+    elif rec.state is State.ERROR:
+        log.error("%s: %s", name, rec.last_error)
+    elif rec.state is State.EXPIRED:
+        log.warning("%s: %s; not fetched", name, rec.last_error)
+    elif rec.state is State.REVOKED:
+        log.critical(
+            "%s: certificate serial %s is REVOKED; the CA-signed revoked response is in %s",
+            name, rec.serial, rec.staple,
+        )
+    elif rec.state in (State.MISSING, State.UNKNOWN):
+        level = logging.CRITICAL if rec.must_staple else logging.ERROR
+        log.log(level, "%s: no valid staple%s: %s", name,
+                " for a must-staple certificate" if rec.must_staple else "", rec.last_error)
+    elif rec.failed_now:
+        log.warning("%s: refresh failed, valid staple kept until %s: %s",
+                    name, _iso(rec.next_update), rec.last_error)
+    else:
+        verb = "written" if rec.changed else "kept"
+        log.info("%s: good staple %s, valid until %s, refresh after %s",
+                 name, verb, _iso(rec.next_update), _iso(rec.next_refresh))
+
+
+def _iso(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else "-"

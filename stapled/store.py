@@ -1,0 +1,121 @@
+"""Staple files and stapled's own records on disk.
+
+Every write is atomic: a temporary file in the same directory, fsync, rename over the
+target, fsync of the directory.  A reader (nginx at reload, HAProxy at start) therefore
+sees either the old complete file or the new complete file, whatever happens meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+
+TEMP_PREFIX = ".stapled-tmp-"
+STAPLE_MODE = 0o644
+STATE_FILE = "state.json"
+
+
+def prepare_dir(path: Path) -> None:
+    """Create ``path`` if needed and make sure stapled can write into it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(str(path), f"cannot create the directory ({e.strerror})") from e
+    if not path.is_dir():
+        raise StoreError(str(path), "is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(str(path), "the directory is not writable by this user")
+
+
+def read(path: Path) -> bytes | None:
+    """The file's bytes, or None when there is no such file."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(str(path), f"cannot read ({e.strerror})") from e
+
+
+def write_atomic(path: Path, data: bytes, mode: int = STAPLE_MODE) -> bool:
+    """Replace ``path`` with ``data`` atomically; False (and no write) when unchanged.
+
+    Raises StoreError when the directory is not writable or the disk is full; the
+    previous file is then untouched and the temporary file removed.
+    """
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass  # missing or unreadable: write it
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+    except OSError as e:
+        raise StoreError(str(path), f"cannot create a temporary file ({e.strerror})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StoreError(str(path), f"cannot write ({e.strerror})") from e
+    fsync_dir(directory)
+    return True
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX needs the directory synced too)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename itself is atomic
+    finally:
+        os.close(fd)
+
+
+def remove_temp_files(directory: Path) -> int:
+    """Remove temporary files an interrupted run left in ``directory``; how many."""
+    removed = 0
+    try:
+        leftovers = list(directory.glob(TEMP_PREFIX + "*"))
+    except OSError:
+        return 0
+    for tmp in leftovers:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+def load_state(state_dir: Path) -> dict[str, Any]:
+    """stapled's records from earlier runs; empty when missing or damaged.
+
+    A damaged state file is never fatal: everything in it can be rebuilt from the
+    staples on disk and the next fetch.
+    """
+    try:
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_state(state_dir: Path, state: dict[str, Any]) -> None:
+    prepare_dir(state_dir)
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    write_atomic(state_dir / STATE_FILE, text.encode(), mode=0o600)

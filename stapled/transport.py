@@ -1,0 +1,135 @@
+"""HTTP for OCSP responders and caIssuers URLs (requests), bounded in time and size.
+
+The deadline covers the WHOLE fetch: connecting, waiting and every read.  requests'
+own timeout applies per socket operation, so a responder dripping one byte a second
+would never trip it; here the body is read in chunks against a monotonic deadline.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import requests
+
+from . import __version__
+from .errors import FetchError
+
+# Apache keeps at most 10,239 bytes of a response; a real OCSP response is 1-3 KiB.
+MAX_RESPONSE_SIZE = 64 * 1024
+USER_AGENT = f"stapled/{__version__}"
+_CHUNK = 4096
+_MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful HTTP exchange: the body and the caching hints that came with it."""
+
+    url: str
+    body: bytes
+    content_type: str
+    max_age: float | None = None
+    retry_after: float | None = None
+
+
+class Transport:
+    """One ``requests.Session`` (connection reuse), proxies taken from the environment."""
+
+    def __init__(self, timeout: float = 10.0, max_size: int = MAX_RESPONSE_SIZE) -> None:
+        self.timeout = timeout
+        self.max_size = max_size
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+        self.session.max_redirects = _MAX_REDIRECTS
+
+    def close(self) -> None:
+        self.session.close()
+
+    def get(self, url: str) -> Reply:
+        return self.request("GET", url, None)
+
+    def request(self, method: str, url: str, body: bytes | None) -> Reply:
+        """Send one request; the 200 reply or FetchError naming ``url`` and the reason."""
+        deadline = time.monotonic() + self.timeout
+        headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
+        try:
+            response = self.session.request(
+                method, url, data=body, headers=headers, stream=True,
+                timeout=(self.timeout, self.timeout),
+            )
+        except requests.exceptions.TooManyRedirects as e:
+            raise FetchError(url, "too many redirects") from e
+        except requests.exceptions.InvalidSchema as e:
+            raise FetchError(url, "redirected to a URL that is not http or https") from e
+        except requests.exceptions.Timeout as e:
+            raise FetchError(url, f"no answer within {self.timeout:g} s") from e
+        except requests.exceptions.SSLError as e:
+            raise FetchError(url, f"TLS error ({_first_line(e)})") from e
+        except requests.exceptions.ConnectionError as e:
+            raise FetchError(url, f"cannot connect ({_first_line(e)})") from e
+        except requests.exceptions.RequestException as e:
+            raise FetchError(url, f"request failed ({_first_line(e)})") from e
+        with response:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            if response.status_code != 200:
+                raise FetchError(url, f"HTTP {response.status_code}", retry_after=retry_after)
+            data = self._read(response, url, deadline)
+            return Reply(
+                url=url,
+                body=data,
+                content_type=response.headers.get("Content-Type", ""),
+                max_age=_max_age(response.headers.get("Cache-Control")),
+                retry_after=retry_after,
+            )
+
+    def _read(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_size:
+            raise FetchError(url, f"response of {declared} bytes exceeds {self.max_size}")
+        parts: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                size += len(chunk)
+                if size > self.max_size:
+                    raise FetchError(url, f"response larger than {self.max_size} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError(url, f"response not complete within {self.timeout:g} s")
+                parts.append(chunk)
+        except requests.exceptions.RequestException as e:
+            raise FetchError(url, f"reading the response failed ({_first_line(e)})") from e
+        if time.monotonic() > deadline:
+            raise FetchError(url, f"response not complete within {self.timeout:g} s")
+        return b"".join(parts)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    # urllib3 wraps reasons in long reprs; the innermost message is the useful part.
+    inner = re.findall(r"\] ([^'\]\)]+)", text) or re.findall(r": ([^:'()]+)'?\)+$", text)
+    return (inner[-1] if inner else text.splitlines()[0])[:200]
+
+
+def _max_age(value: str | None) -> float | None:
+    if not value:
+        return None
+    match = re.search(r"(?:^|,)\s*max-age\s*=\s*(\d+)", value, re.IGNORECASE)
+    return float(match.group(1)) if match else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
