@@ -90,10 +90,6 @@ def _scan_dir(top: Path) -> Iterator[tuple[Path, bool]]:
     if _is_lineage(top):
         yield top, True
         return
-    if (top / "live").is_dir() and (top / "archive").is_dir():
-        # A certbot config directory: archive/ holds every old certificate too.
-        yield from _scan_dir(top / "live")
-        return
     visited: set[str] = set()
     for root, dirs, files in os.walk(top, followlinks=True):
         real = os.path.realpath(root)
@@ -106,6 +102,8 @@ def _scan_dir(top: Path) -> Iterator[tuple[Path, bool]]:
             dirs[:] = []
             yield here, True
             continue
+        if "live" in dirs and "archive" in dirs:
+            dirs[:] = ["live"]  # certbot's archive/ holds every old certificate too
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             path = here / name

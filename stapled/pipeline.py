@@ -192,8 +192,7 @@ class Stapler:
 
     def _refresh(self, members: list[Found], force: bool) -> list[Record]:
         """Fetch (if due) and write the staple for one certificate and all its names."""
-        chain = members[0].chain
-        assert chain is not None  # _classify groups only usable chains
+        chain = _best_chain(members)
         try:
             chain = self._with_issuer(chain, fetch=True)
         except StapledError as e:
@@ -253,8 +252,7 @@ class Stapler:
         self, members: list[Found], now: datetime, chain: CertChain | None = None
     ) -> Staple | None:
         """The newest valid staple already on disk under any of the certificate's names."""
-        chain = chain or members[0].chain
-        assert chain is not None
+        chain = chain or _best_chain(members)
         if chain.issuer is None:
             try:
                 chain = self._with_issuer(chain, fetch=False)
@@ -389,6 +387,12 @@ class Stapler:
             return str(e)
         log.info("reloaded: %s", " ".join(argv))
         return None
+
+
+def _best_chain(members: list[Found]) -> CertChain:
+    """The same certificate may be found with and without its issuer: prefer with."""
+    chains = [m.chain for m in members if m.chain is not None]
+    return next((c for c in chains if c.issuer is not None), chains[0])
 
 
 def _log_record(rec: Record) -> None:

@@ -259,7 +259,9 @@ Answer = Callable[[bytes], tuple[int, dict[str, str], bytes]]
 class ResponderServer:
     """An HTTP OCSP responder on 127.0.0.1 that signs with a :class:`CA`, in a thread.
 
-    ``answer`` can be replaced to make it misbehave; ``requests`` counts what it served.
+    ``answer`` can be replaced to make it misbehave; ``requests`` counts the OCSP
+    requests it answered.  ``files`` maps URL paths to bodies served as they are (an
+    AIA caIssuers certificate, say).
     """
 
     def __init__(self, ca: CA, validity: timedelta = timedelta(days=4)) -> None:
@@ -267,6 +269,7 @@ class ResponderServer:
         self.validity = validity
         self.requests = 0
         self.paths: list[str] = []
+        self.files: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.answer: Answer = self._default_answer
         server = self
@@ -276,6 +279,14 @@ class ResponderServer:
             server_version = "stapled-testca"
 
             def do_GET(self) -> None:
+                if self.path in server.files:
+                    body = server.files[self.path]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/pkix-cert")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 encoded = unquote(self.path.rsplit("/", 1)[-1])
                 try:
                     body = base64.b64decode(encoded, validate=True)

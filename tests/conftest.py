@@ -1,0 +1,96 @@
+"""Shared fixtures: a real CA, a real loopback responder, a directory per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stapled import testca
+from stapled.cli import main
+
+# CI sets this: a test that needs a real binary must then fail rather than skip.
+REQUIRE_SERVERS = os.environ.get("STAPLED_REQUIRE_SERVERS") == "1"
+
+
+def require_binary(name: str) -> str:
+    """The path of ``name``; skips (fails in CI) with the reason when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"'{name}' is not installed"
+        if REQUIRE_SERVERS:
+            pytest.fail(reason + " and STAPLED_REQUIRE_SERVERS=1")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def ca() -> testca.CA:
+    return testca.CA()
+
+
+@pytest.fixture
+def responder(ca: testca.CA) -> Iterator[testca.ResponderServer]:
+    with testca.ResponderServer(ca) as server:
+        yield server
+
+
+class Site:
+    """A directory of certificates, a config for it, and the staples stapled writes."""
+
+    def __init__(self, root: Path, ca: testca.CA, responder: testca.ResponderServer) -> None:
+        self.root = root
+        self.ca = ca
+        self.responder = responder
+        self.certs = root / "certs"
+        self.certs.mkdir()
+        self.out = root / "staples"
+        self.config_path = root / "stapled.toml"
+
+    def issue(self, name: str, **kw: object) -> testca.Issued:
+        kw.setdefault("ocsp_urls", [self.responder.url])
+        return self.ca.issue(name, **kw)  # type: ignore[arg-type]
+
+    def bundle(self, name: str, issued: testca.Issued, *extra: bytes, chain: bool = True) -> Path:
+        parts = [issued.cert_pem()] + ([self.ca.cert_pem()] if chain else []) + list(extra)
+        return testca.write(self.certs / f"{name}.pem", *parts)
+
+    def lineage(self, name: str, issued: testca.Issued, version: int = 1) -> Path:
+        """A certbot lineage: live/NAME/*.pem symlinks into archive/NAME/*N.pem."""
+        archive = self.certs / "letsencrypt" / "archive" / name
+        live = self.certs / "letsencrypt" / "live" / name
+        testca.write(archive / f"cert{version}.pem", issued.cert_pem())
+        testca.write(archive / f"chain{version}.pem", self.ca.cert_pem())
+        testca.write(archive / f"fullchain{version}.pem", issued.cert_pem(), self.ca.cert_pem())
+        testca.write(archive / f"privkey{version}.pem", issued.key_pem())
+        live.mkdir(parents=True, exist_ok=True)
+        for kind in ("cert", "chain", "fullchain", "privkey"):
+            link = live / f"{kind}.pem"
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(f"../../archive/{name}/{kind}{version}.pem")
+        return live
+
+    def config(self, extra: str = "", certificates: str | None = None) -> Path:
+        sources = certificates if certificates is not None else f'["{self.certs}"]'
+        self.config_path.write_text(
+            f'output_dir = "{self.out}"\ncertificates = {sources}\ntimeout = 5\n{extra}\n'
+        )
+        return self.config_path
+
+    def once(self, *args: str) -> int:
+        if not self.config_path.exists():
+            self.config()
+        return main(["once", "--config", str(self.config_path), *args])
+
+    def staple(self, name: str) -> bytes | None:
+        path = self.out / f"{name}.der"
+        return path.read_bytes() if path.exists() else None
+
+
+@pytest.fixture
+def site(tmp_path: Path, ca: testca.CA, responder: testca.ResponderServer) -> Site:
+    return Site(tmp_path, ca, responder)

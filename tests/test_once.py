@@ -1,0 +1,353 @@
+"""`stapled once` end to end: real certificates, a real HTTP responder on loopback."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp as x509_ocsp
+
+from stapled import certs, ocsp, testca
+from stapled.cli import main
+
+from .conftest import Site
+
+
+def _validate(site: Site, name: str, issued: testca.Issued) -> ocsp.Staple:
+    der = site.staple(name)
+    assert der is not None, f"no staple for {name}"
+    chain = certs.build_chain([issued.cert, site.ca.cert], name)
+    return ocsp.validate(der, chain, datetime.now(UTC))
+
+
+def test_fresh_staple_written_then_kept(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    assert site.once() == 0
+    assert _validate(site, "a.example", leaf).cert_status == "good"
+    assert site.responder.requests == 1
+    before = (site.out / "a.example.der").stat()
+    assert site.once() == 0
+    # Still fresh: no request, and the file was not even rewritten.
+    assert site.responder.requests == 1
+    assert (site.out / "a.example.der").stat().st_mtime_ns == before.st_mtime_ns
+
+
+def test_staple_past_refresh_point_is_replaced(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    site.out.mkdir()
+    old = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(days=3))
+    (site.out / "a.example.der").write_bytes(old)
+    assert site.once() == 0
+    assert site.responder.requests == 1
+    assert site.staple("a.example") != old
+    staple = _validate(site, "a.example", leaf)
+    assert staple.this_update > datetime.now(UTC) - timedelta(hours=1)
+
+
+def test_force_refreshes_a_fresh_staple(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 0
+    assert site.once("--force") == 0
+    assert site.responder.requests == 2
+
+
+def test_revoked_is_written_and_exits_2(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = site.issue("r.example")
+    site.ca.revoke(leaf.cert)
+    site.bundle("r.example", leaf)
+    assert site.once() == 2
+    assert _validate(site, "r.example", leaf).cert_status == "revoked"
+    assert "CRITICAL r.example: certificate serial" in capsys.readouterr().err
+
+
+def test_revoked_replaces_a_good_staple(site: Site) -> None:
+    leaf = site.issue("r.example")
+    site.bundle("r.example", leaf)
+    assert site.once() == 0
+    site.ca.revoke(leaf.cert)
+    assert site.once("--force") == 2
+    assert _validate(site, "r.example", leaf).cert_status == "revoked"
+
+
+def test_responder_down_keeps_staple_byte_identical(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    assert site.once() == 0
+    before = site.staple("a.example")
+    site.responder.stop()
+    assert site.once("--force") == 1
+    assert site.staple("a.example") == before
+    status = _status_json(site)
+    assert status["a.example"]["status"] == "good"
+    assert "cannot connect" in status["a.example"]["last_error"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (lambda der: (200, {}, b"not ocsp at all"), "not a DER OCSP response"),
+        (lambda der: (500, {}, b"oops"), "HTTP 500"),
+        (
+            lambda der: (200, {}, testca.unsuccessful(x509_ocsp.OCSPResponseStatus.TRY_LATER)),
+            "tryLater",
+        ),
+    ],
+    ids=["garbage", "http-500", "try-later"],
+)
+def test_bad_answers_keep_the_staple(site: Site, answer, message: str) -> None:  # type: ignore[no-untyped-def]
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 0
+    before = site.staple("a.example")
+    site.responder.answer = answer
+    assert site.once("--force") == 1
+    assert site.staple("a.example") == before
+    assert message in _status_json(site)["a.example"]["last_error"]
+
+
+def test_older_response_is_refused(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    assert site.once() == 0
+    before = site.staple("a.example")
+    stale = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(hours=5))
+    site.responder.answer = lambda der: (200, {}, stale)
+    assert site.once("--force") == 1
+    assert site.staple("a.example") == before
+    assert "older than the staple on disk" in _status_json(site)["a.example"]["last_error"]
+
+
+def test_unknown_without_staple_exits_2(site: Site) -> None:
+    leaf = site.issue("u.example")
+    site.ca.unknown.add(leaf.cert.serial_number)
+    site.bundle("u.example", leaf)
+    assert site.once() == 2
+    assert site.staple("u.example") is None
+    assert _status_json(site)["u.example"]["status"] == "missing"
+
+
+def test_certbot_lineage(site: Site) -> None:
+    leaf = site.issue("le.example")
+    site.lineage("le.example", leaf)
+    assert site.once() == 0
+    assert _validate(site, "le.example", leaf).cert_status == "good"
+    # archive/ holds old certificates too: only the live one is stapled.
+    assert sorted(p.name for p in site.out.glob("*.der")) == ["le.example.der"]
+
+
+def test_renewed_lineage_gets_a_staple_for_the_new_serial(site: Site) -> None:
+    first = site.issue("le.example")
+    site.lineage("le.example", first)
+    assert site.once() == 0
+    renewed = site.issue("le.example")
+    site.lineage("le.example", renewed, version=2)
+    assert site.once() == 0
+    assert _validate(site, "le.example", renewed).serial == renewed.cert.serial_number
+
+
+def test_bundle_with_private_key_never_copies_it(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf = site.issue("hap.example")
+    site.bundle("hap.example", leaf, leaf.key_pem())
+    assert site.once("--verbose") == 0
+    assert _validate(site, "hap.example", leaf).cert_status == "good"
+    key_body = leaf.key_pem().split(b"\n")[1]
+    for path in site.out.rglob("*"):
+        if path.is_file():
+            assert key_body not in path.read_bytes(), path
+    assert key_body.decode() not in "".join(capsys.readouterr())
+
+
+def test_key_files_are_never_opened(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    # Anything named like a key is skipped by name: if it were parsed it would be an error.
+    testca.write(site.certs / "privkey.pem", b"-----BEGIN CERTIFICATE-----\nbroken\n")
+    testca.write(site.certs / "site.key", b"junk")
+    assert site.once() == 0
+    assert set(_status_json(site)) == {"a.example"}
+
+
+def test_certificate_without_ocsp_url_is_quiet_and_ok(site: Site) -> None:
+    site.bundle("plain.example", site.issue("plain.example", ocsp_urls=[]))
+    assert site.once("--quiet") == 0
+    assert site.responder.requests == 0
+    assert _status_json(site)["plain.example"]["status"] == "no-ocsp"
+    assert site.staple("plain.example") is None
+
+
+def test_duplicate_certificate_is_fetched_once(site: Site) -> None:
+    leaf = site.issue("dup.example")
+    site.bundle("one", leaf)
+    site.bundle("two", leaf)
+    assert site.once() == 0
+    assert site.responder.requests == 1
+    assert site.staple("one") == site.staple("two") is not None
+
+
+def test_same_name_in_two_directories_gets_distinct_names(site: Site) -> None:
+    a, b = site.issue("a.example"), site.issue("b.example")
+    testca.write(site.certs / "x" / "site.pem", a.cert_pem(), site.ca.cert_pem())
+    testca.write(site.certs / "y" / "site.pem", b.cert_pem(), site.ca.cert_pem())
+    assert site.once() == 0
+    names = sorted(_status_json(site))
+    assert len(names) == 2 and all(n.startswith("site-") for n in names)
+    assert names == sorted(_status_json(site))  # deterministic
+    assert all(site.staple(n) for n in names)
+
+
+def test_every_ocsp_url_is_tried_in_order(site: Site) -> None:
+    dead = "http://127.0.0.1:9/"  # discard port: nothing listens
+    leaf = site.issue("a.example", ocsp_urls=[dead, site.responder.url])
+    site.bundle("a.example", leaf)
+    assert site.once() == 0
+    assert _validate(site, "a.example", leaf).cert_status == "good"
+
+
+def test_ocsp_url_override_and_issuer_file(site: Site) -> None:
+    leaf = site.issue("private.example", ocsp_urls=["http://127.0.0.1:9/"])
+    site.bundle("private.example", leaf, chain=False)
+    issuer = testca.write(site.root / "ca.pem", site.ca.cert_pem())
+    site.config(
+        certificates=(
+            f'[{{ path = "{site.certs}", issuer = "{issuer}", '
+            f'ocsp_url = "{site.responder.url}" }}]'
+        )
+    )
+    assert site.once() == 0
+    assert _validate(site, "private.example", leaf).cert_status == "good"
+
+
+def test_issuer_from_aia_ca_issuers_is_fetched_once(site: Site) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    site.responder.files["/ca.der"] = site.ca.cert.public_bytes(Encoding.DER)
+    aia = site.responder.url + "ca.der"
+    one = site.issue("one.example", ca_issuers_urls=[aia])
+    two = site.issue("two.example", ca_issuers_urls=[aia])
+    site.bundle("one", one, chain=False)
+    site.bundle("two", two, chain=False)
+    assert site.once() == 0
+    assert _validate(site, "one", one).cert_status == "good"
+    assert _validate(site, "two", two).cert_status == "good"
+    # status works offline from the cached issuer.
+    site.responder.stop()
+    assert {v["status"] for v in _status_json(site).values()} == {"good"}
+
+
+def test_expired_certificate_is_not_fetched(site: Site) -> None:
+    now = datetime.now(UTC)
+    leaf = site.issue("old.example", not_before=now - timedelta(days=100),
+                      not_after=now - timedelta(days=1))
+    site.bundle("old.example", leaf)
+    assert site.once() == 2
+    assert site.responder.requests == 0
+    assert _status_json(site)["old.example"]["status"] == "expired"
+
+
+def test_must_staple_is_flagged(site: Site) -> None:
+    site.bundle("ms.example", site.issue("ms.example", must_staple=True))
+    assert site.once() == 0
+    assert _status_json(site)["ms.example"]["must_staple"] is True
+
+
+def test_broken_file_does_not_stop_the_others(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    testca.write(site.certs / "broken.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert site.once() == 2
+    status = _status_json(site)
+    assert status["a.example"]["status"] == "good"
+    assert status["broken"]["status"] == "error"
+    assert "broken.pem" in status["broken"]["path"]
+
+
+def test_reload_runs_once_when_something_changed(site: Site) -> None:
+    counter = site.root / "reloads"
+    script = f"import pathlib; p = pathlib.Path({str(counter)!r}); p.write_text(p.read_text() + 'x' if p.exists() else 'x')"
+    site.config(extra=f"reload_command = {json.dumps([sys.executable, '-c', script])}")
+    site.bundle("a.example", site.issue("a.example"))
+    site.bundle("b.example", site.issue("b.example"))
+    assert site.once() == 0
+    assert counter.read_text() == "x"  # two staples changed, one reload
+    assert site.once() == 0
+    assert counter.read_text() == "x"  # nothing changed, no reload
+
+
+def test_failing_reload_exits_1_and_keeps_staples(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    failing = [sys.executable, "-c", "import sys; sys.exit('config test failed')"]
+    site.config(extra=f"reload_command = {json.dumps(failing)}")
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 1
+    assert site.staple("a.example") is not None
+    assert "config test failed" in capsys.readouterr().err
+
+
+def test_status_makes_no_request_and_exit_codes(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    site.config()
+    assert main(["status", "--config", str(site.config_path)]) == 2  # missing
+    assert site.responder.requests == 0
+    assert site.once() == 0
+    capsys.readouterr()
+    assert main(["status", "--config", str(site.config_path)]) == 0
+    table = capsys.readouterr().out
+    assert "a.example" in table and "good" in table
+    assert site.responder.requests == 1
+
+
+def test_status_json_shape(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    site.once()
+    entry = _status_json(site)["a.example"]
+    assert set(entry) >= {
+        "name", "path", "serial", "ocsp_url", "staple", "status", "this_update",
+        "next_update", "next_refresh", "last_error",
+    }
+    for key in ("this_update", "next_update", "next_refresh"):
+        assert datetime.strptime(entry[key], "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_status_warns_in_the_last_quarter(site: Site) -> None:
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    site.out.mkdir()
+    aging = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(days=3, hours=12))
+    (site.out / "a.example.der").write_bytes(aging)
+    site.config()
+    assert main(["status", "--config", str(site.config_path)]) == 1
+
+
+def test_interrupted_pass_leftovers_are_removed(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    site.out.mkdir()
+    leftover = site.out / ".stapled-tmp-abc123"
+    leftover.write_bytes(b"half a staple")
+    assert site.once() == 0
+    assert not leftover.exists()
+
+
+def test_written_staples_are_world_readable(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 0
+    assert (site.out / "a.example.der").stat().st_mode & 0o777 == 0o644
+
+
+def _status_json(site: Site) -> dict[str, dict[str, object]]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["status", "--config", str(site.config_path), "--json"])
+    return {c["name"]: c for c in json.loads(buf.getvalue())["certificates"]}
+
+
+def test_path_helper_is_not_stale(tmp_path: Path) -> None:
+    # Guard for the helpers above: a status of an empty directory is an empty list.
+    (tmp_path / "certs").mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'output_dir = "{tmp_path / "out"}"\ncertificates = ["{tmp_path / "certs"}"]\n')
+    assert main(["status", "--config", str(cfg)]) == 0
