@@ -24,9 +24,7 @@ from .errors import CertificateError
 # RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
 _TLS_FEATURE_STATUS_REQUEST = 5
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 
 
 def _is_private_key_label(label: bytes) -> bool:

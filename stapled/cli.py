@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     once = sub.add_parser(
-        "once", help="refresh every staple that is due, once (for cron or by hand)",
-        epilog=EXIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "once",
+        help="refresh every staple that is due, once (for cron or by hand)",
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_arg(once)
     once.add_argument("--force", action="store_true", help="refresh every staple, due or not")
@@ -61,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_argument("-v", "--verbose", action="store_true", help="print details")
 
     status = sub.add_parser(
-        "status", help="show every certificate and its staple (no network)",
+        "status",
+        help="show every certificate and its staple (no network)",
         description="Exit status like a monitoring check: 0 ok, 1 warning, 2 critical.",
     )
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     verify = sub.add_parser(
-        "verify", help="check a DER staple against its certificate",
+        "verify",
+        help="check a DER staple against its certificate",
         description="Exit 0 only for a valid staple saying 'good'.",
     )
     verify.add_argument("staple", type=Path, metavar="STAPLE", help="DER OCSP response file")
@@ -77,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--issuer", type=Path, help="issuer certificate, when --cert does not include it"
     )
 
-    demo = sub.add_parser(
-        "demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1"
-    )
+    demo = sub.add_parser("demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1")
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo directory and print its path"
     )
@@ -88,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-c", "--config", type=Path, required=True, metavar="FILE",
+        "-c",
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
         help="configuration file (TOML)",
     )
 
@@ -151,7 +157,8 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"certificate:  serial {chain.serial_hex}, {chain.leaf.subject.rfc4514_string()}")
     print(f"status:       {staple.cert_status}")
     if staple.revocation_time:
-        print(f"revoked at:   {report.rfc3339(staple.revocation_time)} ({staple.revocation_reason})")
+        when = report.rfc3339(staple.revocation_time)
+        print(f"revoked at:   {when} ({staple.revocation_reason or 'no reason given'})")
     print(f"signed by:    {staple.signer}")
     print(f"produced at:  {report.rfc3339(staple.produced_at)}")
     print(f"this update:  {report.rfc3339(staple.this_update)}")

@@ -60,8 +60,16 @@ class Config:
 
 
 _TOP_KEYS = {
-    "output_dir", "certificates", "reload_command", "refresh_at", "concurrency",
-    "per_host", "timeout", "reload_timeout", "cert_id_hash", "state_dir",
+    "output_dir",
+    "certificates",
+    "reload_command",
+    "refresh_at",
+    "concurrency",
+    "per_host",
+    "timeout",
+    "reload_timeout",
+    "cert_id_hash",
+    "state_dir",
 }
 _SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name"}
 

@@ -86,8 +86,9 @@ def _write_certificates(top: Path, ca: testca.CA, url: str) -> None:
     # A HAProxy-style bundle with its private key: stapled skips the key block.
     revoked = ca.issue("revoked.example", ocsp_urls=[url])
     ca.revoke(revoked.cert)
-    testca.write(top / "sites/revoked.example.pem", revoked.cert_pem(), ca.cert_pem(),
-                 revoked.key_pem())
+    testca.write(
+        top / "sites/revoked.example.pem", revoked.cert_pem(), ca.cert_pem(), revoked.key_pem()
+    )
     # Since 2025 many public certificates carry no OCSP URL at all.
     plain = ca.issue("no-ocsp.example")
     testca.write(top / "sites/no-ocsp.example.pem", plain.cert_pem(), ca.cert_pem())

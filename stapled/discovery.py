@@ -200,6 +200,8 @@ def _unique_names(found: list[Found]) -> list[Found]:
             out[i] = replace(found[i], name=f"{name}-{suffix}")
             log.warning(
                 "%s: another certificate also maps to %s.der; its staple is %s.der",
-                found[i].path, name, out[i].name,
+                found[i].path,
+                name,
+                out[i].name,
             )
     return out

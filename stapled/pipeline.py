@@ -176,7 +176,10 @@ class Stapler:
                 records.append(Record(item.name, item.path, State.ERROR, last_error=item.error))
                 continue
             base = Record(
-                item.name, item.path, State.NO_OCSP, serial=chain.serial_hex,
+                item.name,
+                item.path,
+                State.NO_OCSP,
+                serial=chain.serial_hex,
                 must_staple=chain.must_staple,
                 ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
             )
@@ -234,8 +237,12 @@ class Stapler:
         chain = item.chain
         assert chain is not None
         rec = Record(
-            item.name, item.path, policy.state_of(current, unknown_answer=unknown),
-            serial=chain.serial_hex, ocsp_url=chain.ocsp_urls[0], must_staple=chain.must_staple,
+            item.name,
+            item.path,
+            policy.state_of(current, unknown_answer=unknown),
+            serial=chain.serial_hex,
+            ocsp_url=chain.ocsp_urls[0],
+            must_staple=chain.must_staple,
             staple=str(self._staple_path(item)),
         )
         if current is not None:
@@ -336,8 +343,10 @@ class Stapler:
         with self._locks[url]:
             if url in self._issuers:
                 return self._issuers[url]
-            cache = self.config.state_path / "issuers" / (
-                hashlib.sha256(url.encode()).hexdigest()[:32] + ".der"
+            cache = (
+                self.config.state_path
+                / "issuers"
+                / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".der")
             )
             try:
                 data = store.read(cache)
@@ -406,19 +415,35 @@ def _log_record(rec: Record) -> None:
     elif rec.state is State.REVOKED:
         log.critical(
             "%s: certificate serial %s is REVOKED; the CA-signed revoked response is in %s",
-            name, rec.serial, rec.staple,
+            name,
+            rec.serial,
+            rec.staple,
         )
     elif rec.state in (State.MISSING, State.UNKNOWN):
         level = logging.CRITICAL if rec.must_staple else logging.ERROR
-        log.log(level, "%s: no valid staple%s: %s", name,
-                " for a must-staple certificate" if rec.must_staple else "", rec.last_error)
+        log.log(
+            level,
+            "%s: no valid staple%s: %s",
+            name,
+            " for a must-staple certificate" if rec.must_staple else "",
+            rec.last_error,
+        )
     elif rec.failed_now:
-        log.warning("%s: refresh failed, valid staple kept until %s: %s",
-                    name, _iso(rec.next_update), rec.last_error)
+        log.warning(
+            "%s: refresh failed, valid staple kept until %s: %s",
+            name,
+            _iso(rec.next_update),
+            rec.last_error,
+        )
     else:
         verb = "written" if rec.changed else "kept"
-        log.info("%s: good staple %s, valid until %s, refresh after %s",
-                 name, verb, _iso(rec.next_update), _iso(rec.next_refresh))
+        log.info(
+            "%s: good staple %s, valid until %s, refresh after %s",
+            name,
+            verb,
+            _iso(rec.next_update),
+            _iso(rec.next_refresh),
+        )
 
 
 def _iso(t: datetime | None) -> str:

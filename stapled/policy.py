@@ -61,9 +61,7 @@ def state_of(current: Staple | None, *, unknown_answer: bool = False) -> State:
     return State.GOOD
 
 
-def severity(
-    state: State, *, failing: bool, aging: bool, has_ocsp: bool = True
-) -> Severity:
+def severity(state: State, *, failing: bool, aging: bool, has_ocsp: bool = True) -> Severity:
     """How bad a certificate's situation is.
 
     Critical: no valid good staple where the certificate has an OCSP URL (missing,

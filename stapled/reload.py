@@ -16,8 +16,13 @@ def run_command(argv: Sequence[str], timeout: float) -> str:
     """
     try:
         done = subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            errors="replace", timeout=timeout, check=False,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
         )
     except FileNotFoundError as e:
         raise ReloadError(argv, "cannot be run: no such program") from e

@@ -8,8 +8,17 @@ from typing import Any
 from .pipeline import PassResult, Record
 
 JSON_FIELDS = (
-    "name", "path", "serial", "ocsp_url", "staple", "status", "this_update", "next_update",
-    "next_refresh", "last_error", "must_staple",
+    "name",
+    "path",
+    "serial",
+    "ocsp_url",
+    "staple",
+    "status",
+    "this_update",
+    "next_update",
+    "next_refresh",
+    "last_error",
+    "must_staple",
 )
 
 
@@ -38,8 +47,16 @@ def _json_record(r: Record) -> dict[str, Any]:
 
 
 _COLUMNS = (
-    "NAME", "STATE", "SERIAL", "THIS UPDATE", "NEXT UPDATE", "REFRESH AFTER",
-    "STAPLE", "SOURCE", "OCSP URL", "LAST ERROR",
+    "NAME",
+    "STATE",
+    "SERIAL",
+    "THIS UPDATE",
+    "NEXT UPDATE",
+    "REFRESH AFTER",
+    "STAPLE",
+    "SOURCE",
+    "OCSP URL",
+    "LAST ERROR",
 )
 
 

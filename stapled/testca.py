@@ -87,9 +87,15 @@ class CA:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -131,9 +137,7 @@ class CA:
             .not_valid_before(not_before or now - timedelta(hours=1))
             .not_valid_after(not_after or now + timedelta(days=90))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False
-            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
         )
         access = [
             x509.AccessDescription(
@@ -215,9 +219,7 @@ class CA:
             next_update=nxt,
             revocation_time=revoked_at if status == ocsp.OCSPCertStatus.REVOKED else None,
             revocation_reason=(
-                x509.ReasonFlags.key_compromise
-                if status == ocsp.OCSPCertStatus.REVOKED
-                else None
+                x509.ReasonFlags.key_compromise if status == ocsp.OCSPCertStatus.REVOKED else None
             ),
         )
         encoding = ocsp.OCSPResponderEncoding.NAME if by_name else ocsp.OCSPResponderEncoding.HASH

@@ -1,19 +1,28 @@
 """HTTP for OCSP responders and caIssuers URLs (requests), bounded in time and size.
 
-The deadline covers the WHOLE fetch: connecting, waiting and every read.  requests'
-own timeout applies per socket operation, so a responder dripping one byte a second
-would never trip it; here the body is read in chunks against a monotonic deadline.
+The deadline covers the WHOLE fetch: connecting, waiting, headers and body.  requests'
+own timeout applies to each socket operation, and urllib3 keeps reading until a chunk is
+full, so a responder dripping one byte a second would hold a fetch for hours.  Here each
+connection's socket is armed with a timer that shuts it down at the fetch's deadline,
+which ends any read in progress, whatever phase it is in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
 
 from . import __version__
 from .errors import FetchError
@@ -36,6 +45,59 @@ class Reply:
     retry_after: float | None = None
 
 
+# The deadline of the fetch running on this thread, and the timers armed for it.
+_fetch = threading.local()
+
+
+def _arm(sock: socket.socket | None) -> None:
+    """Shut ``sock`` down when the current fetch's deadline passes."""
+    deadline = getattr(_fetch, "deadline", None)
+    if sock is None or deadline is None:
+        return
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, (sock,))
+    timer.daemon = True
+    timer.start()
+    _fetch.timers.append(timer)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _arm(self.sock)  # armed after sending, before the first byte of the answer is read
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        _arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """Makes every connection (direct or through a proxy) one of the armed kind."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
+
 class Transport:
     """One ``requests.Session`` (connection reuse), proxies taken from the environment."""
 
@@ -45,6 +107,9 @@ class Transport:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.max_redirects = _MAX_REDIRECTS
+        adapter = _Adapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def close(self) -> None:
         self.session.close()
@@ -55,21 +120,42 @@ class Transport:
     def request(self, method: str, url: str, body: bytes | None) -> Reply:
         """Send one request; the 200 reply or FetchError naming ``url`` and the reason."""
         deadline = time.monotonic() + self.timeout
+        _fetch.deadline, _fetch.timers = deadline, []
+        try:
+            return self._request(method, url, body, deadline)
+        except FetchError:
+            raise
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+            if time.monotonic() >= deadline:
+                raise FetchError(url, f"response not complete within {self.timeout:g} s") from e
+            raise FetchError(url, f"reading the response failed ({_first_line(e)})") from e
+        finally:
+            for timer in _fetch.timers:
+                timer.cancel()
+            _fetch.deadline, _fetch.timers = None, []
+
+    def _request(self, method: str, url: str, body: bytes | None, deadline: float) -> Reply:
         headers = {"Content-Type": "application/ocsp-request"} if body is not None else {}
         try:
             response = self.session.request(
-                method, url, data=body, headers=headers, stream=True,
+                method,
+                url,
+                data=body,
+                headers=headers,
+                stream=True,
                 timeout=(self.timeout, self.timeout),
             )
         except requests.exceptions.TooManyRedirects as e:
             raise FetchError(url, "too many redirects") from e
+        except requests.exceptions.SSLError as e:
+            raise FetchError(url, f"TLS error ({_first_line(e)})") from e
         except requests.exceptions.InvalidSchema as e:
             raise FetchError(url, "redirected to a URL that is not http or https") from e
         except requests.exceptions.Timeout as e:
             raise FetchError(url, f"no answer within {self.timeout:g} s") from e
-        except requests.exceptions.SSLError as e:
-            raise FetchError(url, f"TLS error ({_first_line(e)})") from e
         except requests.exceptions.ConnectionError as e:
+            if time.monotonic() >= deadline:
+                raise FetchError(url, f"response not complete within {self.timeout:g} s") from e
             raise FetchError(url, f"cannot connect ({_first_line(e)})") from e
         except requests.exceptions.RequestException as e:
             raise FetchError(url, f"request failed ({_first_line(e)})") from e
@@ -92,16 +178,11 @@ class Transport:
             raise FetchError(url, f"response of {declared} bytes exceeds {self.max_size}")
         parts: list[bytes] = []
         size = 0
-        try:
-            for chunk in response.iter_content(_CHUNK):
-                size += len(chunk)
-                if size > self.max_size:
-                    raise FetchError(url, f"response larger than {self.max_size} bytes")
-                if time.monotonic() > deadline:
-                    raise FetchError(url, f"response not complete within {self.timeout:g} s")
-                parts.append(chunk)
-        except requests.exceptions.RequestException as e:
-            raise FetchError(url, f"reading the response failed ({_first_line(e)})") from e
+        for chunk in response.iter_content(_CHUNK):
+            size += len(chunk)
+            if size > self.max_size:
+                raise FetchError(url, f"response larger than {self.max_size} bytes")
+            parts.append(chunk)
         if time.monotonic() > deadline:
             raise FetchError(url, f"response not complete within {self.timeout:g} s")
         return b"".join(parts)

@@ -54,7 +54,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "revoked": (_sign(status=x509_ocsp.OCSPCertStatus.REVOKED), "revoked"),
     "unknown": (_sign(status=x509_ocsp.OCSPCertStatus.UNKNOWN), "unknown"),
     "delegated-responder": (
-        lambda w: w.ca.sign_response(w.leaf.cert, signer=w.ca.responder()), "good"
+        lambda w: w.ca.sign_response(w.leaf.cert, signer=w.ca.responder()),
+        "good",
     ),
     "delegated-without-eku": (
         lambda w: w.ca.sign_response(w.leaf.cert, signer=w.ca.responder(eku=False)),
@@ -96,7 +97,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "empty": (lambda w: b"", "empty body"),
     "html": (lambda w: b"<html><body>502 Bad Gateway</body></html>", "not a DER"),
     "tampered-signature": (
-        lambda w: _flip_last_byte(w.ca.sign_response(w.leaf.cert)), "does not verify"
+        lambda w: _flip_last_byte(w.ca.sign_response(w.leaf.cert)),
+        "does not verify",
     ),
     **{
         f"status-{name}": ((lambda w, s=status: unsuccessful(s)), label)  # type: ignore[misc]

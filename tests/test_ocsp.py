@@ -61,7 +61,8 @@ def test_unknown_issuer_cannot_validate(world: World) -> None:
 def test_replay_ordering(world: World) -> None:
     old = ocsp.validate(
         world.ca.sign_response(world.leaf.cert, this_update=NOW - timedelta(hours=2)),
-        world.chain, NOW,
+        world.chain,
+        NOW,
     )
     new = ocsp.validate(world.ca.sign_response(world.leaf.cert), world.chain, NOW)
     assert old.is_older_than(new)

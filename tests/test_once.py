@@ -149,7 +149,9 @@ def test_renewed_lineage_gets_a_staple_for_the_new_serial(site: Site) -> None:
     assert _validate(site, "le.example", renewed).serial == renewed.cert.serial_number
 
 
-def test_bundle_with_private_key_never_copies_it(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bundle_with_private_key_never_copies_it(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     leaf = site.issue("hap.example")
     site.bundle("hap.example", leaf, leaf.key_pem())
     assert site.once("--verbose") == 0
@@ -213,8 +215,7 @@ def test_ocsp_url_override_and_issuer_file(site: Site) -> None:
     issuer = testca.write(site.root / "ca.pem", site.ca.cert_pem())
     site.config(
         certificates=(
-            f'[{{ path = "{site.certs}", issuer = "{issuer}", '
-            f'ocsp_url = "{site.responder.url}" }}]'
+            f'[{{ path = "{site.certs}", issuer = "{issuer}", ocsp_url = "{site.responder.url}" }}]'
         )
     )
     assert site.once() == 0
@@ -240,8 +241,9 @@ def test_issuer_from_aia_ca_issuers_is_fetched_once(site: Site) -> None:
 
 def test_expired_certificate_is_not_fetched(site: Site) -> None:
     now = datetime.now(UTC)
-    leaf = site.issue("old.example", not_before=now - timedelta(days=100),
-                      not_after=now - timedelta(days=1))
+    leaf = site.issue(
+        "old.example", not_before=now - timedelta(days=100), not_after=now - timedelta(days=1)
+    )
     site.bundle("old.example", leaf)
     assert site.once() == 2
     assert site.responder.requests == 0
@@ -256,7 +258,9 @@ def test_must_staple_is_flagged(site: Site) -> None:
 
 def test_broken_file_does_not_stop_the_others(site: Site) -> None:
     site.bundle("a.example", site.issue("a.example"))
-    testca.write(site.certs / "broken.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    testca.write(
+        site.certs / "broken.pem", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    )
     assert site.once() == 2
     status = _status_json(site)
     assert status["a.example"]["status"] == "good"
@@ -276,7 +280,9 @@ def test_reload_runs_once_when_something_changed(site: Site) -> None:
     assert counter.read_text() == "x"  # nothing changed, no reload
 
 
-def test_failing_reload_exits_1_and_keeps_staples(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failing_reload_exits_1_and_keeps_staples(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     failing = [sys.executable, "-c", "import sys; sys.exit('config test failed')"]
     site.config(extra=f"reload_command = {json.dumps(failing)}")
     site.bundle("a.example", site.issue("a.example"))
@@ -285,7 +291,9 @@ def test_failing_reload_exits_1_and_keeps_staples(site: Site, capsys: pytest.Cap
     assert "config test failed" in capsys.readouterr().err
 
 
-def test_status_makes_no_request_and_exit_codes(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+def test_status_makes_no_request_and_exit_codes(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     site.bundle("a.example", site.issue("a.example"))
     site.config()
     assert main(["status", "--config", str(site.config_path)]) == 2  # missing
@@ -303,8 +311,16 @@ def test_status_json_shape(site: Site) -> None:
     site.once()
     entry = _status_json(site)["a.example"]
     assert set(entry) >= {
-        "name", "path", "serial", "ocsp_url", "staple", "status", "this_update",
-        "next_update", "next_refresh", "last_error",
+        "name",
+        "path",
+        "serial",
+        "ocsp_url",
+        "staple",
+        "status",
+        "this_update",
+        "next_update",
+        "next_refresh",
+        "last_error",
     }
     for key in ("this_update", "next_update", "next_refresh"):
         assert datetime.strptime(entry[key], "%Y-%m-%dT%H:%M:%SZ")
@@ -314,7 +330,9 @@ def test_status_warns_in_the_last_quarter(site: Site) -> None:
     leaf = site.issue("a.example")
     site.bundle("a.example", leaf)
     site.out.mkdir()
-    aging = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(days=3, hours=12))
+    aging = site.ca.sign_response(
+        leaf.cert, this_update=datetime.now(UTC) - timedelta(days=3, hours=12)
+    )
     (site.out / "a.example.der").write_bytes(aging)
     site.config()
     assert main(["status", "--config", str(site.config_path)]) == 1

@@ -1,0 +1,125 @@
+"""The command line, in-process, plus real runs of the installed entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp as x509_ocsp
+
+from stapled import __version__, testca
+from stapled.cli import main
+from stapled.errors import EX_NOINPUT, EX_USAGE
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stapled {__version__}"
+
+
+@pytest.mark.parametrize("command", ["once", "status", "verify", "demo"])
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert "usage: stapled " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["once"], ["once", "--config", "x", "--quiet", "--verbose"]],
+    ids=["nothing", "unknown", "no-config", "quiet-and-verbose"],
+)
+def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == EX_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("stapled: ") and err.count("\n") == 1
+
+
+def _verify_files(tmp_path: Path, status: x509_ocsp.OCSPCertStatus | None = None) -> list[str]:
+    ca = testca.CA()
+    leaf = ca.issue("v.example", ocsp_urls=["http://127.0.0.1:9/"])
+    staple = testca.write(tmp_path / "s.der", ca.sign_response(leaf.cert, status=status))
+    cert = testca.write(tmp_path / "cert.pem", leaf.cert_pem())
+    issuer = testca.write(tmp_path / "ca.pem", ca.cert_pem())
+    return ["verify", str(staple), "--cert", str(cert), "--issuer", str(issuer)]
+
+
+def test_verify_good(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_verify_files(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "status:       good" in out and "signed by:    issuer" in out
+
+
+def test_verify_revoked_is_not_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_verify_files(tmp_path, x509_ocsp.OCSPCertStatus.REVOKED)) == 2
+    assert "revoked at:" in capsys.readouterr().out
+
+
+def test_verify_invalid_staple(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = _verify_files(tmp_path)
+    (tmp_path / "s.der").write_bytes(b"\x30\x00")
+    assert main(argv) == 2
+    assert "s.der" in capsys.readouterr().err
+
+
+def test_verify_without_issuer_asks_for_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _verify_files(tmp_path)[:4]
+    assert main(argv) == EX_USAGE
+    assert "--issuer" in capsys.readouterr().err
+
+
+def test_verify_missing_file(tmp_path: Path) -> None:
+    argv = _verify_files(tmp_path)
+    (tmp_path / "s.der").unlink()
+    assert main(argv) == EX_NOINPUT
+
+
+def test_once_unwritable_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "out").write_text("a file where the directory should be")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'output_dir = "{tmp_path / "out"}"\ncertificates = ["{tmp_path / "certs"}"]\n')
+    assert main(["once", "--config", str(cfg)]) == 73
+    assert str(tmp_path / "out") in capsys.readouterr().err
+
+
+def test_demo_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "good.example" in out and "revoked" in out and "no-ocsp" in out
+    assert "ssl_stapling_file" in out
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("http_proxy", "HTTP_PROXY")}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_installed_console_script() -> None:
+    script = Path(sys.executable).parent / "stapled"
+    assert script.exists(), "the stapled console script is not installed next to python"
+    done = _run(str(script), "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"stapled {__version__}"
+
+
+def test_python_dash_m_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+    env_tmp = {"TMPDIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "stapled", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env_tmp},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "good staple written" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # the demo directory is gone

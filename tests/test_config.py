@@ -1,0 +1,156 @@
+"""Bad configuration: one sentence naming the file and the key, exit 78, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stapled import config
+from stapled.cli import main
+from stapled.errors import EX_CONFIG, ConfigError
+
+
+@pytest.fixture
+def certs_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "certs"
+    d.mkdir()
+    return d
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "stapled.toml"
+    path.write_text(text)
+    return path
+
+
+BAD = {
+    "unknown-key": ('output_dir = "out"\ncertificates = ["certs"]\nrefresh = 0.5\n', "refresh"),
+    "missing-output": ('certificates = ["certs"]\n', "output_dir"),
+    "missing-certificates": ('output_dir = "out"\n', "certificates"),
+    "empty-certificates": ('output_dir = "out"\ncertificates = []\n', "certificates"),
+    "certificates-not-list": ('output_dir = "out"\ncertificates = "certs"\n', "certificates"),
+    "source-missing": ('output_dir = "out"\ncertificates = ["nope"]\n', "certificates[0].path"),
+    "glob-dir-missing": (
+        'output_dir = "out"\ncertificates = ["nope/*.pem"]\n',
+        "certificates[0].path",
+    ),
+    "refresh-at-1": (
+        'output_dir = "out"\ncertificates = ["certs"]\nrefresh_at = 1\n',
+        "refresh_at",
+    ),
+    "refresh-at-0": (
+        'output_dir = "out"\ncertificates = ["certs"]\nrefresh_at = 0\n',
+        "refresh_at",
+    ),
+    "refresh-at-string": (
+        'output_dir = "out"\ncertificates = ["certs"]\nrefresh_at = "half"\n',
+        "refresh_at",
+    ),
+    "timeout-zero": ('output_dir = "out"\ncertificates = ["certs"]\ntimeout = 0\n', "timeout"),
+    "timeout-negative": ('output_dir = "out"\ncertificates = ["certs"]\ntimeout = -3\n', "timeout"),
+    "concurrency-bool": (
+        'output_dir = "out"\ncertificates = ["certs"]\nconcurrency = true\n',
+        "concurrency",
+    ),
+    "per-host-zero": ('output_dir = "out"\ncertificates = ["certs"]\nper_host = 0\n', "per_host"),
+    "reload-empty": (
+        'output_dir = "out"\ncertificates = ["certs"]\nreload_command = ""\n',
+        "reload_command",
+    ),
+    "reload-unbalanced": (
+        'output_dir = "out"\ncertificates = ["certs"]\nreload_command = "a \\"b"\n',
+        "reload_command",
+    ),
+    "hash": (
+        'output_dir = "out"\ncertificates = ["certs"]\ncert_id_hash = "md5"\n',
+        "cert_id_hash",
+    ),
+    "source-unknown-key": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", url = "x" }]\n',
+        "certificates[0].url",
+    ),
+    "source-bad-url": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", ocsp_url = "ldap://x" }]\n',
+        "certificates[0].ocsp_url",
+    ),
+    "source-missing-issuer": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", issuer = "ca.pem" }]\n',
+        "certificates[0].issuer",
+    ),
+    "source-bad-name": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", name = "../x" }]\n',
+        "certificates[0].name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_config_names_key_and_file(
+    tmp_path: Path, certs_dir: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text, key = BAD[case]
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert err.value.key == key
+    assert str(path) in str(err.value) and f"'{key}'" in str(err.value)
+    assert main(["once", "--config", str(path)]) == EX_CONFIG
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and key in message  # one line, naming the key
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"output_dir = [", "not valid TOML"), (b"\xff\xfe", "not UTF-8")],
+    ids=["toml", "encoding"],
+)
+def test_unreadable_config(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason):
+        config.load(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    assert main(["once", "--config", str(tmp_path / "absent.toml")]) == EX_CONFIG
+
+
+def test_defaults_and_relative_paths(tmp_path: Path, certs_dir: Path) -> None:
+    cfg = config.load(_write(tmp_path, 'output_dir = "out"\ncertificates = ["certs"]\n'))
+    assert cfg.output_dir == tmp_path.resolve() / "out"
+    assert cfg.certificates[0].path == str(tmp_path.resolve() / "certs")
+    assert cfg.refresh_at == 0.5
+    assert cfg.cert_id_hash == "sha1"
+    assert cfg.reload_command == ()
+    assert cfg.state_path == cfg.output_dir / ".stapled"
+
+
+def test_reload_command_is_split_like_a_shell(tmp_path: Path, certs_dir: Path) -> None:
+    cfg = config.load(
+        _write(
+            tmp_path,
+            'output_dir = "out"\ncertificates = ["certs"]\n'
+            "reload_command = \"systemctl reload 'nginx server'\"\n",
+        )
+    )
+    assert cfg.reload_command == ("systemctl", "reload", "nginx server")
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "stapled.toml"
+    raw = config.tomllib.loads(example.read_text())
+    # Point the example's sources at directories that exist here; every key stays checked.
+    (tmp_path / "ca.pem").write_text("x")
+    for i, source in enumerate(raw["certificates"]):
+        d = tmp_path / f"src{i}"
+        d.mkdir()
+        if isinstance(source, dict):
+            source["path"] = str(d)
+            if "issuer" in source:
+                source["issuer"] = str(tmp_path / "ca.pem")
+        else:
+            raw["certificates"][i] = str(d)
+    cfg = config.parse(raw, example)
+    assert cfg.reload_command
