@@ -137,15 +137,20 @@ class Stapler:
         records, groups = self._classify(discovery.discover(self.config.certificates))
         pool_size = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
-            for group_records in pool.map(lambda g: self._refresh(g, force), groups.values()):
+            for group_records in pool.map(lambda g: self._job(g, force), groups.values()):
                 records.extend(group_records)
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock())
         result.changed = [r.name for r in result.records if r.changed]
-        self._save_state(saved, result.records)
         for record in result.records:
             _log_record(record)
-        if result.changed and self.config.reload_command:
+        # A reload that failed last time is owed even when nothing changed since: the
+        # server has not picked up the staples written then.
+        owed = bool(saved.get("reload_pending"))
+        if self.config.reload_command and (result.changed or owed):
+            if owed and not result.changed:
+                log.info("retrying the reload that failed in an earlier pass")
             result.reload_error = self._reload()
+        self._save_state(saved, result.records, reload_pending=result.reload_error is not None)
         return result
 
     def status(self) -> PassResult:
@@ -193,6 +198,18 @@ class Stapler:
                 groups[chain.fingerprint].append(item)
         return records, groups
 
+    def _job(self, members: list[Found], force: bool) -> list[Record]:
+        """The per-certificate boundary: whatever goes wrong stays with this certificate."""
+        try:
+            return self._refresh(members, force)
+        except Exception as e:  # the one broad except: a bug must not cost other staples
+            log.debug("refreshing %s failed", members[0].name, exc_info=True)
+            reason = f"internal error ({type(e).__name__}: {e})"
+            return [
+                Record(m.name, m.path, State.ERROR, last_error=reason, failed_now=True)
+                for m in members
+            ]
+
     def _refresh(self, members: list[Found], force: bool) -> list[Record]:
         """Fetch (if due) and write the staple for one certificate and all its names."""
         chain = _best_chain(members)
@@ -222,8 +239,10 @@ class Stapler:
                 try:
                     rec.changed = store.write_atomic(self._staple_path(member), current.der)
                 except StoreError as e:
-                    error = str(e)
-            if error:
+                    # Report what this name really has on disk, not what failed to land.
+                    rec = self._record(member, self._current([member], now, chain))
+                    rec.last_error, rec.failed_now = str(e), True
+            if error and not rec.failed_now:
                 rec.last_error, rec.failed_now = error, True
             records.append(rec)
         return records
@@ -369,7 +388,9 @@ class Stapler:
             self._issuers[url] = result
             return result
 
-    def _save_state(self, saved: dict[str, Any], records: list[Record]) -> None:
+    def _save_state(
+        self, saved: dict[str, Any], records: list[Record], *, reload_pending: bool
+    ) -> None:
         entries = saved.get("certificates")
         entries = entries if isinstance(entries, dict) else {}
         now = _iso(self.clock())
@@ -381,7 +402,11 @@ class Stapler:
             elif rec.state in (State.GOOD, State.REVOKED):
                 entry.pop("last_error", None)
         names = {r.name for r in records}
-        state = {"version": 1, "certificates": {k: v for k, v in entries.items() if k in names}}
+        state = {
+            "version": 1,
+            "reload_pending": reload_pending,
+            "certificates": {k: v for k, v in entries.items() if k in names},
+        }
         try:
             store.save_state(self.config.state_path, state)
         except StoreError as e:

@@ -369,3 +369,44 @@ def test_path_helper_is_not_stale(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'output_dir = "{tmp_path / "out"}"\ncertificates = ["{tmp_path / "certs"}"]\n')
     assert main(["status", "--config", str(cfg)]) == 0
+
+
+def test_failed_reload_is_retried_by_the_next_pass(site: Site) -> None:
+    counter = site.root / "reloads"
+    flag = site.root / "fail"
+    script = (
+        "import pathlib, sys\n"
+        f"c = pathlib.Path({str(counter)!r}); c.write_text(c.read_text() + 'x' if c.exists() else 'x')\n"
+        f"sys.exit('nginx: [emerg] broken' if pathlib.Path({str(flag)!r}).exists() else 0)\n"
+    )
+    site.config(extra=f"reload_command = {json.dumps([sys.executable, '-c', script])}")
+    site.bundle("a.example", site.issue("a.example"))
+    flag.touch()
+    assert site.once() == 1
+    flag.unlink()
+    # Nothing changed, but the server has not picked the staple up yet: reload again.
+    assert site.once() == 0
+    assert counter.read_text() == "xx"
+    assert site.once() == 0
+    assert counter.read_text() == "xx"  # owed no longer
+
+
+def test_quiet_prints_nothing_when_all_is_well(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    site.bundle("plain.example", site.issue("plain.example", ocsp_urls=[]))
+    assert site.once("--quiet") == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_unwritable_staple_path_is_reported_and_others_written(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    site.bundle("b.example", site.issue("b.example"))
+    (site.out / "a.example.der").mkdir(parents=True)  # something in the way
+    assert site.once() == 2
+    status = _status_json(site)
+    assert status["b.example"]["status"] == "good"
+    assert status["a.example"]["status"] == "missing"
+    assert "a.example.der" in status["a.example"]["last_error"]
+    assert list(site.out.glob(".stapled-tmp-*")) == []

@@ -1,0 +1,166 @@
+"""Certificate files of every kind, good and broken: each broken one is a per-file error."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from stapled import certs, discovery, testca
+from stapled.config import Source
+from stapled.errors import CertificateError
+
+
+@pytest.fixture(scope="module")
+def ca() -> testca.CA:
+    return testca.CA()
+
+
+@pytest.fixture(scope="module")
+def leaf(ca: testca.CA) -> testca.Issued:
+    return ca.issue("leaf.example", ocsp_urls=["http://127.0.0.1:9/"])
+
+
+def _found(path: Path, **kw: object) -> list[discovery.Found]:
+    return discovery.discover((Source(path=str(path), **kw),))  # type: ignore[arg-type]
+
+
+def _one_error(path: Path) -> str:
+    (found,) = _found(path)
+    assert found.chain is None, "expected an error"
+    assert found.error is not None
+    return found.error
+
+
+def _pem(cert: testca.Issued | testca.CA) -> bytes:
+    return cert.cert_pem()
+
+
+BROKEN = {
+    "not-pem": (lambda ca, leaf: b"hello, I am not a certificate\n", "no certificate found"),
+    "binary-junk": (lambda ca, leaf: bytes(range(256)) * 4, "no certificate found"),
+    "empty": (lambda ca, leaf: b"", "no certificate found"),
+    "truncated-pem": (lambda ca, leaf: _pem(leaf)[:200], "truncated PEM"),
+    "bad-base64": (
+        lambda ca, leaf: b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        "not a valid certificate",
+    ),
+    "wrong-order": (lambda ca, leaf: _pem(ca) + _pem(leaf), "put the leaf first"),
+    "self-signed": (lambda ca, leaf: _pem(ca), "self-signed"),
+    "too-big": (lambda ca, leaf: b"#" * (discovery.MAX_CERT_FILE + 1), "larger than"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_file_named_directly(
+    tmp_path: Path, ca: testca.CA, leaf: testca.Issued, case: str
+) -> None:
+    make, reason = BROKEN[case]
+    path = testca.write(tmp_path / "site.pem", make(ca, leaf))
+    assert reason in _one_error(path)
+
+
+def test_leaf_without_issuer_is_found_without_one(tmp_path: Path, leaf: testca.Issued) -> None:
+    (found,) = _found(testca.write(tmp_path / "a.pem", _pem(leaf)))
+    assert found.chain is not None and found.chain.issuer is None
+
+
+def test_der_certificate_is_accepted(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+    path = testca.write(tmp_path / "a.crt", leaf.cert.public_bytes(Encoding.DER))
+    issuer = testca.write(tmp_path / "ca.pem", _pem(ca))
+    (found,) = _found(path, issuer=issuer)
+    assert found.chain is not None and found.chain.issuer == ca.cert
+
+
+def test_configured_issuer_that_did_not_sign(tmp_path: Path, leaf: testca.Issued) -> None:
+    stranger = testca.write(tmp_path / "other.pem", _pem(testca.CA("other")))
+    (found,) = _found(testca.write(tmp_path / "a.pem", _pem(leaf)), issuer=stranger)
+    assert found.error is not None and "did not sign" in found.error
+
+
+def test_directory_scan_skips_non_certificates_quietly(
+    tmp_path: Path, ca: testca.CA, leaf: testca.Issued
+) -> None:
+    testca.write(tmp_path / "site.pem", _pem(leaf), _pem(ca))
+    testca.write(
+        tmp_path / "dhparam.pem",
+        b"-----BEGIN DH PARAMETERS-----\nMAA=\n-----END DH PARAMETERS-----\n",
+    )
+    testca.write(tmp_path / "ca-bundle.crt", _pem(ca))
+    testca.write(tmp_path / "notes.txt", b"not even a candidate")
+    assert [f.name for f in _found(tmp_path)] == ["site"]
+
+
+def test_symlink_loop_and_dangling_link(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+    testca.write(tmp_path / "sub" / "site.pem", _pem(leaf), _pem(ca))
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)
+    (tmp_path / "gone.pem").symlink_to(tmp_path / "nowhere.pem")
+    found = {f.name: f for f in _found(tmp_path)}
+    assert set(found) == {"site", "gone"}
+    assert found["site"].chain is not None
+    assert "cannot read" in (found["gone"].error or "")
+
+
+def test_glob_with_double_star(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+    testca.write(tmp_path / "a" / "b" / "site.pem", _pem(leaf), _pem(ca))
+    assert [f.name for f in _found(tmp_path / "**" / "*.pem")] == ["site"]
+
+
+def test_private_key_block_is_skipped(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+    path = testca.write(tmp_path / "hap.pem", leaf.key_pem(), _pem(leaf), _pem(ca))
+    (found,) = _found(path)
+    assert found.chain is not None and found.chain.leaf == leaf.cert
+
+
+def test_expired_leaf_is_still_found(tmp_path: Path, ca: testca.CA) -> None:
+    now = datetime.now(UTC)
+    old = ca.issue(
+        "old.example", not_before=now - timedelta(days=9), not_after=now - timedelta(days=1)
+    )
+    (found,) = _found(testca.write(tmp_path / "old.pem", _pem(old), _pem(ca)))
+    assert found.chain is not None and found.chain.not_after < now
+
+
+@pytest.mark.parametrize("form", ["der", "pem", "pkcs7-der", "pkcs7-pem"])
+def test_issuer_bytes_in_every_form(ca: testca.CA, form: str) -> None:
+    data = {
+        "der": lambda: ca.cert.public_bytes(Encoding.DER),
+        "pem": lambda: ca.cert.public_bytes(Encoding.PEM),
+        "pkcs7-der": lambda: pkcs7.serialize_certificates([ca.cert], Encoding.DER),
+        "pkcs7-pem": lambda: pkcs7.serialize_certificates([ca.cert], Encoding.PEM),
+    }[form]()
+    assert certs.parse_issuer_bytes(data, "aia") == ca.cert
+
+
+def test_issuer_bytes_garbage() -> None:
+    with pytest.raises(CertificateError, match="DER, PEM or PKCS#7"):
+        certs.parse_issuer_bytes(b"<html>", "http://ca.example/issuer.crt")
+
+
+def test_must_staple_and_urls(ca: testca.CA) -> None:
+    ms = ca.issue("ms.example", must_staple=True, ocsp_urls=["http://a/", "http://b/"])
+    chain = certs.build_chain([ms.cert, ca.cert], "ms")
+    assert chain.must_staple
+    assert chain.ocsp_urls == ("http://a/", "http://b/")
+
+
+def _age_atime(path: Path) -> int:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_mtime_ns - 10**9, stat.st_mtime_ns))
+    return path.stat().st_atime_ns
+
+
+def test_key_file_is_never_opened(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+    control = testca.write(tmp_path / "control.txt", b"x")
+    before = _age_atime(control)
+    control.read_bytes()
+    if control.stat().st_atime_ns == before:
+        pytest.skip("this filesystem does not record reads in access times")
+    testca.write(tmp_path / "site.pem", _pem(leaf), _pem(ca))
+    key = testca.write(tmp_path / "privkey.pem", leaf.key_pem())
+    atime = _age_atime(key)
+    assert [f.name for f in _found(tmp_path)] == ["site"]
+    assert key.stat().st_atime_ns == atime  # a read would have moved it
