@@ -7,20 +7,6 @@ from typing import Any
 
 from .pipeline import PassResult, Record
 
-JSON_FIELDS = (
-    "name",
-    "path",
-    "serial",
-    "ocsp_url",
-    "staple",
-    "status",
-    "this_update",
-    "next_update",
-    "next_refresh",
-    "last_error",
-    "must_staple",
-)
-
 
 def rfc3339(t: datetime | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
