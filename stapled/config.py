@@ -22,6 +22,12 @@ DEFAULT_CONCURRENCY = 16
 DEFAULT_PER_HOST = 4
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RELOAD_TIMEOUT = 60.0
+# The daemon's timing (seconds).
+DEFAULT_RETRY_MIN = 60.0
+DEFAULT_RETRY_MAX = 3600.0
+DEFAULT_MIN_REFRESH_INTERVAL = 60.0
+DEFAULT_RESCAN_INTERVAL = 600.0
+DEFAULT_DEBOUNCE = 2.0
 STATE_DIR_NAME = ".stapled"
 
 
@@ -52,6 +58,11 @@ class Config:
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     cert_id_hash: str = "sha1"
     state_dir: Path | None = None
+    retry_min: float = DEFAULT_RETRY_MIN
+    retry_max: float = DEFAULT_RETRY_MAX
+    min_refresh_interval: float = DEFAULT_MIN_REFRESH_INTERVAL
+    rescan_interval: float = DEFAULT_RESCAN_INTERVAL
+    debounce: float = DEFAULT_DEBOUNCE
 
     @property
     def state_path(self) -> Path:
@@ -70,6 +81,11 @@ _TOP_KEYS = {
     "reload_timeout",
     "cert_id_hash",
     "state_dir",
+    "retry_min",
+    "retry_max",
+    "min_refresh_interval",
+    "rescan_interval",
+    "debounce",
 }
 _SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name"}
 
@@ -123,7 +139,23 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         reload_timeout=p.duration(raw, "reload_timeout", DEFAULT_RELOAD_TIMEOUT),
         cert_id_hash=cert_id_hash,
         state_dir=p.path(raw, "state_dir"),
+        **_daemon_timing(p, raw),
     )
+
+
+def _daemon_timing(p: _Checker, raw: dict[str, Any]) -> dict[str, float]:
+    timing = {
+        "retry_min": p.duration(raw, "retry_min", DEFAULT_RETRY_MIN),
+        "retry_max": p.duration(raw, "retry_max", DEFAULT_RETRY_MAX),
+        "min_refresh_interval": p.duration(
+            raw, "min_refresh_interval", DEFAULT_MIN_REFRESH_INTERVAL
+        ),
+        "rescan_interval": p.duration(raw, "rescan_interval", DEFAULT_RESCAN_INTERVAL),
+        "debounce": p.duration(raw, "debounce", DEFAULT_DEBOUNCE),
+    }
+    if timing["retry_max"] < timing["retry_min"]:
+        raise p.error("retry_max", "must not be less than retry_min")
+    return timing
 
 
 class _Checker:

@@ -65,9 +65,15 @@ class Record:
     next_refresh: datetime | None = None
     last_error: str | None = None
     must_staple: bool = False
+    next_retry: datetime | None = None
     changed: bool = False
     # True when this pass (not an earlier one) failed to refresh it.
     failed_now: bool = False
+    # The valid staple on disk, and what the responder said about caching, for scheduling.
+    current: Staple | None = field(default=None, repr=False)
+    fingerprint: str | None = None
+    retry_after: float | None = None
+    max_age: float | None = None
 
     def severity(self, now: datetime, *, aging: bool = True) -> Severity:
         staple_aging = (
@@ -129,40 +135,55 @@ class Stapler:
 
         Raises StoreError when the output directory is unusable (nothing is written).
         """
-        out = self.config.output_dir
-        store.prepare_dir(out)
-        if removed := store.remove_temp_files(out):
-            log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
+        self.prepare()
         saved = store.load_state(self.config.state_path)
-        records, groups = self._classify(discovery.discover(self.config.certificates))
+        records, groups = self.scan()
         pool_size = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
-            for group_records in pool.map(lambda g: self._job(g, force), groups.values()):
+            for group_records in pool.map(lambda g: self.refresh(g, force=force), groups.values()):
                 records.extend(group_records)
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock())
         result.changed = [r.name for r in result.records if r.changed]
         for record in result.records:
-            _log_record(record)
+            log_record(record)
         # A reload that failed last time is owed even when nothing changed since: the
         # server has not picked up the staples written then.
         owed = bool(saved.get("reload_pending"))
         if self.config.reload_command and (result.changed or owed):
             if owed and not result.changed:
                 log.info("retrying the reload that failed in an earlier pass")
-            result.reload_error = self._reload()
-        self._save_state(saved, result.records, reload_pending=result.reload_error is not None)
+            result.reload_error = self.reload()
+        self.save_state(result.records, reload_pending=result.reload_error is not None)
         return result
+
+    def prepare(self) -> None:
+        """Make sure the output directory is usable; clear an interrupted run's leftovers.
+
+        Raises StoreError when the output directory is unusable.
+        """
+        out = self.config.output_dir
+        store.prepare_dir(out)
+        if removed := store.remove_temp_files(out):
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
+
+    def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
+        """Find every certificate: records for those needing no fetch, the rest grouped."""
+        return self._classify(discovery.discover(self.config.certificates))
 
     def status(self) -> PassResult:
         """The same records without any network request or write."""
         saved = store.load_state(self.config.state_path).get("certificates", {})
-        records, groups = self._classify(discovery.discover(self.config.certificates))
+        records, groups = self.scan()
         now = self.clock()
         for members in groups.values():
             current = self._current(members, now)
             for member in members:
                 rec = self._record(member, current)
-                rec.last_error = (saved.get(member.name) or {}).get("last_error")
+                entry = saved.get(member.name) or {}
+                rec.last_error = entry.get("last_error")
+                # The daemon's own schedule (with jitter) wins over the computed one.
+                rec.next_refresh = _parse_time(entry.get("next_refresh")) or rec.next_refresh
+                rec.next_retry = _parse_time(entry.get("next_retry"))
                 records.append(rec)
         return PassResult(sorted(records, key=lambda r: r.name), now)
 
@@ -198,8 +219,11 @@ class Stapler:
                 groups[chain.fingerprint].append(item)
         return records, groups
 
-    def _job(self, members: list[Found], force: bool) -> list[Record]:
-        """The per-certificate boundary: whatever goes wrong stays with this certificate."""
+    def refresh(self, members: list[Found], *, force: bool = False) -> list[Record]:
+        """Refresh one certificate (all names it is found under) if due, or if ``force``.
+
+        The per-certificate boundary: whatever goes wrong stays with this certificate.
+        """
         try:
             return self._refresh(members, force)
         except Exception as e:  # the one broad except: a bug must not cost other staples
@@ -221,8 +245,10 @@ class Stapler:
         current = self._current(members, now, chain)
         error: str | None = None
         unknown = False
+        hints = _Fetched()
         if policy.needs_refresh(current, now, self.config.refresh_at, force=force):
-            fetched, url, error = self._fetch(chain)
+            hints = self._fetch(chain)
+            fetched, url, error = hints.staple, hints.url, hints.error
             if fetched is not None and fetched.cert_status is CertStatus.UNKNOWN:
                 error, unknown = f"{url}: the responder says the certificate is unknown", True
             elif fetched is not None and current is not None and fetched.is_older_than(current):
@@ -244,6 +270,7 @@ class Stapler:
                     rec.last_error, rec.failed_now = str(e), True
             if error and not rec.failed_now:
                 rec.last_error, rec.failed_now = error, True
+            rec.retry_after, rec.max_age = hints.retry_after, hints.max_age
             records.append(rec)
         return records
 
@@ -259,6 +286,8 @@ class Stapler:
             item.name,
             item.path,
             policy.state_of(current, unknown_answer=unknown),
+            fingerprint=chain.fingerprint,
+            current=current,
             serial=chain.serial_hex,
             ocsp_url=chain.ocsp_urls[0],
             must_staple=chain.must_staple,
@@ -303,12 +332,13 @@ class Stapler:
                 best = staple
         return best
 
-    def _fetch(self, chain: CertChain) -> tuple[Staple | None, str, str | None]:
-        """Ask each responder in turn: (first valid answer, its URL, None) or the errors."""
+    def _fetch(self, chain: CertChain) -> _Fetched:
+        """Ask each responder in turn; the first valid answer wins, else all the errors."""
         if self.transport is None:
-            return None, "", "no network in this mode"
+            return _Fetched(error="no network in this mode")
         request = ocsp.build_request(chain, self.hash)
         errors: list[str] = []
+        retry_after: float | None = None
         for url in chain.ocsp_urls:
             http = ocsp.http_request(url, request)
             try:
@@ -322,9 +352,11 @@ class Stapler:
                 continue
             except FetchError as e:
                 errors.append(str(e))
+                if e.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, e.retry_after)
                 continue
-            return staple, url, None
-        return None, "", "; ".join(errors)
+            return _Fetched(staple, url, max_age=reply.max_age)
+        return _Fetched(error="; ".join(errors), retry_after=retry_after)
 
     def _host_limit(self, url: str) -> threading.BoundedSemaphore:
         host = urlsplit(url).netloc
@@ -388,31 +420,38 @@ class Stapler:
             self._issuers[url] = result
             return result
 
-    def _save_state(
-        self, saved: dict[str, Any], records: list[Record], *, reload_pending: bool
+    def save_state(
+        self,
+        records: list[Record],
+        *,
+        reload_pending: bool,
+        daemon: dict[str, Any] | None = None,
     ) -> None:
-        entries = saved.get("certificates")
-        entries = entries if isinstance(entries, dict) else {}
-        now = _iso(self.clock())
+        """Record what ``status`` cannot work out from disk: errors, schedule, owed reload."""
+        entries: dict[str, dict[str, Any]] = {}
         for rec in records:
-            entry = entries.setdefault(rec.name, {})
-            if rec.failed_now:
+            entry: dict[str, Any] = {}
+            if rec.last_error:
                 entry["last_error"] = rec.last_error
-                entry["last_failure"] = now
-            elif rec.state in (State.GOOD, State.REVOKED):
-                entry.pop("last_error", None)
-        names = {r.name for r in records}
-        state = {
+            if rec.next_retry:
+                entry["next_retry"] = _iso(rec.next_retry)
+            if daemon is not None and rec.next_refresh:
+                entry["next_refresh"] = _iso(rec.next_refresh)
+            entries[rec.name] = entry
+        state: dict[str, Any] = {
             "version": 1,
             "reload_pending": reload_pending,
-            "certificates": {k: v for k, v in entries.items() if k in names},
+            "certificates": entries,
         }
+        if daemon is not None:
+            state["daemon"] = daemon
         try:
             store.save_state(self.config.state_path, state)
         except StoreError as e:
             log.warning("cannot record state: %s", e)
 
-    def _reload(self) -> str | None:
+    def reload(self) -> str | None:
+        """Run the reload command; its error message, or None when it worked."""
         argv = self.config.reload_command
         try:
             self.reloader(argv, self.config.reload_timeout)
@@ -429,7 +468,8 @@ def _best_chain(members: list[Found]) -> CertChain:
     return next((c for c in chains if c.issuer is not None), chains[0])
 
 
-def _log_record(rec: Record) -> None:
+def log_record(rec: Record) -> None:
+    """One line for one certificate, at the level its state deserves."""
     name = rec.name
     if rec.state is State.NO_OCSP:
         log.info("%s: no OCSP URL in the certificate; nothing to staple", name)
@@ -469,6 +509,26 @@ def _log_record(rec: Record) -> None:
             _iso(rec.next_update),
             _iso(rec.next_refresh),
         )
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """What asking the responders gave: a staple and where from, or why not."""
+
+    staple: Staple | None = None
+    url: str = ""
+    error: str | None = None
+    retry_after: float | None = None
+    max_age: float | None = None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def _iso(t: datetime | None) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .ocsp import CertStatus, Staple
 
@@ -77,3 +77,62 @@ def severity(state: State, *, failing: bool, aging: bool, has_ocsp: bool = True)
     if failing or aging:
         return Severity.WARNING
     return Severity.OK
+
+
+# Refreshes of certificates issued together are spread over this fraction of the window
+# (either side of the refresh point), so that they do not reach the responder as a burst.
+JITTER_FRACTION = 0.05
+# Retries keep at least this many attempts inside what is left of a staple's validity.
+ATTEMPTS_BEFORE_EXPIRY = 4
+
+
+def scheduled_refresh(
+    staple: Staple,
+    *,
+    refresh_at: float,
+    now: datetime,
+    jitter: float,
+    margin: timedelta,
+    min_interval: timedelta,
+    max_age: float | None = None,
+) -> datetime:
+    """When the daemon refreshes ``staple``: ``refresh_at`` of its window, jittered.
+
+    ``jitter`` is a random number in [-1, 1] (a parameter, so tests can pin it).  The
+    result is never sooner than ``min_interval`` from ``now`` (no hammering a responder
+    whose answers start in the past), never sooner than a responder's Cache-Control
+    ``max-age`` allows, and never later than what leaves room for
+    ATTEMPTS_BEFORE_EXPIRY retries before ``next_update - margin``.
+    """
+    lifetime = staple.lifetime
+    due = refresh_time(staple, refresh_at) + lifetime * JITTER_FRACTION * jitter
+    if max_age is not None:
+        due = max(due, now + timedelta(seconds=max_age))
+    usable_end = staple.next_update - margin
+    latest = usable_end - (usable_end - staple.this_update) / (ATTEMPTS_BEFORE_EXPIRY + 1)
+    due = min(due, latest)
+    return max(due, now + min_interval)
+
+
+def retry_delay(
+    attempts: int,
+    *,
+    now: datetime,
+    retry_min: float,
+    retry_max: float,
+    valid_until: datetime | None,
+    retry_after: float | None = None,
+) -> timedelta:
+    """How long to wait after the ``attempts``-th failure in a row (1 for the first).
+
+    Exponential from ``retry_min`` to ``retry_max``; a responder's Retry-After is
+    honoured when longer.  While a valid staple exists (``valid_until``), the delay never
+    exceeds a share of what is left, so several attempts remain before it expires.
+    """
+    delay = min(retry_min * 2 ** max(0, attempts - 1), retry_max)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, retry_max))
+    if valid_until is not None:
+        left = (valid_until - now).total_seconds()
+        delay = min(delay, max(retry_min, left / ATTEMPTS_BEFORE_EXPIRY))
+    return timedelta(seconds=delay)
