@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import ClassVar, NoReturn
 
 from . import __version__, certs, config, ocsp, report
 from .errors import (
@@ -81,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--issuer", type=Path, help="issuer certificate, when --cert does not include it"
     )
 
+    run = sub.add_parser(
+        "run",
+        help="run as a service: watch certificates and refresh every staple on time",
+        description="Runs until SIGTERM or SIGINT; SIGHUP re-reads the configuration.",
+    )
+    _config_arg(run)
+    run.add_argument("-v", "--verbose", action="store_true", help="log details")
+
     demo = sub.add_parser("demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1")
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo directory and print its path"
@@ -99,21 +109,66 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def setup_logging(level: int) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+def setup_logging(level: int, *, service: bool = False) -> None:
+    """Plain lines on stderr; under systemd, the journal with priorities and no timestamps.
+
+    The journal stamps each line itself.  systemd-python's JournalHandler is used when the
+    extra is installed; otherwise each line starts with a syslog priority prefix "<N>",
+    which systemd reads from a service's stderr.
+    """
+    handler: logging.Handler
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    if service and under_journal and (journal := _journal_handler()) is not None:
+        handler = journal
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        if service and under_journal:
+            handler.setFormatter(_PriorityFormatter("%(message)s"))
+        elif service:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root = logging.getLogger("stapled")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
 
 
+class _PriorityFormatter(logging.Formatter):
+    _PRIORITY: ClassVar[dict[str, int]] = {
+        "CRITICAL": 2,
+        "ERROR": 3,
+        "WARNING": 4,
+        "INFO": 6,
+        "DEBUG": 7,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def _journal_handler() -> logging.Handler | None:
+    try:
+        journal = importlib.import_module("systemd.journal")  # the stapled[systemd] extra
+    except ImportError:
+        return None
+    handler: logging.Handler = journal.JournalHandler(SYSLOG_IDENTIFIER="stapled")
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
-        setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-        command = {"once": _once, "status": _status, "verify": _verify, "demo": _demo}
+        level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+        setup_logging(level, service=args.command == "run")
+        command = {
+            "once": _once,
+            "run": _run,
+            "status": _status,
+            "verify": _verify,
+            "demo": _demo,
+        }
         return command[args.command](args)
     except StapledError as e:
         print(f"stapled: {e}", file=sys.stderr)
@@ -130,6 +185,12 @@ def _once(args: argparse.Namespace) -> int:
     finally:
         transport.close()
     return result.exit_code()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon  # the scheduler and the watcher are only needed here
+
+    return Daemon(args.config).run()
 
 
 def _status(args: argparse.Namespace) -> int:

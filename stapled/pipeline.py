@@ -96,6 +96,8 @@ class PassResult:
     now: datetime
     reload_error: str | None = None
     changed: list[str] = field(default_factory=list)
+    # The certificates that have an OCSP URL, by fingerprint (for the daemon's schedule).
+    groups: dict[str, list[Found]] = field(default_factory=dict)
 
     def exit_code(self) -> int:
         """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""
@@ -142,7 +144,7 @@ class Stapler:
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
             for group_records in pool.map(lambda g: self.refresh(g, force=force), groups.values()):
                 records.extend(group_records)
-        result = PassResult(sorted(records, key=lambda r: r.name), self.clock())
+        result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
         for record in result.records:
             log_record(record)

@@ -102,7 +102,8 @@ def scheduled_refresh(
     result is never sooner than ``min_interval`` from ``now`` (no hammering a responder
     whose answers start in the past), never sooner than a responder's Cache-Control
     ``max-age`` allows, and never later than what leaves room for
-    ATTEMPTS_BEFORE_EXPIRY retries before ``next_update - margin``.
+    ATTEMPTS_BEFORE_EXPIRY retries before ``next_update - margin`` (when that moment is
+    still ahead; otherwise as soon as the minimum interval allows, before the end).
     """
     lifetime = staple.lifetime
     due = refresh_time(staple, refresh_at) + lifetime * JITTER_FRACTION * jitter
@@ -110,8 +111,9 @@ def scheduled_refresh(
         due = max(due, now + timedelta(seconds=max_age))
     usable_end = staple.next_update - margin
     latest = usable_end - (usable_end - staple.this_update) / (ATTEMPTS_BEFORE_EXPIRY + 1)
-    due = min(due, latest)
-    return max(due, now + min_interval)
+    due = max(min(due, latest), now + min_interval)
+    # The minimum interval never carries a refresh past the end of the staple's use.
+    return min(due, max(now, usable_end))
 
 
 def retry_delay(

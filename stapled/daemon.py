@@ -1,0 +1,345 @@
+"""``stapled run``: the long-running service.  The only APScheduler user.
+
+After a first pass like ``once``, every certificate has one job at its next refresh (or
+retry) time.  A watcher rescans when certificate files change, a periodic rescan is the
+safety net, and reloads are coalesced so that many staples changing together cause one.
+
+APScheduler 3 drops a one-shot job that runs more than ``misfire_grace_time`` late
+(default 1 s: any suspend/resume or stall).  Here late jobs always run
+(``misfire_grace_time=None``), and a short periodic tick makes the scheduler look at the
+wall clock again: its waits are measured on a clock that stops during suspend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from . import config as config_module
+from . import ocsp, policy, store
+from .config import Config
+from .discovery import Found
+from .errors import ConfigError
+from .notify import Notifier
+from .pipeline import Clock, Record, Stapler, log_record, utc_now
+from .policy import State
+from .transport import Transport
+from .watcher import Watcher, roots_of
+
+log = logging.getLogger("stapled")
+
+TICK_SECONDS = 30.0
+# Staples changing within this many seconds of each other share one reload.
+RELOAD_DELAY = 1.0
+STATE_DELAY = 1.0
+
+
+def make_scheduler(workers: int) -> BackgroundScheduler:
+    """A scheduler whose late jobs still run, once, one at a time per job."""
+    return BackgroundScheduler(
+        timezone="UTC",
+        executors={"default": ThreadPoolExecutor(max_workers=workers)},
+        job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.config: Config = config_module.load(config_path)
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
+        self.transport = Transport(timeout=self.config.timeout)
+        self.stapler = Stapler(self.config, transport=self.transport, clock=clock)
+        self.scheduler = make_scheduler(self.config.concurrency)
+        self.watcher: Watcher | None = None
+        self.records: dict[str, Record] = {}
+        self.groups: dict[str, list[Found]] = {}
+        self.attempts: Counter[str] = Counter()
+        self.reload_owed = False
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._hup = threading.Event()
+
+    # ---- life cycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; 0 after a clean stop."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._signal)
+        self.stapler.prepare()
+        first = self.stapler.once()
+        self.reload_owed = first.reload_error is not None
+        with self._lock:
+            self.groups = dict(first.groups)
+            for rec in first.records:
+                self.records[rec.name] = rec
+            for fingerprint in self.groups:
+                self._schedule(fingerprint, self._records_of(fingerprint))
+        tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
+        self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")
+        self.scheduler.add_job(
+            self._rescan, IntervalTrigger(seconds=self.config.rescan_interval), id="rescan"
+        )
+        self.scheduler.start()
+        self._start_watcher()
+        self._save_state()
+        self.notifier.ready(self.summary())
+        log.info("running: %s", self.summary())
+        while not self._stop.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._hup.is_set() and not self._stop.is_set():
+                self._hup.clear()
+                self._reconfigure()
+        return self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._hup.set()
+        else:
+            self._stop.set()
+        self._wake.set()
+
+    def _shutdown(self) -> int:
+        log.info("stopping")
+        self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+        # Jobs not started yet are dropped; running fetches end within their deadline.
+        # Draining first waits for the scheduler's own pass over its jobs to finish: shut
+        # down in the middle of one, APScheduler 3 fails to remove a job it just ran.
+        self.scheduler.remove_all_jobs()
+        self.scheduler.shutdown(wait=True)
+        self.transport.close()
+        store.remove_temp_files(self.config.output_dir)
+        self._save_state(stopped=True)
+        return 0
+
+    def _reconfigure(self) -> None:
+        """SIGHUP: read the configuration again; a broken one is reported and not used."""
+        self.notifier.reloading()
+        try:
+            new = config_module.load(self.config_path)
+        except ConfigError as e:
+            log.error("%s; keeping the configuration in use", e)
+            self.notifier.ready(self.summary())
+            return
+        log.info("configuration re-read from %s", self.config_path)
+        with self._lock:
+            old_transport = self.transport
+            self.config = new
+            self.transport = Transport(timeout=new.timeout)
+            self.stapler = Stapler(new, transport=self.transport, clock=self.clock)
+        old_transport.close()
+        if self.watcher is not None:
+            self.watcher.stop()
+        self._start_watcher()
+        self._rescan()
+        self.notifier.ready(self.summary())
+
+    def _start_watcher(self) -> None:
+        out = str(self.config.output_dir.resolve())
+        self.watcher = Watcher(
+            roots_of(s.path for s in self.config.certificates),
+            self._changed,
+            debounce=self.config.debounce,
+            ignore=lambda path: path.startswith(out),  # our own writes
+        )
+        self.watcher.start()
+
+    # ---- jobs -----------------------------------------------------------------------
+
+    def _changed(self, paths: set[str]) -> None:
+        log.debug("changes under %s", ", ".join(sorted(paths)[:5]))
+        self._rescan()
+
+    def _rescan(self) -> None:
+        """Find certificates again: new ones are fetched now, removed ones unscheduled."""
+        if self._stop.is_set():
+            return
+        try:
+            records, groups = self.stapler.scan()
+        except Exception as e:  # a rescan must never take the daemon down
+            log.error("rescanning the certificate sources failed: %s", e)
+            return
+        now = self.clock()
+        with self._lock:
+            old = self.groups
+            for fingerprint in old.keys() - groups.keys():
+                self._unschedule(fingerprint)
+            names = {f.name for members in groups.values() for f in members}
+            names |= {r.name for r in records}
+            for name in list(self.records):
+                if name not in names:
+                    log.info("%s: no longer found; its schedule is dropped", name)
+                    del self.records[name]
+            for rec in records:
+                if self.records.get(rec.name) != rec:
+                    log_record(rec)
+                self.records[rec.name] = rec
+            self.groups = groups
+            for fingerprint, members in groups.items():
+                before = {f.name for f in old.get(fingerprint, [])}
+                if before != {f.name for f in members}:
+                    # New, renewed (a new fingerprint under an old name) or found elsewhere.
+                    self._add_job(fingerprint, now, force=False)
+        self._save_state_soon()
+
+    def _refresh_job(self, fingerprint: str, force: bool) -> None:
+        if self._stop.is_set():
+            return
+        with self._lock:
+            members = self.groups.get(fingerprint)
+        if not members:
+            return
+        records = self.stapler.refresh(members, force=force)
+        changed = False
+        with self._lock:
+            if fingerprint not in self.groups:
+                return  # removed while it was being fetched
+            self._schedule(fingerprint, records)
+            for rec in records:
+                self.records[rec.name] = rec
+                changed |= rec.changed
+                log_record(rec)
+        if changed or (self.reload_owed and self.config.reload_command):
+            self._reload_soon()
+        self._save_state_soon()
+
+    def _schedule(self, fingerprint: str, records: list[Record]) -> None:
+        """The next job for one certificate: its refresh, or a retry after a failure."""
+        if not records:
+            return
+        rec, now = records[0], self.clock()
+        current = rec.current
+        # A revoked staple is valid too: it is refreshed on schedule like a good one.
+        if rec.failed_now or current is None:
+            self.attempts[fingerprint] += 1
+            valid_until = current.next_update - ocsp.DEFAULT_MARGIN if current else None
+            when = now + policy.retry_delay(
+                self.attempts[fingerprint],
+                now=now,
+                retry_min=self.config.retry_min,
+                retry_max=self.config.retry_max,
+                valid_until=valid_until,
+                retry_after=rec.retry_after,
+            )
+            for r in records:
+                r.next_retry = when
+        else:
+            assert current is not None
+            self.attempts[fingerprint] = 0
+            when = policy.scheduled_refresh(
+                current,
+                refresh_at=self.config.refresh_at,
+                now=now,
+                jitter=self.rng.uniform(-1.0, 1.0),
+                margin=ocsp.DEFAULT_MARGIN,
+                min_interval=timedelta(seconds=self.config.min_refresh_interval),
+                max_age=rec.max_age,
+            )
+            for r in records:
+                r.next_refresh, r.next_retry = when, None
+        self._add_job(fingerprint, when, force=True)
+
+    def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
+        self.scheduler.add_job(
+            self._refresh_job,
+            DateTrigger(run_date=when),
+            args=[fingerprint, force],
+            id=fingerprint,
+            replace_existing=True,
+        )
+
+    def _unschedule(self, fingerprint: str) -> None:
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job(fingerprint)
+        self.attempts.pop(fingerprint, None)
+
+    def _reload_soon(self) -> None:
+        # One reload already waiting takes in this change too; pushing it back on every
+        # change would starve it while a burst of refreshes goes on.
+        if not self.config.reload_command or self.scheduler.get_job("reload") is not None:
+            return
+        when = self.clock() + timedelta(seconds=RELOAD_DELAY)
+        self.scheduler.add_job(
+            self._reload_job, DateTrigger(run_date=when), id="reload", replace_existing=True
+        )
+
+    def _reload_job(self) -> None:
+        error = self.stapler.reload()
+        # A failed reload is owed: it is tried again with the next change.
+        self.reload_owed = error is not None
+        self._save_state_soon()
+
+    def _tick(self) -> None:
+        """Wake the scheduler against the wall clock; tell systemd we are alive."""
+        self.notifier.watchdog()
+
+    def _save_state_soon(self) -> None:
+        when = self.clock() + timedelta(seconds=STATE_DELAY)
+        if self.scheduler.running and self.scheduler.get_job("state") is None:
+            self.scheduler.add_job(
+                self._save_state, DateTrigger(run_date=when), id="state", replace_existing=True
+            )
+
+    def _save_state(self, *, stopped: bool = False) -> None:
+        with self._lock:
+            records = list(self.records.values())
+        daemon: dict[str, Any] = {"pid": os.getpid(), "updated": _iso(self.clock())}
+        if stopped:
+            daemon["stopped"] = True
+        self.stapler.save_state(records, reload_pending=self.reload_owed, daemon=daemon)
+        self.notifier.status(self.summary())
+
+    # ---- reporting --------------------------------------------------------------------
+
+    def _records_of(self, fingerprint: str) -> list[Record]:
+        names = {f.name for f in self.groups.get(fingerprint, [])}
+        return [r for name, r in self.records.items() if name in names]
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
+        with self._lock:
+            counts = Counter(r.state for r in self.records.values())
+            upcoming = [r.next_retry or r.next_refresh for r in self.records.values()]
+        labels = {State.NO_OCSP: "without OCSP"}
+        parts = [f"{n} {labels.get(state, str(state))}" for state, n in sorted(counts.items())]
+        text = ", ".join(parts) or "no certificates"
+        times = [t for t in upcoming if t is not None]
+        if times:
+            text += f"; next refresh {min(times):%Y-%m-%d %H:%M} UTC"
+        return text
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

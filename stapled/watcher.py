@@ -1,0 +1,142 @@
+"""Watching certificate sources: debounced batches of changed paths.  The only watchdog user.
+
+Certbot renews by replacing each ``live/NAME/*.pem`` symlink (delete + create, never
+modify) and editors and deploy tools write atomically (a ``moved`` event), so every
+kind of change counts, not only modifications.  Reads do not: stapled reads the files
+itself after each batch, and must not wake itself up by doing so.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+# Event types that mean something changed (watchdog 7 also reports opens and reads).
+_CHANGES = {"created", "deleted", "modified", "moved", "closed"}
+# However busy the directory, a batch is delivered at the latest this many debounce
+# periods after its first event.
+_MAX_DELAY_FACTOR = 5
+
+
+def roots_of(paths: Iterable[str]) -> list[tuple[Path, bool]]:
+    """(directory to watch, recursively?) for each configured source path or glob.
+
+    Directories are resolved first: a watch on a symlink to a directory sees nothing.
+    """
+    roots: dict[Path, bool] = {}
+    for raw in paths:
+        path = Path(raw)
+        if glob.has_magic(raw):
+            parts = []
+            for part in path.parts:
+                if glob.has_magic(part):
+                    break
+                parts.append(part)
+            root, recursive = Path(*parts), True
+        elif path.is_dir():
+            root, recursive = path, True
+        else:
+            root, recursive = path.parent, False
+        root = root.resolve()
+        roots[root] = roots.get(root, False) or recursive
+    return sorted(roots.items())
+
+
+class Watcher:
+    """Calls ``on_change(paths)`` once changes have settled for ``debounce`` seconds."""
+
+    def __init__(
+        self,
+        roots: list[tuple[Path, bool]],
+        on_change: Callable[[set[str]], None],
+        *,
+        debounce: float = 2.0,
+        ignore: Callable[[str], bool] = lambda path: False,
+    ) -> None:
+        self.roots = roots
+        self.on_change = on_change
+        self.debounce = debounce
+        self.ignore = ignore
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()
+        self._first: float | None = None
+        self._timer: threading.Timer | None = None
+        self._observer: BaseObserver | None = None
+        self.polling = False
+
+    def start(self) -> None:
+        """Watch with inotify; fall back to polling where inotify is not available."""
+        try:
+            self._observer = self._schedule(Observer())
+            self._observer.start()
+        except OSError as e:
+            log.warning("inotify is not available (%s); polling for changes instead", e)
+            self._observer = self._schedule(PollingObserver(timeout=max(self.debounce, 1.0)))
+            self._observer.start()
+            self.polling = True
+
+    def _schedule(self, observer: BaseObserver) -> BaseObserver:
+        handler = _Handler(self._event)
+        for root, recursive in self.roots:
+            if root.is_dir():
+                observer.schedule(handler, str(root), recursive=recursive)
+            else:
+                log.warning("%s: not a directory (yet); it is rescanned periodically", root)
+        return observer
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+
+    def _event(self, path: str) -> None:
+        if self.ignore(path):
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._pending.add(path)
+            if self._first is None:
+                self._first = now
+            if self._timer is not None:
+                self._timer.cancel()
+            waited = now - self._first
+            delay = max(0.0, min(self.debounce, self.debounce * _MAX_DELAY_FACTOR - waited))
+            self._timer = threading.Timer(delay, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            batch, self._pending, self._first = self._pending, set(), None
+        if batch:
+            self.on_change(batch)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, notify: Callable[[str], None]) -> None:
+        self.notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return
+        self.notify(_text(event.src_path))
+        if event.dest_path:
+            self.notify(_text(event.dest_path))
+
+
+def _text(path: str | bytes) -> str:
+    return path.decode(errors="replace") if isinstance(path, bytes) else path

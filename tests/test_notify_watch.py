@@ -1,0 +1,98 @@
+"""sd_notify on real AF_UNIX datagram sockets, and the watcher on a real directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+
+from stapled.notify import Notifier
+from stapled.watcher import Watcher, roots_of
+
+
+def _receive(sock: socket.socket) -> str:
+    sock.settimeout(2)
+    return sock.recv(4096).decode()
+
+
+def test_notify_to_a_socket_path() -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:  # short: AF_UNIX paths are limited
+        path = os.path.join(d, "notify")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(path)
+            notifier = Notifier({"NOTIFY_SOCKET": path}, use_library=False)
+            notifier.ready("3 good")
+            assert _receive(sock) == "READY=1\nSTATUS=3 good"
+            notifier.stopping()
+            assert _receive(sock) == "STOPPING=1"
+
+
+def test_notify_to_an_abstract_socket() -> None:
+    name = f"stapled-test-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        Notifier({"NOTIFY_SOCKET": "@" + name}, use_library=False).status("all good")
+        assert _receive(sock) == "STATUS=all good"
+
+
+def test_no_socket_means_silence() -> None:
+    notifier = Notifier({}, use_library=False)
+    assert not notifier.enabled
+    notifier.ready("x")  # nothing to send to, nothing raised
+
+
+def test_watchdog_interval_is_half_of_watchdog_sec() -> None:
+    env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "20000000", "WATCHDOG_PID": str(os.getpid())}
+    assert Notifier(env, use_library=False).watchdog_interval == 10
+    other = {**env, "WATCHDOG_PID": "1"}
+    assert Notifier(other, use_library=False).watchdog_interval is None
+
+
+def test_roots_of_sources(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file.pem").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path / "dir")
+    roots = dict(
+        roots_of(
+            [
+                str(tmp_path / "dir"),
+                str(tmp_path / "file.pem"),
+                str(tmp_path / "g" / "**" / "*.pem"),
+                str(tmp_path / "link"),
+            ]
+        )
+    )
+    assert roots[tmp_path / "dir"] is True  # the symlink resolves to the same directory
+    assert roots[tmp_path] is False
+    assert roots[tmp_path / "g"] is True
+
+
+def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None:
+    batches: list[set[str]] = []
+    got = threading.Event()
+
+    def on_change(paths: set[str]) -> None:
+        batches.append(paths)
+        got.set()
+
+    existing = tmp_path / "old.pem"
+    existing.write_text("x")
+    watcher = Watcher([(tmp_path, True)], on_change, debounce=0.3)
+    watcher.start()
+    try:
+        existing.read_text()  # a read is not a change
+        assert not got.wait(1.0)
+        for i in range(5):
+            (tmp_path / f"new{i}.pem").write_text("x")
+        (tmp_path / "tmp").write_text("y")
+        os.replace(tmp_path / "tmp", tmp_path / "moved.pem")  # an atomic write
+        assert got.wait(5)
+        threading.Event().wait(0.6)
+    finally:
+        watcher.stop()
+    assert len(batches) == 1, batches
+    assert str(tmp_path / "moved.pem") in batches[0]
+    assert {str(tmp_path / f"new{i}.pem") for i in range(5)} <= batches[0]

@@ -1,0 +1,131 @@
+"""Scheduling with an injected clock: refresh and retry times, jitter, late jobs."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stapled import ocsp, policy
+from stapled.daemon import make_scheduler
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+MARGIN = timedelta(minutes=5)
+
+
+def _staple(this_update: datetime, lifetime: timedelta) -> ocsp.Staple:
+    return ocsp.Staple(
+        der=b"",
+        cert_status=ocsp.CertStatus.GOOD,
+        serial=1,
+        this_update=this_update,
+        next_update=this_update + lifetime,
+        produced_at=this_update,
+        signer="issuer",
+    )
+
+
+def _refresh(staple: ocsp.Staple, jitter: float, **kw: object) -> datetime:
+    args: dict[str, object] = {
+        "refresh_at": 0.5,
+        "now": NOW,
+        "jitter": jitter,
+        "margin": MARGIN,
+        "min_interval": timedelta(seconds=60),
+    }
+    args.update(kw)
+    return policy.scheduled_refresh(staple, **args)  # type: ignore[arg-type]
+
+
+def test_refresh_at_half_the_window_with_jitter_bounds() -> None:
+    staple = _staple(NOW, timedelta(days=4))
+    middle = NOW + timedelta(days=2)
+    spread = timedelta(days=4) * policy.JITTER_FRACTION
+    assert _refresh(staple, 0.0) == middle
+    assert _refresh(staple, -1.0) == middle - spread
+    assert _refresh(staple, 1.0) == middle + spread
+
+
+def test_never_sooner_than_the_minimum_interval() -> None:
+    # A responder whose answers start long ago: refresh_at is already behind us.
+    staple = _staple(NOW - timedelta(days=3), timedelta(days=4))
+    assert _refresh(staple, 0.0) == NOW + timedelta(seconds=60)
+
+
+def test_max_age_is_honoured() -> None:
+    staple = _staple(NOW, timedelta(days=4))
+    at = _refresh(staple, 0.0, max_age=3 * 86400.0)
+    assert at > NOW + timedelta(days=2)
+    assert at <= staple.next_update - MARGIN
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(min_value=0.01, max_value=0.99),
+    st.floats(min_value=-1.0, max_value=1.0),
+    st.integers(min_value=20 * 60, max_value=14 * 86400),
+    st.integers(min_value=0, max_value=14 * 86400),
+)
+def test_refresh_leaves_room_for_retries_before_expiry(
+    refresh_at: float, jitter: float, lifetime: int, age: int
+) -> None:
+    staple = _staple(NOW - timedelta(seconds=min(age, lifetime - 600)), timedelta(seconds=lifetime))
+    min_interval = timedelta(seconds=60)
+    at = _refresh(staple, jitter, refresh_at=refresh_at, min_interval=min_interval)
+    usable_end = staple.next_update - MARGIN
+    assert NOW <= at <= usable_end
+    latest = usable_end - (usable_end - staple.this_update) / (policy.ATTEMPTS_BEFORE_EXPIRY + 1)
+    if latest >= NOW + min_interval:
+        # Not late yet: a fifth of the usable window stays free for retries.
+        assert at <= latest
+
+
+def test_retry_backs_off_exponentially_to_the_cap() -> None:
+    delays = [
+        policy.retry_delay(n, now=NOW, retry_min=60, retry_max=3600, valid_until=None)
+        for n in range(1, 10)
+    ]
+    assert [d.total_seconds() for d in delays[:4]] == [60, 120, 240, 480]
+    assert delays[-1].total_seconds() == 3600
+    assert delays == sorted(delays)
+
+
+def test_retry_keeps_several_attempts_before_the_staple_expires() -> None:
+    valid_until = NOW + timedelta(hours=1)
+    delay = policy.retry_delay(20, now=NOW, retry_min=60, retry_max=86400, valid_until=valid_until)
+    assert delay <= timedelta(hours=1) / policy.ATTEMPTS_BEFORE_EXPIRY
+
+
+def test_retry_after_is_honoured_within_the_cap() -> None:
+    def delay(retry_after: float) -> float:
+        return policy.retry_delay(
+            1, now=NOW, retry_min=60, retry_max=3600, valid_until=None, retry_after=retry_after
+        ).total_seconds()
+
+    assert delay(900) == 900
+    assert delay(10) == 60
+    assert delay(86400) == 3600
+
+
+def test_a_late_job_still_runs() -> None:
+    # APScheduler's default misfire_grace_time (1 s) would silently drop this job.
+    scheduler = make_scheduler(1)
+    ran = threading.Event()
+    scheduler.add_job(ran.set, "date", run_date=datetime.now(UTC) - timedelta(hours=2))
+    scheduler.start()
+    try:
+        assert ran.wait(5), "a job due two hours ago was dropped"
+    finally:
+        scheduler.remove_all_jobs()
+        scheduler.shutdown(wait=True)
+
+
+@pytest.mark.parametrize("attempts", [1, 3, 8])
+def test_retry_is_never_below_the_minimum(attempts: int) -> None:
+    delay = policy.retry_delay(
+        attempts, now=NOW, retry_min=60, retry_max=3600, valid_until=NOW + timedelta(seconds=10)
+    )
+    assert delay == timedelta(seconds=60)
