@@ -1,0 +1,248 @@
+"""`stapled run` as a real subprocess, against a real loopback responder.
+
+sd_notify goes to an abstract AF_UNIX datagram socket the test owns.  Waits are bounded
+polls of real outcomes (files, messages), never fixed sleeps standing in for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from stapled import certs, ocsp, testca
+
+from .conftest import Site
+
+FAST = "debounce = 0.3\nretry_min = 1\nretry_max = 2\nmin_refresh_interval = 1\n"
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class DaemonProcess:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.name = f"stapled-test-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+        self.log = site.root / "daemon.log"
+        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.name}
+        env.pop("JOURNAL_STREAM", None)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stapled", "run", "--config", str(site.config_path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+
+    def notified(self, fragment: str) -> bool:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                break
+        return any(fragment in m for m in self.messages)
+
+    def wait_ready(self) -> None:
+        wait_for("READY=1", lambda: self.notified("READY=1") or self.proc.poll() is not None)
+        assert self.proc.poll() is None, self.log.read_text()
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            self.notified("")  # collect what it said on the way out
+            self.sock.close()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def daemon(site: Site) -> Iterator[Callable[[], DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start() -> DaemonProcess:
+        d = DaemonProcess(site)
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def _serial_on_disk(site: Site, name: str, issued: testca.Issued) -> int | None:
+    der = site.staple(name)
+    if der is None:
+        return None
+    chain = certs.build_chain([issued.cert, site.ca.cert], name)
+    try:
+        return ocsp.validate(der, chain, datetime.now(UTC)).serial
+    except ocsp.InvalidResponseError:
+        return None
+
+
+def _reload_counter(site: Site) -> Path:
+    counter = site.root / "reloads"
+    script = (
+        f"import pathlib; p = pathlib.Path({str(counter)!r}); "
+        "p.write_text(p.read_text() + 'x' if p.exists() else 'x')"
+    )
+    site.config(extra=FAST + f"reload_command = {json.dumps([sys.executable, '-c', script])}")
+    return counter
+
+
+def test_certbot_renewal_gives_a_new_staple_and_one_reload(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    counter = _reload_counter(site)
+    first = site.issue("le.example")
+    site.lineage("le.example", first)
+    d = daemon()
+    assert _serial_on_disk(site, "le.example", first) == first.cert.serial_number
+    assert d.notified("STATUS=1 good")
+    wait_for("the first reload", lambda: counter.exists())
+    assert counter.read_text() == "x"
+
+    renewed = site.issue("le.example")
+    site.lineage("le.example", renewed, version=2)  # unlink + symlink, as certbot does
+    wait_for(
+        "the staple for the renewed serial",
+        lambda: _serial_on_disk(site, "le.example", renewed) == renewed.cert.serial_number,
+    )
+    wait_for("the reload after renewal", lambda: counter.read_text() == "xx")
+    time.sleep(2)  # room for a duplicate reload to show up, if there were one
+    assert counter.read_text() == "xx"
+    assert d.stop() == 0
+
+
+def test_new_certificate_is_picked_up(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    site.bundle("a.example", site.issue("a.example"))
+    d = daemon()
+    late = site.issue("late.example")
+    site.bundle("late.example", late)
+    wait_for(
+        "a staple for the new certificate",
+        lambda: _serial_on_disk(site, "late.example", late) == late.cert.serial_number,
+    )
+    assert d.stop() == 0
+
+
+def test_responder_down_then_up(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    # A valid staple past its refresh point: the daemon wants a new one at once.
+    site.out.mkdir()
+    old = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(days=3))
+    (site.out / "a.example.der").write_bytes(old)
+    site.responder.answer = lambda der: (503, {"Retry-After": "1"}, b"down for maintenance")
+    d = daemon()
+    assert d.notified("READY=1")
+
+    def status() -> dict[str, object]:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stapled",
+                "status",
+                "--json",
+                "--config",
+                str(site.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+        return dict(json.loads(out)["certificates"][0])
+
+    wait_for("several failed attempts", lambda: site.responder.requests >= 3)
+    entry = status()
+    assert entry["status"] == "good"
+    assert "HTTP 503" in str(entry["last_error"])
+    assert entry["next_retry"] is not None
+    assert site.staple("a.example") == old  # kept byte for byte
+
+    site.responder.answer = site.responder._default_answer
+    wait_for("a fresh staple", lambda: site.staple("a.example") != old)
+    assert _serial_on_disk(site, "a.example", leaf) == leaf.cert.serial_number
+    wait_for("the error to clear", lambda: status()["last_error"] is None)
+    assert d.stop() == 0
+
+
+def test_sighup_adds_a_source_and_survives_a_broken_config(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    site.bundle("a.example", site.issue("a.example"))
+    d = daemon()
+    other_dir = site.root / "more"
+    extra = site.issue("b.example")
+    testca.write(other_dir / "b.example.pem", extra.cert_pem(), site.ca.cert_pem())
+
+    site.config_path.write_text("output_dir = [broken")
+    d.signal(signal.SIGHUP)
+    wait_for("the broken config to be reported", lambda: "keeping the configuration" in d.output())
+    assert d.proc.poll() is None
+
+    site.config(extra=FAST, certificates=f'["{site.certs}", "{other_dir}"]')
+    d.signal(signal.SIGHUP)
+    wait_for(
+        "a staple from the new source",
+        lambda: _serial_on_disk(site, "b.example", extra) == extra.cert.serial_number,
+    )
+    assert d.notified("RELOADING=1")
+    assert sum("READY=1" in m for m in d.messages) >= 3  # start and after each SIGHUP
+    assert d.stop() == 0
+
+
+def test_sigterm_stops_cleanly(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    site.bundle("a.example", site.issue("a.example"))
+    d = daemon()
+    started = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - started < 10
+    assert any("STOPPING=1" in m for m in d.messages)
+    assert list(site.out.glob(".stapled-tmp-*")) == []
+    assert "Traceback" not in d.output()
+    state = json.loads((site.out / ".stapled" / "state.json").read_text())
+    assert state["daemon"]["stopped"] is True
+
+
+def test_removed_certificate_is_unscheduled(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    site.bundle("a.example", site.issue("a.example"))
+    gone = site.bundle("gone.example", site.issue("gone.example"))
+    d = daemon()
+    gone.unlink()
+    wait_for("the removal to be noticed", lambda: "gone.example: no longer found" in d.output())
+    assert d.stop() == 0
