@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(once)
     once.add_argument("--force", action="store_true", help="refresh every staple, due or not")
+    once.add_argument(
+        "--only",
+        type=Path,
+        metavar="PATH",
+        help="only certificates at or below PATH (for a certbot deploy hook: $RENEWED_LINEAGE)",
+    )
     noise = once.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     noise.add_argument("-v", "--verbose", action="store_true", help="print details")
@@ -181,7 +187,7 @@ def _once(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     transport = Transport(timeout=cfg.timeout)
     try:
-        result = Stapler(cfg, transport=transport).once(force=args.force)
+        result = Stapler(cfg, transport=transport).once(force=args.force, only=args.only)
     finally:
         transport.close()
     return result.exit_code()

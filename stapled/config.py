@@ -58,6 +58,7 @@ class Config:
     reload_timeout: float = DEFAULT_RELOAD_TIMEOUT
     cert_id_hash: str = "sha1"
     state_dir: Path | None = None
+    reload_request_file: Path | None = None
     retry_min: float = DEFAULT_RETRY_MIN
     retry_max: float = DEFAULT_RETRY_MAX
     min_refresh_interval: float = DEFAULT_MIN_REFRESH_INTERVAL
@@ -81,6 +82,7 @@ _TOP_KEYS = {
     "reload_timeout",
     "cert_id_hash",
     "state_dir",
+    "reload_request_file",
     "retry_min",
     "retry_max",
     "min_refresh_interval",
@@ -139,6 +141,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         reload_timeout=p.duration(raw, "reload_timeout", DEFAULT_RELOAD_TIMEOUT),
         cert_id_hash=cert_id_hash,
         state_dir=p.path(raw, "state_dir"),
+        reload_request_file=p.path(raw, "reload_request_file"),
         **_daemon_timing(p, raw),
     )
 

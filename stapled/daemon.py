@@ -231,7 +231,7 @@ class Daemon:
                 self.records[rec.name] = rec
                 changed |= rec.changed
                 log_record(rec)
-        if changed or (self.reload_owed and self.config.reload_command):
+        if changed or (self.reload_owed and self.stapler.can_reload):
             self._reload_soon()
         self._save_state_soon()
 
@@ -288,7 +288,7 @@ class Daemon:
     def _reload_soon(self) -> None:
         # One reload already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
-        if not self.config.reload_command or self.scheduler.get_job("reload") is not None:
+        if not self.stapler.can_reload or self.scheduler.get_job("reload") is not None:
             return
         when = self.clock() + timedelta(seconds=RELOAD_DELAY)
         self.scheduler.add_job(

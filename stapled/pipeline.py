@@ -132,14 +132,18 @@ class Stapler:
 
     # ---- the pass -------------------------------------------------------------------
 
-    def once(self, *, force: bool = False) -> PassResult:
+    def once(self, *, force: bool = False, only: Path | None = None) -> PassResult:
         """Refresh whatever is due (everything with ``force``); write, then reload once.
 
+        ``only`` limits the pass to certificates found at or below that path (a certbot
+        deploy hook's ``$RENEWED_LINEAGE``); what is recorded of the others is kept.
         Raises StoreError when the output directory is unusable (nothing is written).
         """
         self.prepare()
         saved = store.load_state(self.config.state_path)
         records, groups = self.scan()
+        if only is not None:
+            records, groups = _limited(records, groups, only)
         pool_size = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
             for group_records in pool.map(lambda g: self.refresh(g, force=force), groups.values()):
@@ -151,11 +155,16 @@ class Stapler:
         # A reload that failed last time is owed even when nothing changed since: the
         # server has not picked up the staples written then.
         owed = bool(saved.get("reload_pending"))
-        if self.config.reload_command and (result.changed or owed):
+        if self.can_reload and (result.changed or owed):
             if owed and not result.changed:
                 log.info("retrying the reload that failed in an earlier pass")
             result.reload_error = self.reload()
-        self.save_state(result.records, reload_pending=result.reload_error is not None)
+        kept = saved.get("certificates") if only is not None else None
+        self.save_state(
+            result.records,
+            reload_pending=result.reload_error is not None,
+            others=kept if isinstance(kept, dict) else None,
+        )
         return result
 
     def prepare(self) -> None:
@@ -428,9 +437,13 @@ class Stapler:
         *,
         reload_pending: bool,
         daemon: dict[str, Any] | None = None,
+        others: dict[str, Any] | None = None,
     ) -> None:
-        """Record what ``status`` cannot work out from disk: errors, schedule, owed reload."""
-        entries: dict[str, dict[str, Any]] = {}
+        """Record what ``status`` cannot work out from disk: errors, schedule, owed reload.
+
+        ``others`` are earlier entries kept as they are (for a pass over some certificates).
+        """
+        entries: dict[str, dict[str, Any]] = dict(others or {})
         for rec in records:
             entry: dict[str, Any] = {}
             if rec.last_error:
@@ -452,16 +465,50 @@ class Stapler:
         except StoreError as e:
             log.warning("cannot record state: %s", e)
 
+    @property
+    def can_reload(self) -> bool:
+        return bool(self.config.reload_command or self.config.reload_request_file)
+
     def reload(self) -> str | None:
-        """Run the reload command; its error message, or None when it worked."""
+        """Ask for the web server to reload; the error message, or None when it worked.
+
+        ``reload_request_file`` is rewritten atomically (a systemd path unit running as
+        root can react to it, so stapled itself needs no privilege); ``reload_command``
+        is run.  Either or both may be configured.
+        """
+        request = self.config.reload_request_file
+        if request is not None:
+            try:
+                # Full precision, so that two requests within a second still differ.
+                store.write_atomic(request, f"{self.clock().isoformat()}\n".encode())
+            except StoreError as e:
+                log.error("cannot request a reload: %s", e)
+                return str(e)
+            log.info("reload requested through %s", request)
         argv = self.config.reload_command
-        try:
-            self.reloader(argv, self.config.reload_timeout)
-        except ReloadError as e:
-            log.error("%s", e)
-            return str(e)
-        log.info("reloaded: %s", " ".join(argv))
+        if argv:
+            try:
+                self.reloader(argv, self.config.reload_timeout)
+            except ReloadError as e:
+                log.error("%s", e)
+                return str(e)
+            log.info("reloaded: %s", " ".join(argv))
         return None
+
+
+def _limited(
+    records: list[Record], groups: dict[str, list[Found]], only: Path
+) -> tuple[list[Record], dict[str, list[Found]]]:
+    """The records and groups found at or below ``only``."""
+    top = only.resolve()
+
+    def below(path: str) -> bool:
+        resolved = Path(path).resolve()
+        # A lineage's cert.pem resolves into archive/: its live/NAME directory counts too.
+        return any(p == top or top in p.parents for p in (Path(path), resolved))
+
+    kept = {fp: members for fp, members in groups.items() if any(below(m.path) for m in members)}
+    return [r for r in records if below(r.path)], kept
 
 
 def _best_chain(members: list[Found]) -> CertChain:

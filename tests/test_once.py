@@ -410,3 +410,33 @@ def test_unwritable_staple_path_is_reported_and_others_written(site: Site) -> No
     assert status["a.example"]["status"] == "missing"
     assert "a.example.der" in status["a.example"]["last_error"]
     assert list(site.out.glob(".stapled-tmp-*")) == []
+
+
+def test_only_refreshes_the_renewed_lineage(site: Site) -> None:
+    one, two = site.issue("one.example"), site.issue("two.example")
+    site.lineage("one.example", one)
+    site.lineage("two.example", two)
+    site.config()
+    live = site.certs / "letsencrypt" / "live"
+    assert site.once("--only", str(live / "one.example")) == 0
+    assert site.staple("one.example") is not None
+    assert site.staple("two.example") is None
+    assert site.responder.requests == 1
+    # A later pass over everything keeps what the partial one recorded.
+    assert site.once() == 0
+    assert site.responder.requests == 2
+
+
+def test_reload_request_file_is_rewritten_when_staples_change(site: Site) -> None:
+    request = site.root / "run" / "reload-request"
+    request.parent.mkdir()
+    site.config(extra=f'reload_request_file = "{request}"')
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 0
+    first = request.read_text()
+    assert datetime.fromisoformat(first.strip()) <= datetime.now(UTC)
+    inode = request.stat().st_ino
+    assert site.once() == 0  # nothing changed: no new request
+    assert request.stat().st_ino == inode
+    assert site.once("--force") == 0
+    assert request.stat().st_ino != inode  # replaced by rename: a path unit sees MOVED_TO
