@@ -37,7 +37,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
 
 
 class DaemonProcess:
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, env: dict[str, str] | None = None) -> None:
         self.site = site
         self.name = f"stapled-test-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -45,7 +45,7 @@ class DaemonProcess:
         self.sock.setblocking(False)
         self.messages: list[str] = []
         self.log = site.root / "daemon.log"
-        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.name}
+        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.name, **(env or {})}
         env.pop("JOURNAL_STREAM", None)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -62,6 +62,10 @@ class DaemonProcess:
             except BlockingIOError:
                 break
         return any(fragment in m for m in self.messages)
+
+    def count(self, fragment: str) -> int:
+        self.notified(fragment)  # collect what has arrived
+        return sum(fragment in m for m in self.messages)
 
     def wait_ready(self) -> None:
         wait_for("READY=1", lambda: self.notified("READY=1") or self.proc.poll() is not None)
@@ -84,11 +88,11 @@ class DaemonProcess:
 
 
 @pytest.fixture
-def daemon(site: Site) -> Iterator[Callable[[], DaemonProcess]]:
+def daemon(site: Site) -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start() -> DaemonProcess:
-        d = DaemonProcess(site)
+    def start(env: dict[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(site, env)
         started.append(d)
         d.wait_ready()
         return d
@@ -245,4 +249,12 @@ def test_removed_certificate_is_unscheduled(site: Site, daemon) -> None:  # type
     d = daemon()
     gone.unlink()
     wait_for("the removal to be noticed", lambda: "gone.example: no longer found" in d.output())
+    assert d.stop() == 0
+
+
+def test_watchdog_pings_when_systemd_asks(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.config(extra=FAST)
+    site.bundle("a.example", site.issue("a.example"))
+    d = daemon({"WATCHDOG_USEC": "2000000"})  # WatchdogSec=2: a ping every second
+    wait_for("two WATCHDOG=1 pings", lambda: d.count("WATCHDOG=1") >= 2, timeout=10)
     assert d.stop() == 0
