@@ -34,7 +34,7 @@ from . import config as config_module
 from . import ocsp, policy, store
 from .config import Config
 from .discovery import Found
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .notify import Notifier
 from .pipeline import Clock, Record, Stapler, log_record, utc_now
 from .policy import State
@@ -81,6 +81,9 @@ class Daemon:
         self.attempts: Counter[str] = Counter()
         self.reload_owed = False
         self._lock = threading.RLock()
+        # The watcher, the periodic rescan and SIGHUP may all ask at once: one at a time,
+        # so an older scan is never applied after a newer one.
+        self._rescan_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._hup = threading.Event()
@@ -153,12 +156,19 @@ class Daemon:
             log.error("%s; keeping the configuration in use", e)
             self.notifier.ready(self.summary())
             return
+        transport = Transport(timeout=new.timeout)
+        stapler = Stapler(new, transport=transport, clock=self.clock)
+        try:
+            stapler.prepare()
+        except StoreError as e:
+            log.error("%s; keeping the configuration in use", e)
+            transport.close()
+            self.notifier.ready(self.summary())
+            return
         log.info("configuration re-read from %s", self.config_path)
         with self._lock:
             old_transport = self.transport
-            self.config = new
-            self.transport = Transport(timeout=new.timeout)
-            self.stapler = Stapler(new, transport=self.transport, clock=self.clock)
+            self.config, self.transport, self.stapler = new, transport, stapler
         old_transport.close()
         if self.watcher is not None:
             self.watcher.stop()
@@ -184,6 +194,10 @@ class Daemon:
 
     def _rescan(self) -> None:
         """Find certificates again: new ones are fetched now, removed ones unscheduled."""
+        with self._rescan_lock:
+            self._rescan_now()
+
+    def _rescan_now(self) -> None:
         if self._stop.is_set():
             return
         try:

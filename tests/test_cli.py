@@ -123,3 +123,24 @@ def test_python_dash_m_demo_leaves_nothing_behind(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "good staple written" in done.stderr
     assert list(tmp_path.iterdir()) == []  # the demo directory is gone
+
+
+def test_service_logs_carry_journal_priorities_without_timestamps(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+    import logging
+
+    from stapled.cli import setup_logging
+
+    if importlib.util.find_spec("systemd.journal") is not None:
+        pytest.skip("systemd-python is installed: lines go to the journal directly")
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
+    setup_logging(logging.INFO, service=True)
+    log = logging.getLogger("stapled")
+    log.error("a.example: refresh failed")
+    log.info("a.example: good staple kept")
+    assert capsys.readouterr().err.splitlines() == [
+        "<3>a.example: refresh failed",
+        "<6>a.example: good staple kept",
+    ]
