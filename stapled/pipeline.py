@@ -159,11 +159,10 @@ class Stapler:
             if owed and not result.changed:
                 log.info("retrying the reload that failed in an earlier pass")
             result.reload_error = self.reload()
-        kept = saved.get("certificates") if only is not None else None
         self.save_state(
             result.records,
             reload_pending=result.reload_error is not None,
-            others=kept if isinstance(kept, dict) else None,
+            others=_entries(saved) if only is not None else None,
         )
         return result
 
@@ -183,14 +182,14 @@ class Stapler:
 
     def status(self) -> PassResult:
         """The same records without any network request or write."""
-        saved = store.load_state(self.config.state_path).get("certificates", {})
+        saved = _entries(store.load_state(self.config.state_path))
         records, groups = self.scan()
         now = self.clock()
         for members in groups.values():
             current = self._current(members, now)
             for member in members:
                 rec = self._record(member, current)
-                entry = saved.get(member.name) or {}
+                entry = saved.get(member.name, {})
                 rec.last_error = entry.get("last_error")
                 # The daemon's own schedule (with jitter) wins over the computed one.
                 rec.next_refresh = _parse_time(entry.get("next_refresh")) or rec.next_refresh
@@ -437,7 +436,7 @@ class Stapler:
         *,
         reload_pending: bool,
         daemon: dict[str, Any] | None = None,
-        others: dict[str, Any] | None = None,
+        others: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Record what ``status`` cannot work out from disk: errors, schedule, owed reload.
 
@@ -494,6 +493,14 @@ class Stapler:
                 return str(e)
             log.info("reloaded: %s", " ".join(argv))
         return None
+
+
+def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-certificate entries of a state file, leaving out whatever is damaged."""
+    entries = state.get("certificates")
+    if not isinstance(entries, dict):
+        return {}
+    return {name: e for name, e in entries.items() if isinstance(e, dict)}
 
 
 def _limited(

@@ -440,3 +440,17 @@ def test_reload_request_file_is_rewritten_when_staples_change(site: Site) -> Non
     assert request.stat().st_ino == inode
     assert site.once("--force") == 0
     assert request.stat().st_ino != inode  # replaced by rename: a path unit sees MOVED_TO
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ['{"certificates": ["not", "a", "table"]}', '{"certificates": {"a.example": "junk"}}'],
+    ids=["list", "entry"],
+)
+def test_a_damaged_state_file_is_rebuilt_not_fatal(site: Site, damage: str) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    assert site.once() == 0
+    (site.out / ".stapled" / "state.json").write_text(damage)
+    assert _status_json(site)["a.example"]["status"] == "good"
+    assert site.once("--only", str(site.certs)) == 0
+    assert _status_json(site)["a.example"]["last_error"] is None
