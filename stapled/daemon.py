@@ -177,12 +177,11 @@ class Daemon:
         self.notifier.ready(self.summary())
 
     def _start_watcher(self) -> None:
-        out = str(self.config.output_dir.resolve())
         self.watcher = Watcher(
             roots_of(s.path for s in self.config.certificates),
             self._changed,
             debounce=self.config.debounce,
-            ignore=lambda path: path.startswith(out),  # our own writes
+            ignore_under=self.config.output_dir,
         )
         self.watcher.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -62,12 +63,13 @@ class Watcher:
         on_change: Callable[[set[str]], None],
         *,
         debounce: float = 2.0,
-        ignore: Callable[[str], bool] = lambda path: False,
+        ignore_under: Path | None = None,
     ) -> None:
         self.roots = roots
         self.on_change = on_change
         self.debounce = debounce
-        self.ignore = ignore
+        # stapled's own output directory: writing staples must not look like a change.
+        self._ignored = str(ignore_under.resolve()) if ignore_under is not None else None
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._first: float | None = None
@@ -104,7 +106,8 @@ class Watcher:
             self._observer.join(timeout=5)
 
     def _event(self, path: str) -> None:
-        if self.ignore(path):
+        ignored = self._ignored
+        if ignored is not None and (path == ignored or path.startswith(ignored + os.sep)):
             return
         with self._lock:
             now = time.monotonic()

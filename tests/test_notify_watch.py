@@ -96,3 +96,28 @@ def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None:
     assert len(batches) == 1, batches
     assert str(tmp_path / "moved.pem") in batches[0]
     assert {str(tmp_path / f"new{i}.pem") for i in range(5)} <= batches[0]
+
+
+def test_own_writes_are_ignored_but_a_sibling_directory_is_not(tmp_path: Path) -> None:
+    out, sibling = tmp_path / "stapled", tmp_path / "stapled-certs"
+    out.mkdir()
+    sibling.mkdir()
+    batches: list[set[str]] = []
+    got = threading.Event()
+
+    def on_change(paths: set[str]) -> None:
+        batches.append(paths)
+        got.set()
+
+    watcher = Watcher([(tmp_path, True)], on_change, debounce=0.2, ignore_under=out)
+    watcher.start()
+    try:
+        (out / "a.der").write_bytes(b"staple")
+        (sibling / "a.pem").write_text("certificate")
+        assert got.wait(5)
+        threading.Event().wait(0.4)
+    finally:
+        watcher.stop()
+    changed = set().union(*batches)
+    assert str(sibling / "a.pem") in changed
+    assert not any(p.startswith(str(out) + os.sep) or p == str(out) for p in changed)
