@@ -94,7 +94,6 @@ class Daemon:
         """Serve until SIGTERM or SIGINT; 0 after a clean stop."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._signal)
-        self.stapler.prepare()
         first = self.stapler.once()
         self.reload_owed = first.reload_error is not None
         with self._lock:
@@ -121,10 +120,6 @@ class Daemon:
                 self._reconfigure()
         return self._shutdown()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
     def _signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._hup.set()
@@ -150,19 +145,16 @@ class Daemon:
     def _reconfigure(self) -> None:
         """SIGHUP: read the configuration again; a broken one is reported and not used."""
         self.notifier.reloading()
+        transport: Transport | None = None
         try:
             new = config_module.load(self.config_path)
-        except ConfigError as e:
-            log.error("%s; keeping the configuration in use", e)
-            self.notifier.ready(self.summary())
-            return
-        transport = Transport(timeout=new.timeout)
-        stapler = Stapler(new, transport=transport, clock=self.clock)
-        try:
+            transport = Transport(timeout=new.timeout)
+            stapler = Stapler(new, transport=transport, clock=self.clock)
             stapler.prepare()
-        except StoreError as e:
+        except (ConfigError, StoreError) as e:
             log.error("%s; keeping the configuration in use", e)
-            transport.close()
+            if transport is not None:
+                transport.close()
             self.notifier.ready(self.summary())
             return
         log.info("configuration re-read from %s", self.config_path)
