@@ -42,6 +42,13 @@ class RawServer:
             except OSError:
                 pass
 
+    @classmethod
+    def until_stopped(cls, make: Callable[[Callable[[], bool]], Behaviour]) -> RawServer:
+        """A server whose behaviour goes on until the server stops (drips, streams)."""
+        server = cls(lambda conn: None)
+        server.behaviour = make(server.stopped)
+        return server
+
     def stopped(self) -> bool:
         return self._stop.is_set()
 

@@ -11,22 +11,19 @@ from . import rawhttp
 
 
 def test_a_dripping_body_hits_the_whole_fetch_deadline() -> None:
-    server = rawhttp.RawServer(lambda c: None)
-    server.behaviour = rawhttp.drip(server.stopped)
+    server = rawhttp.RawServer.until_stopped(rawhttp.drip)
     with server, pytest.raises(FetchError, match="not complete within 1 s"):
         Transport(timeout=1).get(server.url)
 
 
 def test_dripping_headers_hit_the_whole_fetch_deadline() -> None:
-    server = rawhttp.RawServer(lambda c: None)
-    server.behaviour = rawhttp.drip_headers(server.stopped)
+    server = rawhttp.RawServer.until_stopped(rawhttp.drip_headers)
     with server, pytest.raises(FetchError, match="not complete within 1 s"):
         Transport(timeout=1).get(server.url)
 
 
 def test_an_endless_chunked_stream_hits_the_size_cap() -> None:
-    server = rawhttp.RawServer(lambda c: None)
-    server.behaviour = rawhttp.endless_chunks(server.stopped)
+    server = rawhttp.RawServer.until_stopped(rawhttp.endless_chunks)
     with server, pytest.raises(FetchError, match="larger than 65536 bytes"):
         Transport(timeout=5).get(server.url)
 
