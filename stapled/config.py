@@ -7,6 +7,7 @@ written.  Relative paths are taken relative to the configuration file.
 from __future__ import annotations
 
 import glob
+import ipaddress
 import math
 import shlex
 import tomllib
@@ -29,6 +30,8 @@ DEFAULT_MIN_REFRESH_INTERVAL = 60.0
 DEFAULT_RESCAN_INTERVAL = 600.0
 DEFAULT_DEBOUNCE = 2.0
 STATE_DIR_NAME = ".stapled"
+# The local responder: connections served at once; more wait in the listen backlog.
+DEFAULT_MAX_CLIENTS = 256
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,26 @@ class Source:
     ocsp_url: tuple[str, ...] = ()
     issuer: Path | None = None
     name: str | None = None
+    # Also write <certificate file>.ocsp beside each certificate, where HAProxy reads it.
+    haproxy: bool = False
 
     @property
     def is_glob(self) -> bool:
         return glob.has_magic(self.path)
+
+
+@dataclass(frozen=True)
+class ResponderConfig:
+    """``[responder]``: the local caching OCSP responder of ``stapled run``."""
+
+    host: str
+    port: int
+    max_clients: int = DEFAULT_MAX_CLIENTS
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,10 @@ class Config:
     min_refresh_interval: float = DEFAULT_MIN_REFRESH_INTERVAL
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     debounce: float = DEFAULT_DEBOUNCE
+    nginx_snippets: bool = False
+    config_test_command: tuple[str, ...] = ()
+    haproxy_socket: str | None = None
+    responder: ResponderConfig | None = None
 
     @property
     def state_path(self) -> Path:
@@ -88,8 +111,14 @@ _TOP_KEYS = {
     "min_refresh_interval",
     "rescan_interval",
     "debounce",
+    "nginx_snippets",
+    "config_test_command",
+    "haproxy",
+    "responder",
 }
-_SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name"}
+_SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name", "haproxy"}
+_HAPROXY_KEYS = {"admin_socket"}
+_RESPONDER_KEYS = {"listen", "max_clients"}
 
 
 def load(path: str | Path) -> Config:
@@ -142,7 +171,49 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         cert_id_hash=cert_id_hash,
         state_dir=p.path(raw, "state_dir"),
         reload_request_file=p.path(raw, "reload_request_file"),
+        nginx_snippets=p.flag(raw, "nginx_snippets"),
+        config_test_command=p.command(raw, "config_test_command"),
+        haproxy_socket=_haproxy_socket(p, raw),
+        responder=_responder(p, raw),
         **_daemon_timing(p, raw),
+    )
+
+
+def _haproxy_socket(p: _Checker, raw: dict[str, Any]) -> str | None:
+    table = p.table(raw, "haproxy", _HAPROXY_KEYS)
+    if table is None or "admin_socket" not in table:
+        return None
+    value = table["admin_socket"]
+    if not isinstance(value, str) or not value:
+        raise p.error("haproxy.admin_socket", "must be a socket path or host:port")
+    if value.startswith("/") or ":" not in value:
+        return str(p.base / Path(value).expanduser())
+    return value
+
+
+def _responder(p: _Checker, raw: dict[str, Any]) -> ResponderConfig | None:
+    table = p.table(raw, "responder", _RESPONDER_KEYS)
+    if table is None:
+        return None
+    value = table.get("listen")
+    if not isinstance(value, str):
+        raise p.error("responder.listen", "missing: an address such as \"127.0.0.1:8080\"")
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise p.error("responder.listen", f"{value!r} is not HOST:PORT with a port 1-65535")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        # It serves whatever stapled holds to anyone who asks: the web server on this
+        # host is its only client.
+        raise p.error("responder.listen", f"{host!r} is not a loopback address")
+    return ResponderConfig(
+        host, int(port_text), p.count(table, "max_clients", DEFAULT_MAX_CLIENTS, "responder.")
     )
 
 
@@ -193,10 +264,28 @@ class _Checker:
             raise self.error(key, f"must be a positive number of seconds, not {value}")
         return value
 
-    def count(self, raw: dict[str, Any], key: str, default: int) -> int:
+    def count(self, raw: dict[str, Any], key: str, default: int, prefix: str = "") -> int:
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.error(key, f"must be a whole number of at least 1, not {value!r}")
+            raise self.error(
+                prefix + key, f"must be a whole number of at least 1, not {value!r}"
+            )
+        return value
+
+    def flag(self, raw: dict[str, Any], key: str, prefix: str = "") -> bool:
+        value = raw.get(key, False)
+        if not isinstance(value, bool):
+            raise self.error(prefix + key, f"must be true or false, not {value!r}")
+        return value
+
+    def table(self, raw: dict[str, Any], key: str, known: set[str]) -> dict[str, Any] | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table ([" + key + "])")
+        for unknown in sorted(set(value) - known):
+            raise self.error(f"{key}.{unknown}", f"unknown key (known: {', '.join(sorted(known))})")
         return value
 
     def command(self, raw: dict[str, Any], key: str) -> tuple[str, ...]:
@@ -250,4 +339,10 @@ class _Checker:
             not isinstance(name, str) or not name or "/" in name or name.startswith(".")
         ):
             raise self.error(f"{key}.name", "must be a plain file name without '/' or leading '.'")
-        return Source(path=str(path), ocsp_url=tuple(urls), issuer=issuer, name=name)
+        return Source(
+            path=str(path),
+            ocsp_url=tuple(urls),
+            issuer=issuer,
+            name=name,
+            haproxy=self.flag(entry, "haproxy", f"{key}."),
+        )

@@ -38,6 +38,7 @@ from .errors import ConfigError, StoreError
 from .notify import Notifier
 from .pipeline import Clock, Record, Stapler, log_record, utc_now
 from .policy import State
+from .responder import Index, Responder
 from .transport import Transport
 from .watcher import Watcher, roots_of
 
@@ -79,7 +80,12 @@ class Daemon:
         self.records: dict[str, Record] = {}
         self.groups: dict[str, list[Found]] = {}
         self.attempts: Counter[str] = Counter()
+        # Something changed that the web server has not been told of yet (or telling failed).
         self.reload_owed = False
+        # Names whose staple HAProxy still has to be handed over its admin socket.
+        self.push_owed: set[str] = set()
+        self.index = Index()
+        self.responder: Responder | None = None
         self._lock = threading.RLock()
         # The watcher, the periodic rescan and SIGHUP may all ask at once: one at a time,
         # so an older scan is never applied after a newer one.
@@ -94,14 +100,21 @@ class Daemon:
         """Serve until SIGTERM or SIGINT; 0 after a clean stop."""
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._signal)
+        # Listen before the first pass, so a web server starting with us finds the port
+        # (it is told "try again" until the first pass has filled the index).
+        self.responder = self._start_responder(self.config)
         first = self.stapler.once()
-        self.reload_owed = first.reload_error is not None
+        self.reload_owed = first.reload_failed
+        self.push_owed = set(first.haproxy_failed)
         with self._lock:
             self.groups = dict(first.groups)
             for rec in first.records:
                 self.records[rec.name] = rec
             for fingerprint in self.groups:
-                self._schedule(fingerprint, self._records_of(fingerprint))
+                records = self._records_of(fingerprint)
+                self._schedule(fingerprint, records)
+                self._index(fingerprint, records)
+        self.index.ready = True
         tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
         self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")
         self.scheduler.add_job(
@@ -137,6 +150,8 @@ class Daemon:
         # down in the middle of one, APScheduler 3 fails to remove a job it just ran.
         self.scheduler.remove_all_jobs()
         self.scheduler.shutdown(wait=True)
+        if self.responder is not None:
+            self.responder.stop()
         self.transport.close()
         store.remove_temp_files(self.config.output_dir)
         self._save_state(stopped=True)
@@ -151,6 +166,7 @@ class Daemon:
             transport = Transport(timeout=new.timeout)
             stapler = Stapler(new, transport=transport, clock=self.clock)
             stapler.prepare()
+            responder = self._next_responder(new)
         except (ConfigError, StoreError) as e:
             log.error("%s; keeping the configuration in use", e)
             if transport is not None:
@@ -159,14 +175,61 @@ class Daemon:
             return
         log.info("configuration re-read from %s", self.config_path)
         with self._lock:
-            old_transport = self.transport
+            old_transport, old_responder = self.transport, self.responder
             self.config, self.transport, self.stapler = new, transport, stapler
+            self.responder = responder
         old_transport.close()
+        if old_responder is not None and old_responder is not responder:
+            old_responder.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self._start_watcher()
         self._rescan()
         self.notifier.ready(self.summary())
+
+    def _start_responder(self, config: Config) -> Responder | None:
+        """The local responder of ``config``, listening; ConfigError when it cannot."""
+        settings = config.responder
+        if settings is None:
+            return None
+        responder = Responder(
+            settings.host,
+            settings.port,
+            self.index,
+            self.clock,
+            max_clients=settings.max_clients,
+        )
+        try:
+            responder.start()
+        except OSError as e:
+            responder.stop()
+            raise ConfigError(
+                str(config.path),
+                f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e})",
+                "responder.listen",
+            ) from e
+        return responder
+
+    def _next_responder(self, new: Config) -> Responder | None:
+        """The responder for a re-read configuration: the running one when unchanged."""
+        old, wanted, running = self.config.responder, new.responder, self.responder
+        if (
+            running is not None
+            and old is not None
+            and wanted is not None
+            and (old.host, old.port) == (wanted.host, wanted.port)
+        ):
+            running.max_clients = wanted.max_clients
+            return running
+        return self._start_responder(new)
+
+    def _index(self, fingerprint: str, records: list[Record]) -> None:
+        """Tell the local responder what is now valid for one certificate."""
+        if not records:
+            return
+        rec = records[0]
+        valid = rec.current if rec.state in (State.GOOD, State.REVOKED) else None
+        self.index.update(fingerprint, rec.cert_ids, valid)
 
     def _start_watcher(self) -> None:
         self.watcher = Watcher(
@@ -193,10 +256,14 @@ class Daemon:
             return
         try:
             records, groups = self.stapler.scan()
+            self.stapler.settle(records)
         except Exception as e:  # a rescan must never take the daemon down
             log.error("rescanning the certificate sources failed: %s", e)
             return
         now = self.clock()
+        self.index.keep_only(set(groups))
+        if any(r.changed for r in records):
+            self._deliver_soon(reload=True)
         with self._lock:
             old = self.groups
             for fingerprint in old.keys() - groups.keys():
@@ -232,12 +299,14 @@ class Daemon:
             if fingerprint not in self.groups:
                 return  # removed while it was being fetched
             self._schedule(fingerprint, records)
+            self._index(fingerprint, records)
             for rec in records:
                 self.records[rec.name] = rec
                 changed |= rec.changed
+                if rec.haproxy_changed:
+                    self.push_owed.add(rec.name)
                 log_record(rec)
-        if changed or (self.reload_owed and self.stapler.can_reload):
-            self._reload_soon()
+        self._deliver_soon(reload=changed)
         self._save_state_soon()
 
     def _schedule(self, fingerprint: str, records: list[Record]) -> None:
@@ -290,20 +359,33 @@ class Daemon:
             self.scheduler.remove_job(fingerprint)
         self.attempts.pop(fingerprint, None)
 
-    def _reload_soon(self) -> None:
-        # One reload already waiting takes in this change too; pushing it back on every
+    def _deliver_soon(self, *, reload: bool) -> None:
+        """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""
+        with self._lock:
+            if reload:
+                self.reload_owed = True
+            wanted = (self.reload_owed and self.stapler.can_reload) or bool(self.push_owed)
+        # One delivery already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
-        if not self.stapler.can_reload or self.scheduler.get_job("reload") is not None:
+        if not wanted or self.scheduler.get_job("reload") is not None:
             return
         when = self.clock() + timedelta(seconds=RELOAD_DELAY)
         self.scheduler.add_job(
-            self._reload_job, DateTrigger(run_date=when), id="reload", replace_existing=True
+            self._deliver_job, DateTrigger(run_date=when), id="reload", replace_existing=True
         )
 
-    def _reload_job(self) -> None:
-        error = self.stapler.reload()
-        # A failed reload is owed: it is tried again with the next change.
-        self.reload_owed = error is not None
+    def _deliver_job(self) -> None:
+        with self._lock:
+            reload, self.reload_owed = self.reload_owed, False
+            push = [self.records[n] for n in self.push_owed if n in self.records]
+            self.push_owed = set()
+        # Whatever fails stays owed and is tried again with the next change.
+        if reload and self.stapler.can_reload and self.stapler.reload() is not None:
+            with self._lock:
+                self.reload_owed = True
+        if failed := self.stapler.push(push):
+            with self._lock:
+                self.push_owed |= failed
         self._save_state_soon()
 
     def _tick(self) -> None:
@@ -323,7 +405,12 @@ class Daemon:
         daemon: dict[str, Any] = {"pid": os.getpid(), "updated": _iso(self.clock())}
         if stopped:
             daemon["stopped"] = True
-        self.stapler.save_state(records, reload_pending=self.reload_owed, daemon=daemon)
+        self.stapler.save_state(
+            records,
+            reload_pending=self.reload_owed and self.stapler.can_reload,
+            haproxy_pending=set(self.push_owed),
+            daemon=daemon,
+        )
         self.notifier.status(self.summary())
 
     # ---- reporting --------------------------------------------------------------------

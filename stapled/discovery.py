@@ -46,6 +46,12 @@ class Found:
     path: str
     chain: CertChain | None = None
     error: str | None = None
+    # HAProxy reads the staple from <path>.ocsp, beside the certificate file it loads.
+    haproxy: bool = False
+
+    @property
+    def haproxy_staple(self) -> Path | None:
+        return Path(self.path + ".ocsp") if self.haproxy else None
 
 
 def discover(sources: tuple[Source, ...]) -> list[Found]:
@@ -145,10 +151,10 @@ def _load(
         issuer = _issuer(source, issuers)
         chain = certs.build_chain(parsed, shown, issuer)
     except CertificateError as e:
-        return Found(name, shown, error=e.reason)
+        return Found(name, shown, error=e.reason, haproxy=source.haproxy)
     if source.ocsp_url:
         chain = chain.with_ocsp_urls(source.ocsp_url)
-    return Found(name, shown, chain=chain)
+    return Found(name, shown, chain=chain, haproxy=source.haproxy)
 
 
 def _may_hold_certificate(data: bytes) -> bool:

@@ -9,8 +9,9 @@
     ├── FetchError(url)               network/HTTP failure talking to a responder
     ├── OCSPStatusError(url)          responder answered an unsuccessful responseStatus
     ├── InvalidResponseError          an OCSP response that fails validation
+    ├── InvalidRequestError           an OCSP request to the local responder that is unusable
     ├── StoreError(path)              a staple or state file cannot be read or written
-    └── ReloadError(argv)             the web server's reload command failed
+    └── ReloadError(argv)             config test, reload command or HAProxy push failed
 
 Every message is one sentence an operator can act on, built from the fields, so the CLI
 prints ``str(error)`` and nothing else.  Foreign exceptions are wrapped with
@@ -111,6 +112,16 @@ class InvalidResponseError(StapledError):
         return InvalidResponseError(self.reason, url)
 
 
+class InvalidRequestError(StapledError):
+    """An OCSP request sent to stapled's local responder cannot be answered."""
+
+    exit_code = EX_DATAERR
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid OCSP request: {reason}")
+
+
 class StoreError(StapledError):
     """A staple or state file cannot be read or written."""
 
@@ -123,12 +134,34 @@ class StoreError(StapledError):
 
 
 class ReloadError(StapledError):
-    """The command that tells the web server to pick up new staples failed."""
+    """Telling the web server to pick up new staples failed.
 
-    def __init__(self, argv: Sequence[str], reason: str, output: str = "") -> None:
+    ``what`` says which step: the reload command, the configuration test run before it,
+    or a push over HAProxy's admin socket.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], reason: str, output: str = "", what: str = "reload command"
+    ) -> None:
         self.argv = list(argv)
         self.reason = reason
+        self.what = what
         # The tail of what the command printed: enough to diagnose, never a flood.
         self.output = output[-2000:]
-        detail = f": {self.output.strip().splitlines()[-1]}" if self.output.strip() else ""
-        super().__init__(f"reload command '{' '.join(self.argv)}' {reason}{detail}")
+        line = _telling_line(self.output)
+        detail = f": {line}" if line else ""
+        super().__init__(f"{what} '{' '.join(self.argv)}' {reason}{detail}")
+
+
+def _telling_line(output: str) -> str:
+    """The line of a command's output that says what went wrong.
+
+    ``nginx -t`` ends with "test failed"; the line naming the file and the problem is
+    the one marked [emerg] (or an apache/haproxy error line) before it.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for marker in ("[emerg]", "[alert]", "[ALERT]", "AH0", "error"):
+        for line in lines:
+            if marker in line:
+                return line
+    return lines[-1] if lines else ""

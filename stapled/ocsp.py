@@ -12,6 +12,7 @@ import base64
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from urllib.parse import quote
 
 from cryptography import x509
@@ -23,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from . import certs
 from .certs import CertChain
-from .errors import InvalidResponseError, OCSPStatusError
+from .errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
 
 # RFC 5019 section 5: GET is used when the whole URL fits in 255 bytes, so that
 # responses can be cached by HTTP proxies; larger requests are POSTed.
@@ -51,6 +52,48 @@ _STATUS = {
 }
 
 
+class CertID(NamedTuple):
+    """RFC 6960 section 4.1.1 CertID: what a request asks about and a response answers."""
+
+    hash_name: str
+    name_hash: bytes
+    key_hash: bytes
+    serial: int
+
+
+def cert_ids(chain: CertChain) -> frozenset[CertID]:
+    """Every CertID a client may use for ``chain.leaf`` (SHA-1 and SHA-256)."""
+    if chain.issuer is None:
+        return frozenset()
+    return frozenset(
+        CertID(
+            name,
+            certs.name_hash(chain.leaf, algorithm),
+            certs.key_hash(chain.issuer, algorithm),
+            chain.leaf.serial_number,
+        )
+        for name, algorithm in _HASHES.items()
+    )
+
+
+def parse_request(der: bytes) -> CertID:
+    """The CertID of a DER OCSPRequest for one certificate.
+
+    Raises InvalidRequestError for anything else (garbage, several certificates, a
+    hash algorithm stapled does not use).
+    """
+    try:
+        request = ocsp.load_der_ocsp_request(der)
+        hash_name = request.hash_algorithm.name
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise InvalidRequestError(f"not a DER OCSP request for one certificate ({e})") from e
+    if hash_name not in _HASHES:
+        raise InvalidRequestError(f"unsupported CertID hash {hash_name}")
+    return CertID(
+        hash_name, request.issuer_name_hash, request.issuer_key_hash, request.serial_number
+    )
+
+
 @dataclass(frozen=True)
 class Staple:
     """A validated OCSP response for one certificate: exactly the bytes received."""
@@ -64,6 +107,23 @@ class Staple:
     signer: str
     revocation_time: datetime | None = None
     revocation_reason: str | None = None
+    # The CertID of the SingleResponse that answers for this certificate, and how many
+    # SingleResponses the response holds (HAProxy takes exactly one, with a SHA-1 CertID).
+    cert_id: CertID | None = None
+    single_count: int = 1
+
+    @property
+    def haproxy_problem(self) -> str | None:
+        """Why HAProxy would refuse this response, or None when it takes it."""
+        if self.single_count != 1:
+            return f"it holds {self.single_count} SingleResponses and HAProxy takes only one"
+        if self.cert_id is not None and self.cert_id.hash_name != "sha1":
+            return f"its CertID uses {self.cert_id.hash_name} and HAProxy matches only SHA-1"
+        return None
+
+    def valid_at(self, now: datetime, margin: timedelta = DEFAULT_MARGIN) -> bool:
+        """Still fit to hand to a server at ``now`` (not within ``margin`` of nextUpdate)."""
+        return now + margin < self.next_update
 
     @property
     def lifetime(self) -> timedelta:
@@ -135,7 +195,7 @@ def validate(
     resp = _parse(der)
     signer, signer_desc = _find_signer(resp, issuer, now)
     _verify_signature(resp, signer)
-    single = _matching_single(resp, chain.leaf, issuer)
+    single, cert_id = _matching_single(resp, chain.leaf, issuer)
     this_update = single.this_update_utc
     next_update = single.next_update_utc
     produced_at = resp.produced_at_utc
@@ -165,6 +225,8 @@ def validate(
         signer=signer_desc,
         revocation_time=single.revocation_time_utc,
         revocation_reason=reason,
+        cert_id=cert_id,
+        single_count=len(list(resp.responses)),
     )
 
 
@@ -278,7 +340,7 @@ def _verify_pss(key: rsa.RSAPublicKey, sig: bytes, data: bytes) -> None:
 
 def _matching_single(
     resp: ocsp.OCSPResponse, leaf: x509.Certificate, issuer: x509.Certificate
-) -> ocsp.OCSPSingleResponse:
+) -> tuple[ocsp.OCSPSingleResponse, CertID]:
     """The SingleResponse whose CertID names ``leaf``, among all of them (RFC 6960 4.2.2.3)."""
     expected: dict[str, tuple[bytes, bytes]] = {}
     for single in resp.responses:
@@ -296,7 +358,7 @@ def _matching_single(
             and single.issuer_name_hash == name_hash
             and single.issuer_key_hash == key_hash
         ):
-            return single
+            return single, CertID(algorithm.name, name_hash, key_hash, leaf.serial_number)
     raise InvalidResponseError(
         f"no SingleResponse for serial {leaf.serial_number:X} from this issuer"
     )

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from . import certs, discovery, ocsp, policy, store
+from . import certs, discovery, ocsp, policy, snippet, store
 from .certs import CertChain
 from .config import Config
 from .discovery import Found
@@ -35,15 +35,16 @@ from .errors import (
     StapledError,
     StoreError,
 )
-from .ocsp import CertStatus, Staple
+from .ocsp import CertID, CertStatus, Staple
 from .policy import Severity, State
-from .reload import run_command
+from .reload import haproxy_set_ocsp, run_command
 from .transport import Transport
 
 log = logging.getLogger("stapled")
 
 Clock = Callable[[], datetime]
-Reloader = Callable[[Sequence[str], float], str]
+Reloader = Callable[[Sequence[str], float, str], str]
+Pusher = Callable[[str, bytes, float], None]
 
 
 def utc_now() -> datetime:
@@ -74,6 +75,11 @@ class Record:
     fingerprint: str | None = None
     retry_after: float | None = None
     max_age: float | None = None
+    # Where HAProxy reads this certificate's staple, and whether this pass rewrote it.
+    haproxy_staple: str | None = None
+    haproxy_changed: bool = False
+    # The CertIDs clients may ask about (the local responder's index).
+    cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
 
     def severity(self, now: datetime, *, aging: bool = True) -> Severity:
         staple_aging = (
@@ -98,6 +104,10 @@ class PassResult:
     changed: list[str] = field(default_factory=list)
     # The certificates that have an OCSP URL, by fingerprint (for the daemon's schedule).
     groups: dict[str, list[Found]] = field(default_factory=dict)
+    # The reload (or the configuration test before it) failed: it is owed.
+    reload_failed: bool = False
+    # Names whose new staple HAProxy did not take over its admin socket.
+    haproxy_failed: set[str] = field(default_factory=set)
 
     def exit_code(self) -> int:
         """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""
@@ -119,11 +129,13 @@ class Stapler:
         transport: Transport | None = None,
         clock: Clock = utc_now,
         reloader: Reloader = run_command,
+        pusher: Pusher = haproxy_set_ocsp,
     ) -> None:
         self.config = config
         self.transport = transport
         self.clock = clock
         self.reloader = reloader
+        self.pusher = pusher
         self.hash = ocsp.hash_algorithm(config.cert_id_hash)
         self._host_limits: dict[str, threading.BoundedSemaphore] = {}
         self._issuers: dict[str, x509.Certificate | str] = {}
@@ -144,6 +156,7 @@ class Stapler:
         records, groups = self.scan()
         if only is not None:
             records, groups = _limited(records, groups, only)
+        self.settle(records)
         pool_size = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
             for group_records in pool.map(lambda g: self.refresh(g, force=force), groups.values()):
@@ -155,13 +168,21 @@ class Stapler:
         # A reload that failed last time is owed even when nothing changed since: the
         # server has not picked up the staples written then.
         owed = bool(saved.get("reload_pending"))
+        reload_error = None
         if self.can_reload and (result.changed or owed):
             if owed and not result.changed:
                 log.info("retrying the reload that failed in an earlier pass")
-            result.reload_error = self.reload()
+            reload_error = self.reload()
+        # HAProxy updates that failed last time are owed the same way.
+        push_owed = _names(saved.get("haproxy_pending"))
+        failed = self.push([r for r in result.records if r.haproxy_changed or r.name in push_owed])
+        result.reload_failed, result.haproxy_failed = reload_error is not None, failed
+        push_error = f"HAProxy was not updated for {', '.join(sorted(failed))}" if failed else None
+        result.reload_error = "; ".join(e for e in (reload_error, push_error) if e) or None
         self.save_state(
             result.records,
-            reload_pending=result.reload_error is not None,
+            reload_pending=reload_error is not None,
+            haproxy_pending=failed | (push_owed - {r.name for r in result.records}),
             others=_entries(saved) if only is not None else None,
         )
         return result
@@ -179,6 +200,11 @@ class Stapler:
     def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
         """Find every certificate: records for those needing no fetch, the rest grouped."""
         return self._classify(discovery.discover(self.config.certificates))
+
+    def settle(self, records: list[Record]) -> None:
+        """Publish what is known of certificates that need no fetch (their snippets)."""
+        for rec in records:
+            self._write_snippet(rec)
 
     def status(self) -> PassResult:
         """The same records without any network request or write."""
@@ -268,21 +294,58 @@ class Stapler:
                 )
             elif fetched is not None:
                 current = fetched
+        ids = ocsp.cert_ids(chain)
         records = []
         for member in members:
-            rec = self._record(member, current, unknown=unknown)
-            if current is not None:
-                try:
-                    rec.changed = store.write_atomic(self._staple_path(member), current.der)
-                except StoreError as e:
-                    # Report what this name really has on disk, not what failed to land.
-                    rec = self._record(member, self._current([member], now, chain))
-                    rec.last_error, rec.failed_now = str(e), True
+            rec = self._publish(member, current, now, chain, unknown=unknown)
             if error and not rec.failed_now:
                 rec.last_error, rec.failed_now = error, True
-            rec.retry_after, rec.max_age = hints.retry_after, hints.max_age
+            rec.retry_after, rec.max_age, rec.cert_ids = hints.retry_after, hints.max_age, ids
             records.append(rec)
         return records
+
+    def _publish(
+        self,
+        member: Found,
+        current: Staple | None,
+        now: datetime,
+        chain: CertChain,
+        *,
+        unknown: bool,
+    ) -> Record:
+        """Write ``current`` everywhere this name's staple goes; the record of the result."""
+        rec = self._record(member, current, unknown=unknown)
+        if current is not None:
+            try:
+                rec.changed = store.write_atomic(self._staple_path(member), current.der)
+            except StoreError as e:
+                # Report what this name really has on disk, not what failed to land.
+                rec = self._record(member, self._current([member], now, chain))
+                rec.last_error, rec.failed_now = str(e), True
+        haproxy = member.haproxy_staple
+        if haproxy is not None and rec.current is not None:
+            problem = rec.current.haproxy_problem
+            try:
+                if problem is not None:
+                    raise StoreError(str(haproxy), f"not written: {problem}")
+                rec.haproxy_changed = store.write_atomic(haproxy, rec.current.der)
+            except StoreError as e:
+                rec.last_error, rec.failed_now = str(e), True
+            rec.changed |= rec.haproxy_changed
+        self._write_snippet(rec)
+        return rec
+
+    def _write_snippet(self, rec: Record) -> None:
+        """The nginx snippet for ``rec``: stapling on only while its staple is valid."""
+        if not self.config.nginx_snippets:
+            return
+        valid = rec.current is not None and rec.state in (State.GOOD, State.REVOKED)
+        text = snippet.render(rec.path, rec.staple if valid else None, rec.state)
+        path = self.config.output_dir / f"{rec.name}{snippet.SUFFIX}"
+        try:
+            rec.changed |= store.write_atomic(path, text)
+        except StoreError as e:
+            rec.last_error, rec.failed_now = str(e), True
 
     # ---- pieces -----------------------------------------------------------------------
 
@@ -296,6 +359,7 @@ class Stapler:
             item.name,
             item.path,
             policy.state_of(current, unknown_answer=unknown),
+            haproxy_staple=str(item.haproxy_staple) if item.haproxy_staple else None,
             fingerprint=chain.fingerprint,
             current=current,
             serial=chain.serial_hex,
@@ -435,6 +499,7 @@ class Stapler:
         records: list[Record],
         *,
         reload_pending: bool,
+        haproxy_pending: set[str] | None = None,
         daemon: dict[str, Any] | None = None,
         others: dict[str, dict[str, Any]] | None = None,
     ) -> None:
@@ -455,6 +520,7 @@ class Stapler:
         state: dict[str, Any] = {
             "version": 1,
             "reload_pending": reload_pending,
+            "haproxy_pending": sorted(haproxy_pending or ()),
             "certificates": entries,
         }
         if daemon is not None:
@@ -475,6 +541,8 @@ class Stapler:
         root can react to it, so stapled itself needs no privilege); ``reload_command``
         is run.  Either or both may be configured.
         """
+        if error := self.config_test():
+            return error
         request = self.config.reload_request_file
         if request is not None:
             try:
@@ -487,12 +555,51 @@ class Stapler:
         argv = self.config.reload_command
         if argv:
             try:
-                self.reloader(argv, self.config.reload_timeout)
+                self.reloader(argv, self.config.reload_timeout, "reload command")
             except ReloadError as e:
                 log.error("%s", e)
                 return str(e)
             log.info("reloaded: %s", " ".join(argv))
         return None
+
+    def config_test(self) -> str | None:
+        """Run ``config_test_command``; its error (with the server's words), or None."""
+        argv = self.config.config_test_command
+        if not argv:
+            return None
+        try:
+            self.reloader(argv, self.config.reload_timeout, "configuration test")
+        except ReloadError as e:
+            log.error("%s; not reloading", e)
+            for line in e.output.strip().splitlines()[-20:]:
+                log.error("  %s", line)
+            return str(e)
+        return None
+
+    def push(self, records: list[Record]) -> set[str]:
+        """Hand HAProxy each record's new staple over its admin socket; the names that failed.
+
+        Without ``[haproxy] admin_socket`` nothing is pushed: HAProxy reads the .ocsp
+        files when it next starts or reloads.
+        """
+        address = self.config.haproxy_socket
+        failed: set[str] = set()
+        if address is None:
+            return failed
+        for rec in records:
+            staple = rec.current
+            if rec.haproxy_staple is None or staple is None or staple.haproxy_problem:
+                continue
+            if not staple.valid_at(self.clock()):
+                continue  # expired since it was written: HAProxy would refuse it anyway
+            try:
+                self.pusher(address, staple.der, self.config.reload_timeout)
+            except ReloadError as e:
+                log.error("%s: %s", rec.name, e)
+                failed.add(rec.name)
+            else:
+                log.info("%s: HAProxy took the new staple (%s)", rec.name, address)
+        return failed
 
 
 def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -501,6 +608,13 @@ def _entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not isinstance(entries, dict):
         return {}
     return {name: e for name, e in entries.items() if isinstance(e, dict)}
+
+
+def _names(value: object) -> set[str]:
+    """A list of names from the state file; anything damaged reads as none."""
+    if not isinstance(value, list):
+        return set()
+    return {v for v in value if isinstance(v, str)}
 
 
 def _limited(

@@ -1,0 +1,346 @@
+"""The local caching OCSP responder: validated staples over HTTP, on loopback only.
+
+Apache (``SSLStaplingForceURL``) and nginx (``ssl_stapling_responder``, the only way to
+staple for an RSA and an ECDSA certificate in one server block) fetch staples lazily
+from a URL.  Pointed here, they get the responses stapled has already fetched and
+validated, at once, even when the CA's responder is down or the server just restarted.
+
+It answers only from :class:`Index` and never forwards a request anywhere:
+
+* a certificate with a valid staple: 200 and the CA's response, byte for byte;
+* a certificate stapled manages but holds no valid staple for: 503 with Retry-After
+  (Apache then staples nothing rather than an error);
+* a certificate it does not know: an OCSP ``unauthorized`` response (RFC 6960 2.3);
+* something that is not an OCSP request: ``malformedRequest``; broken HTTP: 400.
+
+One asyncio loop in one thread serves every connection: a thousand idle or slow clients
+cost a socket each, not a thread.  Requests are small and bounded, every request must
+arrive whole within a deadline, and past ``max_clients`` connections new ones get 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import unquote
+
+from .errors import InvalidRequestError
+from .ocsp import CertID, Staple, parse_request
+
+log = logging.getLogger("stapled.responder")
+
+# An OCSP request for one certificate is about 100 bytes; anything near this is abuse.
+MAX_BODY = 16 * 1024
+MAX_HEAD = 16 * 1024
+# A request must arrive whole within this; an idle kept-alive connection is closed then.
+REQUEST_TIMEOUT = 10.0
+RETRY_AFTER = 60
+# RFC 6960 section 4.2.1: unsigned OCSPResponse with only a responseStatus.
+MALFORMED_REQUEST = bytes.fromhex("3003 0a01 01")
+UNAUTHORIZED = bytes.fromhex("3003 0a01 06")
+OCSP_RESPONSE = "application/ocsp-response"
+
+Clock = Callable[[], datetime]
+
+
+class Index:
+    """The responses the responder may hand out, by the CertIDs clients ask with.
+
+    The daemon updates it after every refresh; requests read it from another thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # False until the daemon's first pass has filled it: until then every request is
+        # told to try again, rather than "unauthorized" for a certificate not loaded yet.
+        self.ready = False
+        self._owner: dict[CertID, str] = {}
+        self._ids: dict[str, frozenset[CertID]] = {}
+        self._staples: dict[str, Staple] = {}
+
+    def update(self, fingerprint: str, ids: frozenset[CertID], staple: Staple | None) -> None:
+        """What stapled now holds for one certificate (``staple=None``: nothing valid)."""
+        with self._lock:
+            self._forget(fingerprint)
+            self._ids[fingerprint] = ids
+            for cert_id in ids:
+                self._owner[cert_id] = fingerprint
+            if staple is not None:
+                self._staples[fingerprint] = staple
+
+    def keep_only(self, fingerprints: set[str]) -> None:
+        """Forget certificates stapled no longer manages."""
+        with self._lock:
+            for fingerprint in set(self._ids) - fingerprints:
+                self._forget(fingerprint)
+
+    def _forget(self, fingerprint: str) -> None:
+        for cert_id in self._ids.pop(fingerprint, ()):
+            self._owner.pop(cert_id, None)
+        self._staples.pop(fingerprint, None)
+
+    def lookup(self, cert_id: CertID, now: datetime) -> Staple | bool:
+        """The staple to serve; else True for a known certificate, False for a stranger."""
+        with self._lock:
+            fingerprint = self._owner.get(cert_id)
+            if fingerprint is None:
+                return not self.ready
+            staple = self._staples.get(fingerprint)
+        # The response must answer the very CertID asked (a SHA-256 question is not
+        # answered by a SHA-1 response) and still be fit to staple.
+        if staple is None or staple.cert_id != cert_id or not staple.valid_at(now):
+            return True
+        return staple
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._staples)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    target: str
+    keep_alive: bool
+    body: bytes
+
+
+class Responder:
+    """An HTTP OCSP responder serving ``index`` on ``host:port``, in a thread of its own."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        index: Index,
+        clock: Clock,
+        *,
+        max_clients: int = 256,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.index = index
+        self.clock = clock
+        self.max_clients = max_clients
+        self.request_timeout = request_timeout
+        self.clients = 0
+        self.served = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Listen, then serve in a thread.  Raises OSError when the address is unusable."""
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(
+                self._connection, self.host, self.port, limit=MAX_HEAD, reuse_address=True
+            )
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="responder", daemon=True
+        )
+        self._thread.start()
+        log.info("local OCSP responder listening on http://%s:%d/", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._thread is None:
+            self._loop.close()
+            return
+
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            # Connections still open are cancelled and allowed to finish closing.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+        self._thread = None
+
+    # ---- HTTP -------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= self.max_clients:
+            await self._send(writer, _busy(), keep_alive=False)
+            await _close(writer)
+            return
+        self.clients += 1
+        try:
+            while True:
+                try:
+                    request = await asyncio.wait_for(_read_request(reader), self.request_timeout)
+                except _BadRequest as e:
+                    await self._send(writer, _plain(e.status, e.reason), keep_alive=False)
+                    break
+                except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                    break
+                if request is None:
+                    break
+                reply = self.answer(request.method, request.target, request.body)
+                if not await self._send(writer, reply, keep_alive=request.keep_alive):
+                    break
+                if not request.keep_alive:
+                    break
+        finally:
+            self.clients -= 1
+            await _close(writer)
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: Reply, *, keep_alive: bool) -> bool:
+        head = [f"HTTP/1.1 {reply.status} {reply.reason}"]
+        headers = {
+            **reply.headers,
+            "Content-Length": str(len(reply.body)),
+            "Connection": "keep-alive" if keep_alive else "close",
+            "Server": "stapled",
+        }
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+        try:
+            await asyncio.wait_for(writer.drain(), self.request_timeout)
+        except (TimeoutError, ConnectionError):
+            return False
+        return True
+
+    def answer(self, method: str, target: str, body: bytes) -> Reply:
+        """The reply to one HTTP request (no I/O: the protocol part is above)."""
+        if method == "POST":
+            der = body
+        elif method == "GET":
+            der = _from_path(target)
+        else:
+            return Reply(405, "Method Not Allowed", {"Allow": "GET, POST"})
+        try:
+            cert_id = parse_request(der)
+        except InvalidRequestError as e:
+            log.debug("%s %s: %s", method, target[:80], e)
+            return _ocsp(MALFORMED_REQUEST)
+        now = self.clock()
+        found = self.index.lookup(cert_id, now)
+        if found is False:
+            log.debug("asked about serial %X, which stapled does not manage", cert_id.serial)
+            return _ocsp(UNAUTHORIZED)
+        if found is True:
+            log.info("asked about serial %X, for which no valid staple is held", cert_id.serial)
+            return Reply(
+                503,
+                "Service Unavailable",
+                {"Retry-After": str(RETRY_AFTER), "Cache-Control": "no-store"},
+            )
+        assert isinstance(found, Staple)
+        self.served += 1
+        return _ocsp(found.der, _caching(found, now))
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """One request from the stream; None at a clean end of the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if not e.partial.strip():
+            return None
+        raise _BadRequest(400, "Bad Request") from e
+    except asyncio.LimitOverrunError as e:
+        raise _BadRequest(431, "Request Header Fields Too Large") from e
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(400, "Bad Request")
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _BadRequest(400, "Bad Request")
+        headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _BadRequest(411, "Length Required")
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit():
+        raise _BadRequest(400, "Bad Request")
+    length = int(length_text)
+    if length > MAX_BODY:
+        raise _BadRequest(413, "Content Too Large")
+    body = await reader.readexactly(length) if length else b""
+    connection = headers.get("connection", "").lower()
+    keep_alive = version == "HTTP/1.1" and connection != "close"
+    return _Request(method, target, keep_alive, body)
+
+
+def _from_path(target: str) -> bytes:
+    """The DER request in a GET URL: base64 after the responder's own path (RFC 6960 A.1).
+
+    Clients differ in escaping the '/' that base64 may contain, so each tail of the
+    path is tried, longest first.
+    """
+    path = target.split("?", 1)[0]
+    segments = path.split("/")
+    for start in range(1, len(segments)):
+        encoded = unquote("/".join(segments[start:]))
+        try:
+            der = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            continue
+        if der:
+            return der
+    return b""
+
+
+def _caching(staple: Staple, now: datetime) -> dict[str, str]:
+    """RFC 5019 section 6.2 headers: cacheable until nextUpdate, and no longer."""
+    max_age = max(0, int((staple.next_update - now).total_seconds()))
+    return {
+        "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+        "Last-Modified": email.utils.format_datetime(staple.this_update, usegmt=True),
+        "Expires": email.utils.format_datetime(staple.next_update, usegmt=True),
+        "ETag": '"' + hashlib.sha256(staple.der).hexdigest()[:32] + '"',
+    }
+
+
+def _ocsp(body: bytes, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(200, "OK", {"Content-Type": OCSP_RESPONSE, **(headers or {})}, body)
+
+
+def _plain(status: int, reason: str) -> Reply:
+    return Reply(status, reason, {"Content-Type": "text/plain"}, f"{reason}\n".encode())
+
+
+def _busy() -> Reply:
+    return Reply(503, "Service Unavailable", {"Retry-After": "1"})
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
