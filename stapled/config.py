@@ -197,7 +197,7 @@ def _responder(p: _Checker, raw: dict[str, Any]) -> ResponderConfig | None:
         return None
     value = table.get("listen")
     if not isinstance(value, str):
-        raise p.error("responder.listen", "missing: an address such as \"127.0.0.1:8080\"")
+        raise p.error("responder.listen", 'missing: an address such as "127.0.0.1:8080"')
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -267,9 +267,7 @@ class _Checker:
     def count(self, raw: dict[str, Any], key: str, default: int, prefix: str = "") -> int:
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.error(
-                prefix + key, f"must be a whole number of at least 1, not {value!r}"
-            )
+            raise self.error(prefix + key, f"must be a whole number of at least 1, not {value!r}")
         return value
 
     def flag(self, raw: dict[str, Any], key: str, prefix: str = "") -> bool:

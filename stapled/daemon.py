@@ -237,6 +237,8 @@ class Daemon:
             self._changed,
             debounce=self.config.debounce,
             ignore_under=self.config.output_dir,
+            ignore_names=(store.TEMP_PREFIX,),
+            ignore_suffixes=(".ocsp",),
         )
         self.watcher.start()
 

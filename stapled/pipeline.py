@@ -156,6 +156,7 @@ class Stapler:
         records, groups = self.scan()
         if only is not None:
             records, groups = _limited(records, groups, only)
+        self.remove_temp_files(groups)
         self.settle(records)
         pool_size = max(1, min(self.config.concurrency, len(groups)))
         with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
@@ -196,6 +197,12 @@ class Stapler:
         store.prepare_dir(out)
         if removed := store.remove_temp_files(out):
             log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
+
+    def remove_temp_files(self, groups: dict[str, list[Found]]) -> None:
+        """Clear an interrupted write's leftovers beside HAProxy's certificates too."""
+        dirs = {Path(f.path).parent for members in groups.values() for f in members if f.haproxy}
+        for directory in sorted(dirs):
+            store.remove_temp_files(directory)
 
     def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
         """Find every certificate: records for those needing no fetch, the rest grouped."""

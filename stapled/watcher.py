@@ -64,12 +64,17 @@ class Watcher:
         *,
         debounce: float = 2.0,
         ignore_under: Path | None = None,
+        ignore_names: tuple[str, ...] = (),
+        ignore_suffixes: tuple[str, ...] = (),
     ) -> None:
         self.roots = roots
         self.on_change = on_change
         self.debounce = debounce
         # stapled's own output directory: writing staples must not look like a change.
         self._ignored = str(ignore_under.resolve()) if ignore_under is not None else None
+        # ... nor its own files among the certificates (HAProxy's .ocsp, temporary files).
+        self._ignore_names = ignore_names
+        self._ignore_suffixes = ignore_suffixes
         self._lock = threading.Lock()
         self._pending: set[str] = set()
         self._first: float | None = None
@@ -108,6 +113,9 @@ class Watcher:
     def _event(self, path: str) -> None:
         ignored = self._ignored
         if ignored is not None and (path == ignored or path.startswith(ignored + os.sep)):
+            return
+        name = path.rpartition(os.sep)[2]
+        if name.startswith(self._ignore_names) or name.endswith(self._ignore_suffixes):
             return
         with self._lock:
             now = time.monotonic()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from stapled import testca
 from stapled.cli import main
+
+from .daemonproc import DaemonProcess
 
 # CI sets this: a test that needs a real binary must then fail rather than skip.
 REQUIRE_SERVERS = os.environ.get("STAPLED_REQUIRE_SERVERS") == "1"
@@ -94,3 +96,20 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path, ca: testca.CA, responder: testca.ResponderServer) -> Site:
     return Site(tmp_path, ca, responder)
+
+
+@pytest.fixture
+def daemon(site: Site) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(env: dict[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(site, env)
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

@@ -7,101 +7,19 @@ polls of real outcomes (files, messages), never fixed sleeps standing in for the
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import pytest
 
 from stapled import certs, ocsp, testca
 
 from .conftest import Site
+from .daemonproc import wait_for
 
 FAST = "debounce = 0.3\nretry_min = 1\nretry_max = 2\nmin_refresh_interval = 1\n"
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class DaemonProcess:
-    def __init__(self, site: Site, env: dict[str, str] | None = None) -> None:
-        self.site = site
-        self.name = f"stapled-test-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + self.name)
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-        self.log = site.root / "daemon.log"
-        env = {**os.environ, "NOTIFY_SOCKET": "@" + self.name, **(env or {})}
-        env.pop("JOURNAL_STREAM", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stapled", "run", "--config", str(site.config_path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-
-    def notified(self, fragment: str) -> bool:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                break
-        return any(fragment in m for m in self.messages)
-
-    def count(self, fragment: str) -> int:
-        self.notified(fragment)  # collect what has arrived
-        return sum(fragment in m for m in self.messages)
-
-    def wait_ready(self) -> None:
-        wait_for("READY=1", lambda: self.notified("READY=1") or self.proc.poll() is not None)
-        assert self.proc.poll() is None, self.log.read_text()
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            self.notified("")  # collect what it said on the way out
-            self.sock.close()
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-
-@pytest.fixture
-def daemon(site: Site) -> Iterator[Callable[..., DaemonProcess]]:
-    started: list[DaemonProcess] = []
-
-    def start(env: dict[str, str] | None = None) -> DaemonProcess:
-        d = DaemonProcess(site, env)
-        started.append(d)
-        d.wait_ready()
-        return d
-
-    yield start
-    for d in started:
-        if d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait()
 
 
 def _serial_on_disk(site: Site, name: str, issued: testca.Issued) -> int | None:
