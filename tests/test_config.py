@@ -82,6 +82,55 @@ BAD = {
         'output_dir = "out"\ncertificates = [{ path = "certs", name = "../x" }]\n',
         "certificates[0].name",
     ),
+    "source-haproxy-string": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", haproxy = "yes" }]\n',
+        "certificates[0].haproxy",
+    ),
+    "snippets-not-bool": (
+        'output_dir = "out"\ncertificates = ["certs"]\nnginx_snippets = 1\n',
+        "nginx_snippets",
+    ),
+    "config-test-empty": (
+        'output_dir = "out"\ncertificates = ["certs"]\nconfig_test_command = []\n',
+        "config_test_command",
+    ),
+    "haproxy-not-table": (
+        'output_dir = "out"\ncertificates = ["certs"]\nhaproxy = "/run/h.sock"\n',
+        "haproxy",
+    ),
+    "haproxy-unknown-key": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[haproxy]\nsocket = "/run/h.sock"\n',
+        "haproxy.socket",
+    ),
+    "haproxy-socket-empty": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[haproxy]\nadmin_socket = ""\n',
+        "haproxy.admin_socket",
+    ),
+    "responder-no-listen": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nmax_clients = 4\n',
+        "responder.listen",
+    ),
+    "responder-public": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nlisten = "0.0.0.0:8053"\n',
+        "responder.listen",
+    ),
+    "responder-hostname": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nlisten = "ocsp.example:80"\n',
+        "responder.listen",
+    ),
+    "responder-no-port": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nlisten = "127.0.0.1"\n',
+        "responder.listen",
+    ),
+    "responder-port-range": (
+        'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nlisten = "127.0.0.1:70000"\n',
+        "responder.listen",
+    ),
+    "responder-max-clients": (
+        'output_dir = "out"\ncertificates = ["certs"]\n'
+        '[responder]\nlisten = "127.0.0.1:8053"\nmax_clients = 0\n',
+        "responder.max_clients",
+    ),
 }
 
 
@@ -138,6 +187,31 @@ def test_reload_command_is_split_like_a_shell(tmp_path: Path, certs_dir: Path) -
     assert cfg.reload_command == ("systemctl", "reload", "nginx server")
 
 
+@pytest.mark.parametrize(
+    ("listen", "host", "url"),
+    [
+        ("127.0.0.1:8053", "127.0.0.1", "http://127.0.0.1:8053/"),
+        ("localhost:8053", "127.0.0.1", "http://127.0.0.1:8053/"),
+        ("[::1]:8053", "::1", "http://[::1]:8053/"),
+        ("127.0.0.2:8053", "127.0.0.2", "http://127.0.0.2:8053/"),
+    ],
+)
+def test_responder_listens_on_loopback(
+    tmp_path: Path, certs_dir: Path, listen: str, host: str, url: str
+) -> None:
+    text = f'output_dir = "out"\ncertificates = ["certs"]\n[responder]\nlisten = "{listen}"\n'
+    cfg = config.load(_write(tmp_path, text))
+    assert cfg.responder is not None
+    assert (cfg.responder.host, cfg.responder.port, cfg.responder.url) == (host, 8053, url)
+
+
+def test_server_outputs_are_off_unless_asked(tmp_path: Path, certs_dir: Path) -> None:
+    cfg = config.load(_write(tmp_path, 'output_dir = "out"\ncertificates = ["certs"]\n'))
+    assert not cfg.nginx_snippets and cfg.config_test_command == ()
+    assert cfg.haproxy_socket is None and cfg.responder is None
+    assert not cfg.certificates[0].haproxy
+
+
 def test_example_config_is_valid(tmp_path: Path) -> None:
     example = Path(__file__).parent.parent / "examples" / "stapled.toml"
     raw = config.tomllib.loads(example.read_text())
@@ -153,4 +227,7 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
         else:
             raw["certificates"][i] = str(d)
     cfg = config.parse(raw, example)
-    assert cfg.reload_command
+    assert cfg.reload_command and cfg.config_test_command and cfg.nginx_snippets
+    assert cfg.haproxy_socket == "/run/haproxy/admin.sock"
+    assert cfg.responder is not None and cfg.responder.url == "http://127.0.0.1:8053/"
+    assert any(s.haproxy for s in cfg.certificates)
