@@ -1,0 +1,143 @@
+"""Real nginx in file mode, with stapled's snippets, checked with ``openssl s_client -status``.
+
+Servers mark: skipped when nginx is not installed, failed instead in CI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from stapled import certs, config, ocsp
+from stapled.pipeline import Stapler
+from stapled.transport import Transport
+
+from .conftest import Site
+from .servers import Handshake, Nginx, example, free_port, s_client, wait_until
+
+pytestmark = pytest.mark.servers
+
+
+class NginxSite:
+    """Two certbot lineages (one without an OCSP URL) behind a real nginx, from examples/."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.port = free_port()
+        self.leaf = site.issue("www.example.com")
+        self.live = site.lineage("www.example.com", self.leaf)
+        plain = site.issue("plain.example.com", ocsp_urls=[])
+        site.lineage("plain.example.com", plain)
+        letsencrypt = f"{site.certs}/letsencrypt/live/"
+        block = {
+            "listen 443 ssl;": f"listen 127.0.0.1:{self.port} ssl;",
+            "/etc/letsencrypt/live/": letsencrypt,
+            "/var/lib/stapled/": f"{site.out}/",
+        }
+        main = example("nginx-site.conf", block)
+        # The same example again for the site without an OCSP URL.
+        other = example("nginx-site.conf", block).replace("www.example.com", "plain.example.com")
+        self.nginx = Nginx(site.root / "nginx", main + other)
+        site.config(
+            "nginx_snippets = true\n"
+            f"config_test_command = {json.dumps(self.nginx.command('-t', '-q'))}\n"
+        )
+
+    def with_reload(self) -> None:
+        """Once nginx runs, stapled's passes reload it (after its configuration test)."""
+        self.site.config(
+            "nginx_snippets = true\n"
+            f"config_test_command = {json.dumps(self.nginx.command('-t', '-q'))}\n"
+            f"reload_command = {json.dumps(self.nginx.command('-s', 'reload'))}\n"
+        )
+
+    def handshake(self, name: str = "www.example.com") -> Handshake:
+        return s_client(self.port, name)
+
+
+@pytest.fixture
+def web(site: Site) -> Iterator[NginxSite]:
+    web = NginxSite(site)
+    yield web
+    web.nginx.stop()
+
+
+def test_the_first_handshake_after_start_carries_the_staple(web: NginxSite) -> None:
+    assert web.site.once() == 0
+    web.nginx.start(web.port)
+    first = s_client(web.port, "www.example.com")
+    assert first.staple_status == "good", first.output
+    assert first.staple_serial == first.cert_serial == web.leaf.cert.serial_number
+    # The site without an OCSP URL: its snippet keeps stapling off, and nginx still starts.
+    plain = s_client(web.port, "plain.example.com")
+    assert plain.cert_serial is not None and plain.staple_status is None
+    assert "no response sent" in plain.output
+
+
+def test_nginx_starts_before_anything_was_fetched(web: NginxSite) -> None:
+    web.site.responder.answer = lambda der: (500, {}, b"")
+    assert web.site.once() == 2  # no staple: critical, but every snippet is safe
+    web.nginx.start(web.port)
+    assert s_client(web.port, "www.example.com").staple_status is None
+
+
+def test_a_renewed_certificate_is_stapled_after_stapleds_reload(web: NginxSite) -> None:
+    web.site.once()
+    web.nginx.start(web.port)
+    web.with_reload()
+    renewed = web.site.issue("www.example.com")
+    web.site.lineage("www.example.com", renewed, version=2)
+    assert web.site.once() == 0
+
+    def new_serial() -> bool:
+        shake = s_client(web.port, "www.example.com")
+        return shake.cert_serial == shake.staple_serial == renewed.cert.serial_number
+
+    wait_until("nginx to serve the renewed certificate with its staple", new_serial)
+
+
+def test_a_failing_configuration_test_is_reported_and_nginx_keeps_serving(
+    web: NginxSite, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web.site.once()
+    web.nginx.start(web.port)
+    web.with_reload()
+    before = s_client(web.port, "www.example.com")
+    site_conf = web.nginx.root / "site.conf"
+    site_conf.write_text(site_conf.read_text() + "\nssl_stapplin on;\n")
+    capsys.readouterr()
+    assert web.site.once("--force") == 1
+    err = capsys.readouterr().err
+    assert "[emerg]" in err and 'unknown directive "ssl_stapplin"' in err
+    # Not reloaded: the old workers serve the old staple.
+    assert s_client(web.port, "www.example.com").this_update == before.this_update
+    state = json.loads((web.site.out / ".stapled" / "state.json").read_text())
+    assert state["reload_pending"] is True
+
+
+def test_a_staple_that_expires_in_an_outage_is_switched_off_not_served(web: NginxSite) -> None:
+    web.site.once()
+    web.nginx.start(web.port)
+    web.with_reload()
+    assert s_client(web.port, "www.example.com").staple_status == "good"
+    web.site.responder.answer = lambda der: (503, {}, b"")
+    # Days later, the CA still down: the staple is about to expire.
+    chain = certs.build_chain([web.leaf.cert, web.site.ca.cert], "www")
+    staple = ocsp.validate(web.site.staple("www.example.com") or b"", chain, datetime.now(UTC))
+    later = staple.next_update - timedelta(minutes=1)
+    transport = Transport(timeout=5)
+    try:
+        result = Stapler(
+            config.load(web.site.config_path), transport=transport, clock=lambda: later
+        ).once()
+    finally:
+        transport.close()
+    assert result.reload_error is None, result.reload_error
+    wait_until(
+        "nginx to stop stapling",
+        lambda: s_client(web.port, "www.example.com").staple_status is None,
+    )
+    assert "ssl_stapling off;" in (web.site.out / "www.example.com.nginx.conf").read_text()
