@@ -35,7 +35,7 @@ MAX_CERT_FILE = 1024 * 1024
 def is_key_file(path: Path) -> bool:
     """Private key files by name: never opened, whatever they hold."""
     name = path.name.lower()
-    return name.endswith((".key", "-key.pem")) or name.startswith("privkey")
+    return name.endswith((".key", "-key.pem", "_key.pem", ".key.pem")) or "privkey" in name
 
 
 @dataclass(frozen=True)

@@ -153,14 +153,19 @@ def _age_atime(path: Path) -> int:
     return path.stat().st_atime_ns
 
 
-def test_key_file_is_never_opened(tmp_path: Path, ca: testca.CA, leaf: testca.Issued) -> None:
+@pytest.mark.parametrize(
+    "key_name", ["privkey.pem", "rsa-privkey.pem", "site.key", "site-key.pem", "site.key.pem"]
+)
+def test_key_file_is_never_opened(
+    tmp_path: Path, ca: testca.CA, leaf: testca.Issued, key_name: str
+) -> None:
     control = testca.write(tmp_path / "control.txt", b"x")
     before = _age_atime(control)
     control.read_bytes()
     if control.stat().st_atime_ns == before:
         pytest.skip("this filesystem does not record reads in access times")
     testca.write(tmp_path / "site.pem", _pem(leaf), _pem(ca))
-    key = testca.write(tmp_path / "privkey.pem", leaf.key_pem())
+    key = testca.write(tmp_path / key_name, leaf.key_pem())
     atime = _age_atime(key)
     assert [f.name for f in _found(tmp_path)] == ["site"]
     assert key.stat().st_atime_ns == atime  # a read would have moved it
