@@ -6,16 +6,17 @@ Servers mark: skipped when nginx is not installed, failed instead in CI.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stapled import certs, config, ocsp
+from stapled import certs, config, ocsp, testca
 from stapled.pipeline import Stapler
 from stapled.transport import Transport
 
 from .conftest import Site
+from .daemonproc import DaemonProcess
 from .servers import Handshake, Nginx, example, free_port, s_client, wait_until
 
 pytestmark = pytest.mark.servers
@@ -141,3 +142,48 @@ def test_a_staple_that_expires_in_an_outage_is_switched_off_not_served(web: Ngin
         lambda: s_client(web.port, "www.example.com").staple_status is None,
     )
     assert "ssl_stapling off;" in (web.site.out / "www.example.com.nginx.conf").read_text()
+
+
+def test_rsa_and_ecdsa_in_one_server_block_each_get_their_own_staple(
+    site: Site, daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Responder mode, from examples/nginx-dual.conf, against `stapled run`."""
+    dual = site.certs / "dual"
+    issued = {}
+    for kind, key_type in (("rsa", "rsa"), ("ecdsa", "ec")):
+        issued[kind] = site.issue("www.example.com", key_type=key_type)
+        testca.write(dual / f"{kind}-fullchain.pem", issued[kind].cert_pem(), site.ca.cert_pem())
+        testca.write(dual / f"{kind}-privkey.pem", issued[kind].key_pem())
+    testca.write(dual / "ca-chain.pem", site.ca.cert_pem())
+    responder_port, port = free_port(), free_port()
+    site.config(f'[responder]\nlisten = "127.0.0.1:{responder_port}"')
+    stapled = daemon()
+    conf = example(
+        "nginx-dual.conf",
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "/etc/ssl/www.example.com/": f"{dual}/",
+            "http://127.0.0.1:8053/": f"http://127.0.0.1:{responder_port}/",
+        },
+    )
+    nginx = Nginx(site.root / "nginx", conf)
+    try:
+        nginx.start(port)
+        for kind, sigalg in (("rsa", "rsa_pss_rsae_sha256"), ("ecdsa", "ecdsa_secp256r1_sha256")):
+            serial = issued[kind].cert.serial_number
+
+            def stapled_right(sigalg: str = sigalg, serial: int = serial) -> bool:
+                # nginx asks the responder at the first handshake and staples from then on.
+                shake = s_client(port, "www.example.com", "-sigalgs", sigalg)
+                assert shake.cert_serial == serial, shake.output
+                return shake.staple_status == "good" and shake.staple_serial == serial
+
+            wait_until(f"nginx to staple the {kind} certificate's own response", stapled_right)
+    finally:
+        nginx.stop()
+        assert stapled.stop() == 0
+    # nginx asked stapled only: the CA saw one request per certificate, stapled's.
+    assert site.responder.requests == 2
+    assert not [
+        line for line in nginx.error_log.splitlines() if "[error]" in line and "OCSP" in line
+    ]
