@@ -44,7 +44,7 @@ log = logging.getLogger("stapled")
 
 Clock = Callable[[], datetime]
 Reloader = Callable[[Sequence[str], float, str], str]
-Pusher = Callable[[str, bytes, float], None]
+Pusher = Callable[[str, bytes, float], bool]
 
 
 def utc_now() -> datetime:
@@ -600,12 +600,19 @@ class Stapler:
             if not staple.valid_at(self.clock()):
                 continue  # expired since it was written: HAProxy would refuse it anyway
             try:
-                self.pusher(address, staple.der, self.config.reload_timeout)
+                running = self.pusher(address, staple.der, self.config.reload_timeout)
             except ReloadError as e:
                 log.error("%s: %s", rec.name, e)
                 failed.add(rec.name)
-            else:
-                log.info("%s: HAProxy took the new staple (%s)", rec.name, address)
+                continue
+            if not running:
+                log.warning(
+                    "nothing listens on HAProxy's admin socket %s (HAProxy not running?); "
+                    "it reads the .ocsp files when it starts",
+                    address,
+                )
+                break
+            log.info("%s: HAProxy took the new staple (%s)", rec.name, address)
         return failed
 
 

@@ -45,13 +45,14 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "reload command
     return output
 
 
-def haproxy_set_ocsp(address: str, der: bytes, timeout: float) -> None:
+def haproxy_set_ocsp(address: str, der: bytes, timeout: float) -> bool:
     """Hand one staple to a running HAProxy over its admin socket; no reload needed.
 
     ``address`` is the path of a unix socket, or ``host:port`` for a TCP one.  HAProxy
     finds the certificate by the response's CertID; it only updates a certificate that
-    had a ``.ocsp`` file when it started.  Raises ReloadError unless HAProxy answers
-    "OCSP Response updated!".
+    had a ``.ocsp`` file when it started.  False when nothing listens there (HAProxy is
+    not running, and reads the .ocsp files when it starts).  Raises ReloadError unless
+    HAProxy answers "OCSP Response updated!".
     """
     command = b"set ssl ocsp-response " + base64.b64encode(der) + b"\n"
     what = ["set ssl ocsp-response", "on", address]
@@ -62,6 +63,8 @@ def haproxy_set_ocsp(address: str, der: bytes, timeout: float) -> None:
             reply = _read_all(conn)
     except TimeoutError as e:
         raise ReloadError(what, f"got no answer within {timeout:g} s", what="HAProxy") from e
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False
     except OSError as e:
         raise ReloadError(
             what, f"cannot reach the admin socket ({e.strerror or e})", what="HAProxy"
@@ -69,6 +72,7 @@ def haproxy_set_ocsp(address: str, der: bytes, timeout: float) -> None:
     text = reply.decode(errors="replace")
     if HAPROXY_UPDATED not in text:
         raise ReloadError(what, "was refused", text or "(no answer)", what="HAProxy")
+    return True
 
 
 def _connect(address: str, timeout: float) -> socket.socket:

@@ -8,17 +8,21 @@ cannot drift from what is tested.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+
+from stapled.reload import HAPROXY_UPDATED
 
 from .conftest import require_binary
 
@@ -229,3 +233,40 @@ class HAProxy(Server):
 
     def argv(self) -> list[str]:
         return [self.binary, "-f", str(self.conf), "-db"]
+
+
+class FakeHAProxySocket:
+    """A unix socket speaking HAProxy's admin protocol: one command in, one answer out.
+
+    The real HAProxy is driven in test_servers; this one can be made to refuse.
+    """
+
+    def __init__(self, path: Path, answer: str = HAPROXY_UPDATED + "\n") -> None:
+        self.path = path
+        self.answer = answer
+        self.commands: list[str] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                self.commands.append(data.decode())
+                conn.sendall(self.answer.encode())
+
+    def pushed(self) -> list[bytes]:
+        prefix = "set ssl ocsp-response "
+        return [base64.b64decode(c[len(prefix) :]) for c in self.commands]
+
+    def close(self) -> None:
+        self.sock.close()

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+import requests
+
 from stapled import certs, ocsp, testca
 
 from .conftest import Site
 from .daemonproc import wait_for
+from .servers import FakeHAProxySocket, free_port
 
 FAST = "debounce = 0.3\nretry_min = 1\nretry_max = 2\nmin_refresh_interval = 1\n"
 
@@ -176,3 +181,57 @@ def test_watchdog_pings_when_systemd_asks(site: Site, daemon) -> None:  # type: 
     d = daemon({"WATCHDOG_USEC": "2000000"})  # WatchdogSec=2: a ping every second
     wait_for("two WATCHDOG=1 pings", lambda: d.count("WATCHDOG=1") >= 2, timeout=10)
     assert d.stop() == 0
+
+
+def test_a_staple_fetched_on_retry_is_pushed_to_haproxy(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    fake = FakeHAProxySocket(site.root / "admin.sock")
+    try:
+        pem = site.bundle("h.example", site.issue("h.example"))
+        site.config(
+            extra=FAST + f'[haproxy]\nadmin_socket = "{fake.path}"',
+            certificates=f'[{{ path = "{site.certs}", haproxy = true }}]',
+        )
+        good = site.responder.answer
+        site.responder.answer = lambda der: (500, {}, b"")
+        d = daemon()
+        assert fake.commands == []
+        site.responder.answer = good
+        wait_for("the retry's staple to reach HAProxy", lambda: bool(fake.commands))
+        assert fake.pushed() == [Path(str(pem) + ".ocsp").read_bytes()]
+        assert d.stop() == 0
+    finally:
+        fake.close()
+
+
+def test_the_local_responder_serves_what_the_daemon_fetched(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    leaf = site.issue("a.example")
+    site.bundle("a.example", leaf)
+    port = free_port()
+    site.config(extra=FAST + f'[responder]\nlisten = "127.0.0.1:{port}"')
+    d = daemon()
+    chain = certs.build_chain([leaf.cert, site.ca.cert], "a")
+    reply = requests.post(f"http://127.0.0.1:{port}/", data=ocsp.build_request(chain), timeout=5)
+    assert reply.status_code == 200 and reply.content == site.staple("a.example")
+    assert site.responder.requests == 1  # answered from what stapled holds, not forwarded
+    assert d.stop() == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def test_a_responder_port_in_use_fails_the_start_naming_the_key(site: Site) -> None:
+    site.bundle("a.example", site.issue("a.example"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        site.config(extra=f'[responder]\nlisten = "127.0.0.1:{port}"')
+        done = subprocess.run(
+            [sys.executable, "-m", "stapled", "run", "--config", str(site.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 78
+    assert "responder.listen" in done.stderr and "cannot listen" in done.stderr
+    assert done.stderr.count("\n") == 1

@@ -3,11 +3,9 @@ pushes, and the configuration test before a reload.  Real certificates and respo
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,6 +19,7 @@ from stapled.reload import HAPROXY_UPDATED
 from stapled.transport import Transport
 
 from .conftest import Site
+from .servers import FakeHAProxySocket
 
 
 def _staple(site: Site, name: str, issued: testca.Issued) -> ocsp.Staple:
@@ -130,43 +129,6 @@ def test_a_failing_configuration_test_stops_the_reload_and_keeps_it_owed(
     assert runs(marks) == 1
 
 
-class FakeHAProxySocket:
-    """A unix socket speaking HAProxy's admin protocol: one command in, one answer out.
-
-    The real HAProxy is driven in test_servers; this one can be made to refuse.
-    """
-
-    def __init__(self, path: Path, answer: str = HAPROXY_UPDATED + "\n") -> None:
-        self.path = path
-        self.answer = answer
-        self.commands: list[str] = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                self.commands.append(data.decode())
-                conn.sendall(self.answer.encode())
-
-    def pushed(self) -> list[bytes]:
-        prefix = "set ssl ocsp-response "
-        return [base64.b64decode(c[len(prefix) :]) for c in self.commands]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @pytest.fixture
 def haproxy_socket(tmp_path: Path) -> Iterator[FakeHAProxySocket]:
     fake = FakeHAProxySocket(tmp_path / "admin.sock")
@@ -209,14 +171,31 @@ def test_a_refused_push_is_reported_and_owed(
     assert state["haproxy_pending"] == []
 
 
-def test_an_unreachable_admin_socket_is_reported(
+def test_haproxy_not_running_yet_is_a_warning_not_a_failure(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = site.bundle("h.example", site.issue("h.example"))
+    haproxy_config(site, site.root / "absent.sock")
+    assert site.once() == 0  # HAProxy reads the .ocsp file when it starts
+    assert Path(str(pem) + ".ocsp").exists()
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "absent.sock" in err and "not running" in err
+
+
+def test_an_admin_socket_that_does_not_answer_is_reported(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site.bundle("h.example", site.issue("h.example"))
-    haproxy_config(site, site.root / "absent.sock")
-    assert site.once() == 1
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(str(site.root / "silent.sock"))
+    silent.listen()  # accepts (in the backlog) and never answers
+    try:
+        haproxy_config(site, site.root / "silent.sock", "reload_timeout = 0.5")
+        assert site.once() == 1
+    finally:
+        silent.close()
     err = capsys.readouterr().err
-    assert "absent.sock" in err and "cannot reach the admin socket" in err
+    assert "silent.sock" in err and "no answer within 0.5 s" in err
 
 
 def test_a_response_haproxy_would_refuse_is_not_written_for_it(
