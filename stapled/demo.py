@@ -52,16 +52,21 @@ def _run(top: Path) -> int:
             handler.flush()
     print("\nstapled status:\n")
     print(report.table(result))
-    print(f"\nFiles written to {cfg.output_dir}:")
-    for staple in sorted(cfg.output_dir.glob("*.der")):
-        print(f"  {staple.name:24} {staple.stat().st_size:5} bytes")
+    print(f"\nFiles written to {cfg.output_dir} (staples and nginx snippets):")
+    for written in sorted(p for p in cfg.output_dir.iterdir() if p.is_file()):
+        print(f"  {written.name:32} {written.stat().st_size:5} bytes")
+    print(f"and for HAProxy, beside the bundles in {top / 'sites'}:")
+    for written in sorted((top / "sites").glob("*.ocsp")):
+        print(f"  {written.name:32} {written.stat().st_size:5} bytes")
     good = cfg.output_dir / "good.example.der"
     lineage = top / "letsencrypt/live/good.example"
+    snippet = cfg.output_dir / "good.example.nginx.conf"
     print(
-        "\nnginx would serve them with, in the server block of good.example:\n"
-        "    ssl_stapling on;\n"
-        f"    ssl_stapling_file {good};\n"
-        "Check one by hand:\n"
+        "\nnginx staples with one line in the server block of good.example:\n"
+        f"    include {snippet};\n"
+        "which holds (stapling goes off by itself when there is no valid staple):\n"
+        + "".join(f"    {line}\n" for line in snippet.read_text().splitlines())
+        + "Check a staple by hand:\n"
         f"    stapled verify {good} --cert {lineage}/fullchain.pem\n"
     )
     got = {r.name: r.state for r in result.records}
@@ -97,5 +102,7 @@ def _write_certificates(top: Path, ca: testca.CA, url: str) -> None:
 def _config_text(top: Path) -> str:
     return (
         f'output_dir = "{top / "staples"}"\n'
-        f'certificates = ["{top / "letsencrypt"}", "{top / "sites"}"]\n'
+        "nginx_snippets = true\n"
+        f'certificates = ["{top / "letsencrypt"}",\n'
+        f'    {{ path = "{top / "sites"}", haproxy = true }}]\n'
     )

@@ -41,13 +41,13 @@ def render(certificate: str, staple: str | None, state: State) -> bytes:
     ]
     if staple is not None:
         lines += [
-            f"# {_comment(reason)}: stapling from the file stapled keeps fresh.",
+            f"# Stapling on: {_comment(reason)}, kept fresh by stapled.",
             "ssl_stapling on;",
             f"ssl_stapling_file {quote(staple)};",
         ]
     else:
         lines += [
-            f"# No valid staple ({_comment(reason)}): stapling stays off until there is one.",
+            f"# Stapling off: no valid staple ({_comment(reason)}); on again once there is one.",
             "ssl_stapling off;",
         ]
     return ("\n".join(lines) + "\n").encode()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stapled import certs, config, ocsp, testca
+from stapled import certs, config, ocsp, snippet, testca
 from stapled.pipeline import Stapler
 from stapled.transport import Transport
 
@@ -187,3 +187,32 @@ def test_rsa_and_ecdsa_in_one_server_block_each_get_their_own_staple(
     assert not [
         line for line in nginx.error_log.splitlines() if "[error]" in line and "OCSP" in line
     ]
+
+
+def test_a_staple_path_with_spaces_quotes_and_semicolons_is_read_by_nginx(site: Site) -> None:
+    leaf = site.issue("www.example.com")
+    site.lineage("www.example.com", leaf)
+    out = site.root / 'staples; with "odd" \\ names'
+    port = free_port()
+    conf = example(
+        "nginx-site.conf",
+        {
+            "listen 443 ssl;": f"listen 127.0.0.1:{port} ssl;",
+            "/etc/letsencrypt/live/": f"{site.certs}/letsencrypt/live/",
+            "include /var/lib/stapled/www.example.com.nginx.conf;": "include "
+            + snippet.quote(f"{out}/www.example.com.nginx.conf")
+            + ";",
+        },
+    )
+    nginx = Nginx(site.root / "nginx", conf)
+    site.config_path.write_text(
+        f"output_dir = {json.dumps(str(out))}\n"
+        f'certificates = ["{site.certs}"]\nnginx_snippets = true\n'
+    )
+    assert site.once() == 0
+    try:
+        nginx.start(port)
+        shake = s_client(port, "www.example.com")
+        assert shake.staple_status == "good" and shake.staple_serial == leaf.cert.serial_number
+    finally:
+        nginx.stop()
