@@ -10,6 +10,7 @@ import glob
 import hashlib
 import logging
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -178,11 +179,20 @@ def _issuer(source: Source, cache: dict[Path, x509.Certificate | str]) -> x509.C
 
 
 def _read(path: Path) -> bytes:
+    # Non-blocking open: a FIFO named like a certificate must not hang stapled.
     try:
-        with path.open("rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise CertificateError(str(path), f"cannot read ({e.strerror})") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CertificateError(str(path), "not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as f:
             data = f.read(MAX_CERT_FILE + 1)
     except OSError as e:
         raise CertificateError(str(path), f"cannot read ({e.strerror})") from e
+    finally:
+        os.close(fd)
     if len(data) > MAX_CERT_FILE:
         raise CertificateError(str(path), f"larger than {MAX_CERT_FILE} bytes: not a certificate")
     return data

@@ -82,17 +82,21 @@ class Record:
     cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
 
     def severity(self, now: datetime, *, aging: bool = True) -> Severity:
-        staple_aging = (
-            aging
-            and self.this_update is not None
-            and self.next_update is not None
-            and policy.is_aging(self.this_update, self.next_update, now)
-        )
+        def past(fraction: float) -> bool:
+            return (
+                aging
+                and self.this_update is not None
+                and self.next_update is not None
+                and policy.is_aging(self.this_update, self.next_update, now, fraction)
+            )
+
         return policy.severity(
             self.state,
             failing=self.last_error is not None,
-            aging=staple_aging,
+            aging=past(policy.AGING_FRACTION),
             has_ocsp=self.ocsp_url is not None,
+            must_staple=self.must_staple,
+            early_aging=past(policy.MUST_STAPLE_WARNING_FRACTION),
         )
 
 
@@ -678,10 +682,13 @@ def log_record(rec: Record) -> None:
             rec.last_error,
         )
     elif rec.failed_now:
-        log.warning(
-            "%s: refresh failed, valid staple kept until %s: %s",
+        # Browsers refuse a must-staple certificate without a staple: say it louder.
+        log.log(
+            logging.ERROR if rec.must_staple else logging.WARNING,
+            "%s: refresh failed, valid staple kept until %s%s: %s",
             name,
             _iso(rec.next_update),
+            " (must-staple: browsers refuse the site without it)" if rec.must_staple else "",
             rec.last_error,
         )
     else:

@@ -30,6 +30,8 @@ class Severity(enum.IntEnum):
 
 # A staple in the last quarter of its validity means refreshes have been failing.
 AGING_FRACTION = 0.75
+# Must-staple certificates fail hard in browsers without a staple: warn sooner.
+MUST_STAPLE_WARNING_FRACTION = 0.6
 
 
 def refresh_time(staple: Staple, refresh_at: float) -> datetime:
@@ -47,9 +49,11 @@ def needs_refresh(
     return force or current is None or now >= refresh_time(current, refresh_at)
 
 
-def is_aging(this_update: datetime, next_update: datetime, now: datetime) -> bool:
-    """True in the last quarter of a response's validity window."""
-    return now >= this_update + (next_update - this_update) * AGING_FRACTION
+def is_aging(
+    this_update: datetime, next_update: datetime, now: datetime, fraction: float = AGING_FRACTION
+) -> bool:
+    """True once ``fraction`` of a response's validity window has passed."""
+    return now >= this_update + (next_update - this_update) * fraction
 
 
 def state_of(current: Staple | None, *, unknown_answer: bool = False) -> State:
@@ -61,12 +65,22 @@ def state_of(current: Staple | None, *, unknown_answer: bool = False) -> State:
     return State.GOOD
 
 
-def severity(state: State, *, failing: bool, aging: bool, has_ocsp: bool = True) -> Severity:
+def severity(
+    state: State,
+    *,
+    failing: bool,
+    aging: bool,
+    has_ocsp: bool = True,
+    must_staple: bool = False,
+    early_aging: bool = False,
+) -> Severity:
     """How bad a certificate's situation is.
 
     Critical: no valid good staple where the certificate has an OCSP URL (missing,
     unknown, revoked, expired certificate) or an unusable certificate file.  Warning:
-    refreshes are failing, or the staple is in the last quarter of its validity.
+    refreshes are failing, or the staple is in the last quarter of its validity.  For a
+    must-staple certificate (``early_aging``: past MUST_STAPLE_WARNING_FRACTION) the
+    warning comes sooner, and the last quarter is already critical.
     """
     if state is State.ERROR:
         return Severity.CRITICAL
@@ -74,7 +88,9 @@ def severity(state: State, *, failing: bool, aging: bool, has_ocsp: bool = True)
         return Severity.OK
     if state is not State.GOOD:
         return Severity.CRITICAL
-    if failing or aging:
+    if must_staple and aging:
+        return Severity.CRITICAL
+    if failing or aging or (must_staple and early_aging):
         return Severity.WARNING
     return Severity.OK
 

@@ -14,8 +14,10 @@ It answers only from :class:`Index` and never forwards a request anywhere:
 * something that is not an OCSP request: ``malformedRequest``; broken HTTP: 400.
 
 One asyncio loop in one thread serves every connection: a thousand idle or slow clients
-cost a socket each, not a thread.  Requests are small and bounded, every request must
-arrive whole within a deadline, and past ``max_clients`` connections new ones get 503.
+cost a socket each, not a thread.  Requests are small and bounded, and every request must
+arrive whole within a deadline.  At ``max_clients`` connections, a new one pushes out the
+connection that has been waiting longest for its request: slow or idle clients cannot
+lock out the web server, whose requests arrive at once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ MAX_HEAD = 16 * 1024
 # A request must arrive whole within this; an idle kept-alive connection is closed then.
 REQUEST_TIMEOUT = 10.0
 RETRY_AFTER = 60
+# Tails of a GET path tried as the request; a real one has a handful of '/'.
+MAX_SEGMENTS = 32
 # RFC 6960 section 4.2.1: unsigned OCSPResponse with only a responseStatus.
 MALFORMED_REQUEST = bytes.fromhex("3003 0a01 01")
 UNAUTHORIZED = bytes.fromhex("3003 0a01 06")
@@ -149,6 +153,10 @@ class Responder:
         self.request_timeout = request_timeout
         self.clients = 0
         self.served = 0
+        self.evicted = 0
+        # Connections waiting for their next request, and since when (loop time).
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
+        self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -175,11 +183,12 @@ class Responder:
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
-            # Connections still open are cancelled and allowed to finish closing.
+            # Connections still open are cut; their handlers then end by themselves.
+            for writer in list(self._open):
+                writer.transport.abort()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks, timeout=2)
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -190,13 +199,16 @@ class Responder:
     # ---- HTTP -------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.clients >= self.max_clients:
+        if self.clients >= self.max_clients and not self._evict_oldest_waiting():
             await self._send(writer, _busy(), keep_alive=False)
             await _close(writer)
             return
         self.clients += 1
+        self._open.add(writer)
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                self._waiting[writer] = loop.time()
                 try:
                     request = await asyncio.wait_for(_read_request(reader), self.request_timeout)
                 except _BadRequest as e:
@@ -204,6 +216,8 @@ class Responder:
                     break
                 except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
                     break
+                finally:
+                    self._waiting.pop(writer, None)
                 if request is None:
                     break
                 reply = self.answer(request.method, request.target, request.body)
@@ -213,7 +227,19 @@ class Responder:
                     break
         finally:
             self.clients -= 1
+            self._open.discard(writer)
             await _close(writer)
+
+    def _evict_oldest_waiting(self) -> bool:
+        """Close the connection that has waited longest for a request; False if none waits."""
+        if not self._waiting:
+            return False
+        oldest = min(self._waiting, key=self._waiting.__getitem__)
+        del self._waiting[oldest]
+        # Its handler sees the end of the stream and finishes as for any closed client.
+        oldest.transport.abort()
+        self.evicted += 1
+        return True
 
     async def _send(self, writer: asyncio.StreamWriter, reply: Reply, *, keep_alive: bool) -> bool:
         head = [f"HTTP/1.1 {reply.status} {reply.reason}"]
@@ -234,15 +260,14 @@ class Responder:
     def answer(self, method: str, target: str, body: bytes) -> Reply:
         """The reply to one HTTP request (no I/O: the protocol part is above)."""
         if method == "POST":
-            der = body
+            candidates = [body]
         elif method == "GET":
-            der = _from_path(target)
+            candidates = _from_path(target)
         else:
             return Reply(405, "Method Not Allowed", {"Allow": "GET, POST"})
-        try:
-            cert_id = parse_request(der)
-        except InvalidRequestError as e:
-            log.debug("%s %s: %s", method, target[:80], e)
+        cert_id = _first_request(candidates)
+        if cert_id is None:
+            log.debug("%s %s: not an OCSP request", method, target[:80])
             return _ocsp(MALFORMED_REQUEST)
         now = self.clock()
         found = self.index.lookup(cert_id, now)
@@ -298,23 +323,34 @@ async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
     return _Request(method, target, keep_alive, body)
 
 
-def _from_path(target: str) -> bytes:
-    """The DER request in a GET URL: base64 after the responder's own path (RFC 6960 A.1).
+def _from_path(target: str) -> list[bytes]:
+    """What may be the DER request in a GET URL: base64 after the responder's own path.
 
-    Clients differ in escaping the '/' that base64 may contain, so each tail of the
-    path is tried, longest first.
+    Clients differ in escaping the '/' that base64 may contain (RFC 6960 A.1), and a
+    path such as "/ocsp" is valid base64 itself, so every tail of the path that decodes
+    is a candidate, longest first.
     """
     path = target.split("?", 1)[0]
     segments = path.split("/")
-    for start in range(1, len(segments)):
+    candidates = []
+    for start in range(1, min(len(segments), MAX_SEGMENTS)):
         encoded = unquote("/".join(segments[start:]))
         try:
             der = base64.b64decode(encoded, validate=True)
         except ValueError:
             continue
         if der:
-            return der
-    return b""
+            candidates.append(der)
+    return candidates
+
+
+def _first_request(candidates: list[bytes]) -> CertID | None:
+    for der in candidates:
+        try:
+            return parse_request(der)
+        except InvalidRequestError:
+            continue
+    return None
 
 
 def _caching(staple: Staple, now: datetime) -> dict[str, str]:

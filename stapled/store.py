@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,38 +23,75 @@ STATE_FILE = "state.json"
 
 
 def prepare_dir(path: Path) -> None:
-    """Create ``path`` if needed and make sure stapled can write into it."""
+    """Create ``path`` if needed and make sure stapled can write into it, and only it.
+
+    Like sshd with loose permissions, a directory others can write into is refused:
+    anyone who can create files there can plant a staple, or a symbolic link where a
+    staple will be written, and the web server trusts whatever it finds.
+    """
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        info = path.stat()
     except OSError as e:
         raise StoreError(str(path), f"cannot create the directory ({e.strerror})") from e
-    if not path.is_dir():
+    if not stat.S_ISDIR(info.st_mode):
         raise StoreError(str(path), "is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        raise StoreError(
+            str(path), f"is writable by every user (mode {mode:04o}); refusing it: chmod o-w"
+        )
+    if mode & stat.S_IWGRP and info.st_gid != os.getegid():
+        raise StoreError(
+            str(path),
+            f"is writable by group {info.st_gid}, not stapled's own (mode {mode:04o}); "
+            "refusing it: chmod g-w",
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise StoreError(str(path), "the directory is not writable by this user")
 
 
 def read(path: Path) -> bytes | None:
-    """The file's bytes, or None when there is no such file."""
+    """The file's bytes, or None when there is no such file.
+
+    A symbolic link is not followed (StoreError): stapled's files are never links, so
+    one found in their place was planted.
+    """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as e:
+        if path.is_symlink():
+            raise StoreError(str(path), "is a symbolic link; stapled does not follow it") from e
         raise StoreError(str(path), f"cannot read ({e.strerror})") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(str(path), "is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read()
+        except OSError as e:
+            raise StoreError(str(path), f"cannot read ({e.strerror})") from e
 
 
 def write_atomic(path: Path, data: bytes, mode: int = STAPLE_MODE) -> bool:
     """Replace ``path`` with ``data`` atomically; False (and no write) when unchanged.
 
     Raises StoreError when the directory is not writable or the disk is full; the
-    previous file is then untouched and the temporary file removed.
+    previous file is then untouched and the temporary file removed.  A symbolic link (or
+    anything but a regular file) in the target's place is refused, not replaced: it was
+    planted, and the operator should know.
     """
     try:
-        if path.read_bytes() == data:
+        if read(path) == data:
             return False
-    except OSError:
-        pass  # missing or unreadable: write it
+    except StoreError as e:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise StoreError(
+                str(path), "is a symbolic link or not a regular file; refusing to replace it"
+            ) from e
+        # unreadable: write it
     directory = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)

@@ -244,22 +244,24 @@ def test_a_silent_client_is_dropped_and_others_are_still_served(
         assert time.monotonic() - started < 4
 
 
-def test_past_max_clients_new_connections_get_503(world: World, clock: Clock) -> None:
+def test_at_max_clients_the_longest_waiting_connection_makes_room(
+    world: World, clock: Clock
+) -> None:
     responder = Responder("127.0.0.1", 0, world.index, clock, max_clients=2, request_timeout=5)
     responder.start()
     try:
-        held = [socket.create_connection(("127.0.0.1", responder.port)) for _ in range(2)]
-        deadline = time.monotonic() + 5
-        while responder.clients < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        held = []
+        for _ in range(2):
+            held.append(socket.create_connection(("127.0.0.1", responder.port), timeout=5))
+            deadline = time.monotonic() + 5
+            while responder.clients < len(held) and time.monotonic() < deadline:
+                time.sleep(0.01)
         reply = post(responder, world.request(world.served))
-        assert reply.status_code == 503
+        assert reply.status_code == 200 and reply.content == world.staple.der
+        assert held[0].recv(100) == b""  # the oldest idle connection was closed
+        assert responder.evicted == 1
         for conn in held:
             conn.close()
-        deadline = time.monotonic() + 5
-        while responder.clients and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert post(responder, world.request(world.served)).status_code == 200
     finally:
         responder.stop()
 
