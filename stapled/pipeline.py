@@ -436,7 +436,8 @@ class Stapler:
                 errors.append(str(e.at(url)))
                 continue
             except FetchError as e:
-                errors.append(str(e))
+                # Name the responder, not the GET URL with the whole request in it.
+                errors.append(f"{url}: {e.reason}" if e.url == http.url else str(e))
                 if e.retry_after is not None:
                     retry_after = max(retry_after or 0.0, e.retry_after)
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import re
 import socket
 import threading
@@ -156,7 +157,7 @@ class Transport:
         except requests.exceptions.ConnectionError as e:
             if time.monotonic() >= deadline:
                 raise FetchError(url, f"response not complete within {self.timeout:g} s") from e
-            raise FetchError(url, f"cannot connect ({_first_line(e)})") from e
+            raise FetchError(url, _connection_failure(e)) from e
         except requests.exceptions.RequestException as e:
             raise FetchError(url, f"request failed ({_first_line(e)})") from e
         with response:
@@ -186,6 +187,30 @@ class Transport:
         if time.monotonic() > deadline:
             raise FetchError(url, f"response not complete within {self.timeout:g} s")
         return b"".join(parts)
+
+
+def _connection_failure(error: Exception) -> str:
+    """What went wrong with the connection, in words, from the errors requests wraps."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [error]
+    while todo and len(seen) < 20:
+        current = todo.pop()
+        seen.append(current)
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    kinds = {type(e) for e in seen}
+    if ConnectionRefusedError in kinds:
+        return "connection refused"
+    if ConnectionResetError in kinds:
+        return "the connection was reset by the responder"
+    if any(issubclass(k, socket.gaierror) for k in kinds):
+        return "cannot resolve the host name"
+    if http.client.RemoteDisconnected in kinds:
+        return "the responder closed the connection without answering"
+    return f"cannot connect ({_first_line(error)})"
 
 
 def _first_line(error: Exception) -> str:

@@ -17,6 +17,24 @@ from .daemonproc import DaemonProcess
 # CI sets this: a test that needs a real binary must then fail rather than skip.
 REQUIRE_SERVERS = os.environ.get("STAPLED_REQUIRE_SERVERS") == "1"
 
+# The hostile-input catalogue (tests marked `hostile`): how many held, shown at the end.
+_hostile = {"held": 0, "total": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "hostile" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _hostile["total"] += 1
+        _hostile["held"] += int(report.passed)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _hostile["total"]:
+        terminalreporter.write_line(
+            f"hostile cases held: {_hostile['held']}/{_hostile['total']}", bold=True
+        )
+
 
 def require_binary(name: str) -> str:
     """The path of ``name``; skips (fails in CI) with the reason when it is missing."""
@@ -76,10 +94,10 @@ class Site:
             link.symlink_to(f"../../archive/{name}/{kind}{version}.pem")
         return live
 
-    def config(self, extra: str = "", certificates: str | None = None) -> Path:
+    def config(self, extra: str = "", certificates: str | None = None, timeout: float = 5) -> Path:
         sources = certificates if certificates is not None else f'["{self.certs}"]'
         self.config_path.write_text(
-            f'output_dir = "{self.out}"\ncertificates = {sources}\ntimeout = 5\n{extra}\n'
+            f'output_dir = "{self.out}"\ncertificates = {sources}\ntimeout = {timeout}\n{extra}\n'
         )
         return self.config_path
 

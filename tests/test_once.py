@@ -84,7 +84,7 @@ def test_responder_down_keeps_staple_byte_identical(site: Site) -> None:
     assert site.staple("a.example") == before
     status = _status_json(site)
     assert status["a.example"]["status"] == "good"
-    assert "cannot connect" in status["a.example"]["last_error"]
+    assert "connection refused" in status["a.example"]["last_error"]
 
 
 @pytest.mark.parametrize(
