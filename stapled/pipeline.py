@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -256,13 +256,30 @@ class Stapler:
                 must_staple=chain.must_staple,
                 ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
             )
+            usable = tuple(u for u in chain.ocsp_urls if urlsplit(u).scheme in ("http", "https"))
             if not chain.ocsp_urls:
+                records.append(base)
+            elif not usable:
+                base.state = State.ERROR
+                base.last_error = (
+                    f"the certificate's OCSP URL {chain.ocsp_urls[0]} is not http or https; "
+                    "set ocsp_url for this source to use another responder"
+                )
+                records.append(base)
+            elif chain.issuer is None and not chain.ca_issuers_urls:
+                base.state = State.ERROR
+                base.last_error = (
+                    "the issuer certificate is not in the file, no issuer is configured, "
+                    "and the certificate has no caIssuers URL"
+                )
                 records.append(base)
             elif now >= chain.not_after:
                 base.state = State.EXPIRED
                 base.last_error = f"the certificate expired on {_iso(chain.not_after)}"
                 records.append(base)
             else:
+                if usable != chain.ocsp_urls:
+                    item = replace(item, chain=chain.with_ocsp_urls(usable))
                 groups[chain.fingerprint].append(item)
         return records, groups
 

@@ -48,6 +48,8 @@ def prepare_dir(path: Path) -> None:
             "refusing it: chmod g-w",
         )
     if not os.access(path, os.W_OK | os.X_OK):
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise StoreError(str(path), "is on a read-only file system")
         raise StoreError(str(path), "the directory is not writable by this user")
 
 
