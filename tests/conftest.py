@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from stapled import testca
 from stapled.cli import main
@@ -16,6 +17,11 @@ from .daemonproc import DaemonProcess
 
 # CI sets this: a test that needs a real binary must then fail rather than skip.
 REQUIRE_SERVERS = os.environ.get("STAPLED_REQUIRE_SERVERS") == "1"
+
+# Property tests: bounded in the normal suite; STAPLED_FUZZ=1 (benchmarks/fuzz) runs long.
+settings.register_profile("suite", max_examples=200, deadline=None)
+settings.register_profile("fuzz", max_examples=20_000, deadline=None)
+settings.load_profile("fuzz" if os.environ.get("STAPLED_FUZZ") == "1" else "suite")
 
 # The hostile-input catalogue (tests marked `hostile`): how many held, shown at the end.
 _hostile = {"held": 0, "total": 0}

@@ -134,6 +134,7 @@ BAD = {
 }
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_config_names_key_and_file(
     tmp_path: Path, certs_dir: Path, case: str, capsys: pytest.CaptureFixture[str]
@@ -150,6 +151,7 @@ def test_bad_config_names_key_and_file(
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("content", "reason"),
     [(b"output_dir = [", "not valid TOML"), (b"\xff\xfe", "not UTF-8")],

@@ -1,22 +1,39 @@
-"""Invariants over arbitrary input: parsers only ever raise stapled's own errors."""
+"""Invariants over arbitrary input: parsers only ever raise stapled's own errors.
+
+Every parser stapled has meets arbitrary bytes here: certificates, OCSP responses and
+requests, the configuration, and the local responder's HTTP.  Bounded examples in the
+normal suite; ``benchmarks/fuzz`` runs the same properties a hundred times longer.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled import certs, ocsp, policy
-from stapled.errors import CertificateError, InvalidResponseError, OCSPStatusError
+from stapled import certs, config, ocsp, policy
+from stapled.errors import (
+    CertificateError,
+    ConfigError,
+    InvalidRequestError,
+    InvalidResponseError,
+    OCSPStatusError,
+)
+from stapled.responder import Index, Responder, _BadRequest, _read_request
 
 from .pki import World
+
+pytestmark = pytest.mark.hostile
 
 WORLD = World()
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_never_validate(data: bytes) -> None:
     try:
@@ -26,7 +43,6 @@ def test_arbitrary_bytes_never_validate(data: bytes) -> None:
     raise AssertionError("random bytes validated as an OCSP response")
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=400), st.binary(min_size=1, max_size=8))
 def test_mutated_response_never_validates(position: int, noise: bytes) -> None:
     der = bytearray(WORLD.ca.sign_response(WORLD.leaf.cert))
@@ -43,14 +59,12 @@ def test_mutated_response_never_validates(position: int, noise: bytes) -> None:
     assert staple.serial == WORLD.leaf.cert.serial_number
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=4096))
 def test_certificate_parser_raises_only_certificate_error(data: bytes) -> None:
     with contextlib.suppress(CertificateError):
         certs.parse_certificates(data, "fuzz.pem")
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     st.floats(min_value=0.01, max_value=0.99),
     st.integers(min_value=60, max_value=30 * 86400),
@@ -70,3 +84,61 @@ def test_refresh_time_is_inside_the_window(refresh_at: float, lifetime: int) -> 
     assert staple.this_update < at < staple.next_update
     assert not policy.needs_refresh(staple, at - timedelta(seconds=1), refresh_at)
     assert policy.needs_refresh(staple, at, refresh_at)
+
+
+@given(st.binary(max_size=1024))
+def test_request_parser_raises_only_invalid_request(data: bytes) -> None:
+    with contextlib.suppress(InvalidRequestError):
+        ocsp.parse_request(data)
+
+
+RESPONDER = Responder("127.0.0.1", 0, Index(), lambda: datetime.now(UTC))
+
+
+@given(
+    st.sampled_from(["GET", "POST", "PUT", "HEAD", "", "G\x00T"]) | st.text(max_size=10),
+    st.text(max_size=300),
+    st.binary(max_size=1024),
+)
+def test_the_local_responder_answers_anything_without_raising(
+    method: str, target: str, body: bytes
+) -> None:
+    reply = RESPONDER.answer(method, target, body)
+    assert reply.status in (200, 405, 503)
+
+
+@given(st.binary(max_size=4096))
+def test_the_responders_http_reader_fails_only_in_known_ways(data: bytes) -> None:
+    async def read() -> None:
+        reader = asyncio.StreamReader(limit=1024)
+        reader.feed_data(data)
+        reader.feed_eof()
+        with contextlib.suppress(_BadRequest, asyncio.IncompleteReadError):
+            await _read_request(reader)
+
+    asyncio.run(read())
+
+
+_KEYS = [*sorted(config._TOP_KEYS), "x", "responder", "haproxy"]
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=8))
+def test_the_config_checker_raises_only_config_error(raw: dict[str, object]) -> None:
+    with contextlib.suppress(ConfigError):
+        config.parse(raw, Path("/nonexistent/stapled.toml"))
+
+
+@given(st.binary(max_size=2048))
+def test_the_config_reader_raises_only_config_error(data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".toml") as f:
+        f.write(data)
+        f.flush()
+        with contextlib.suppress(ConfigError):
+            config.load(f.name)

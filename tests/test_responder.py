@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -171,6 +172,7 @@ def test_a_sha256_question_is_not_answered_with_a_sha1_response(
     assert reply.status_code == 503
 
 
+@pytest.mark.hostile
 def test_a_stranger_is_unauthorized_and_never_forwarded(server: Responder, world: World) -> None:
     reply = post(server, world.request(world.stranger))
     assert reply.status_code == 200
@@ -192,6 +194,7 @@ def test_a_forgotten_certificate_becomes_a_stranger(server: Responder, world: Wo
     assert len(world.index) == 0
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -220,6 +223,7 @@ def test_broken_http_gets_an_error_status(
     assert response.split(b" ")[1] == status
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     "body", [b"", b"garbage", b"\x30\x03\x0a\x01\x00"], ids=["empty", "garbage", "not-a-request"]
 )
@@ -229,10 +233,12 @@ def test_not_an_ocsp_request_gets_malformed_request(server: Responder, body: byt
     assert reply.content == MALFORMED_REQUEST
 
 
+@pytest.mark.hostile
 def test_get_without_a_request_gets_malformed_request(server: Responder) -> None:
     assert requests.get(url(server), timeout=5).content == MALFORMED_REQUEST
 
 
+@pytest.mark.hostile
 def test_a_silent_client_is_dropped_and_others_are_still_served(
     server: Responder, world: World
 ) -> None:
@@ -244,6 +250,7 @@ def test_a_silent_client_is_dropped_and_others_are_still_served(
         assert time.monotonic() - started < 4
 
 
+@pytest.mark.hostile
 def test_at_max_clients_the_longest_waiting_connection_makes_room(
     world: World, clock: Clock
 ) -> None:
@@ -276,3 +283,44 @@ def test_stop_releases_the_port(world: World, clock: Clock) -> None:
     again.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.hostile
+def test_a_thousand_abusive_connections_leave_it_answering_with_bounded_resources(
+    world: World, clock: Clock
+) -> None:
+    """Idle, half-sent, oversized and garbage connections, a thousand at once."""
+    server = Responder("127.0.0.1", 0, world.index, clock)  # the default max_clients
+    server.start()
+    threads, rss = threading.active_count(), _rss_kib()
+    abusers: list[socket.socket] = []
+    try:
+        for i in range(1000):
+            conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            kind = i % 4
+            if kind == 1:
+                conn.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n")  # body never sent
+            elif kind == 2:
+                conn.sendall(b"GET /" + b"A" * 2000)  # a request line that never ends
+            elif kind == 3:
+                conn.sendall(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
+            abusers.append(conn)
+        # The web server's own request still gets its answer (within the client timeout).
+        reply = post(server, world.request(world.served))
+        assert reply.status_code == 200 and reply.content == world.staple.der
+        assert threading.active_count() == threads  # no thread per connection
+        assert server.clients <= server.max_clients
+        # A socket buffer and a task per connection at most: a few MiB, not more.
+        assert _rss_kib() - rss < 64 * 1024
+    finally:
+        for conn in abusers:
+            conn.close()
+    try:
+        assert post(server, world.request(world.served)).status_code == 200
+    finally:
+        server.stop()

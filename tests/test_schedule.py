@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stapled import ocsp, policy
@@ -62,7 +62,6 @@ def test_max_age_is_honoured() -> None:
     assert at <= staple.next_update - MARGIN
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     st.floats(min_value=0.01, max_value=0.99),
     st.floats(min_value=-1.0, max_value=1.0),

@@ -9,6 +9,8 @@ from stapled.transport import USER_AGENT, Transport
 
 from . import rawhttp
 
+pytestmark = pytest.mark.hostile
+
 
 def test_a_dripping_body_hits_the_whole_fetch_deadline() -> None:
     server = rawhttp.RawServer.until_stopped(rawhttp.drip)
