@@ -73,7 +73,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
-        self.transport = Transport(timeout=self.config.timeout)
+        self.transport = Transport(timeout=self.config.timeout, pool_size=self.config.concurrency)
         self.stapler = Stapler(self.config, transport=self.transport, clock=clock)
         self.scheduler = make_scheduler(self.config.concurrency)
         self.watcher: Watcher | None = None
@@ -163,7 +163,7 @@ class Daemon:
         transport: Transport | None = None
         try:
             new = config_module.load(self.config_path)
-            transport = Transport(timeout=new.timeout)
+            transport = Transport(timeout=new.timeout, pool_size=new.concurrency)
             stapler = Stapler(new, transport=transport, clock=self.clock)
             stapler.prepare()
             responder = self._next_responder(new)

@@ -134,10 +134,8 @@ def _load(
     shown = str(path)
     try:
         if lineage:
-            leaf = _read(path / LINEAGE_CERT)
-            chain_file = next(path / c for c in LINEAGE_CHAINS if (path / c).is_file())
-            data = leaf + b"\n" + _read(chain_file)
             shown = str(path / LINEAGE_CERT)
+            data = _read_lineage(path)
         else:
             data = _read(path)
             if not named and not _may_hold_certificate(data):
@@ -156,6 +154,20 @@ def _load(
     if source.ocsp_url:
         chain = chain.with_ocsp_urls(source.ocsp_url)
     return Found(name, shown, chain=chain, haproxy=source.haproxy)
+
+
+def _read_lineage(path: Path) -> bytes:
+    """The leaf and its chain from a certbot lineage.
+
+    fullchain.pem (cert.pem followed by chain.pem) is what web servers are pointed at,
+    so its leaf is the certificate they serve; it is also one read instead of two,
+    which is most of the cost of finding ten thousand certificates.  Without it,
+    cert.pem and chain.pem.
+    """
+    full = path / "fullchain.pem"
+    if full.is_file():
+        return _read(full)
+    return _read(path / LINEAGE_CERT) + b"\n" + _read(path / "chain.pem")
 
 
 def _may_hold_certificate(data: bytes) -> bool:

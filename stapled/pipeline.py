@@ -145,6 +145,8 @@ class Stapler:
         self._issuers: dict[str, x509.Certificate | str] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
+        # During a pass: directories written into, fsynced once each at its end.
+        self._synced_dirs: set[Path] | None = None
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -161,11 +163,18 @@ class Stapler:
         if only is not None:
             records, groups = _limited(records, groups, only)
         self.remove_temp_files(groups)
-        self.settle(records)
-        pool_size = max(1, min(self.config.concurrency, len(groups)))
-        with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
-            for group_records in pool.map(lambda g: self.refresh(g, force=force), groups.values()):
-                records.extend(group_records)
+        self._synced_dirs = set()
+        try:
+            self.settle(records)
+            pool_size = max(1, min(self.config.concurrency, len(groups)))
+            with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
+                refreshed = pool.map(lambda g: self.refresh(g, force=force), groups.values())
+                for group_records in refreshed:
+                    records.extend(group_records)
+        finally:
+            # The renames are made durable before any server is told about them.
+            synced, self._synced_dirs = self._synced_dirs, None
+            store.fsync_dirs(synced)
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
         for record in result.records:
@@ -306,7 +315,8 @@ class Stapler:
         except StapledError as e:
             return [self._failed(m, str(e), None, State.ERROR) for m in members]
         now = self.clock()
-        current = self._current(members, now, chain)
+        seen: dict[str, bytes | None] = {}
+        current = self._current(members, now, chain, seen)
         error: str | None = None
         unknown = False
         hints = _Fetched()
@@ -325,7 +335,8 @@ class Stapler:
         ids = ocsp.cert_ids(chain)
         records = []
         for member in members:
-            rec = self._publish(member, current, now, chain, unknown=unknown)
+            existing = seen.get(member.name, store.UNREAD)
+            rec = self._publish(member, current, now, chain, unknown=unknown, existing=existing)
             if error and not rec.failed_now:
                 rec.last_error, rec.failed_now = error, True
             rec.retry_after, rec.max_age, rec.cert_ids = hints.retry_after, hints.max_age, ids
@@ -340,12 +351,18 @@ class Stapler:
         chain: CertChain,
         *,
         unknown: bool,
+        existing: bytes | object | None = store.UNREAD,
     ) -> Record:
         """Write ``current`` everywhere this name's staple goes; the record of the result."""
         rec = self._record(member, current, unknown=unknown)
         if current is not None:
             try:
-                rec.changed = store.write_atomic(self._staple_path(member), current.der)
+                rec.changed = store.write_atomic(
+                    self._staple_path(member),
+                    current.der,
+                    existing=existing,
+                    synced_dirs=self._synced_dirs,
+                )
             except StoreError as e:
                 # Report what this name really has on disk, not what failed to land.
                 rec = self._record(member, self._current([member], now, chain))
@@ -356,7 +373,9 @@ class Stapler:
             try:
                 if problem is not None:
                     raise StoreError(str(haproxy), f"not written: {problem}")
-                rec.haproxy_changed = store.write_atomic(haproxy, rec.current.der)
+                rec.haproxy_changed = store.write_atomic(
+                    haproxy, rec.current.der, synced_dirs=self._synced_dirs
+                )
             except StoreError as e:
                 rec.last_error, rec.failed_now = str(e), True
             rec.changed |= rec.haproxy_changed
@@ -371,7 +390,7 @@ class Stapler:
         text = snippet.render(rec.path, rec.staple if valid else None, rec.state)
         path = self.config.output_dir / f"{rec.name}{snippet.SUFFIX}"
         try:
-            rec.changed |= store.write_atomic(path, text)
+            rec.changed |= store.write_atomic(path, text, synced_dirs=self._synced_dirs)
         except StoreError as e:
             rec.last_error, rec.failed_now = str(e), True
 
@@ -406,9 +425,17 @@ class Stapler:
         return rec
 
     def _current(
-        self, members: list[Found], now: datetime, chain: CertChain | None = None
+        self,
+        members: list[Found],
+        now: datetime,
+        chain: CertChain | None = None,
+        seen: dict[str, bytes | None] | None = None,
     ) -> Staple | None:
-        """The newest valid staple already on disk under any of the certificate's names."""
+        """The newest valid staple already on disk under any of the certificate's names.
+
+        ``seen`` collects what was read for each name (None: no file), so that writing
+        the staple does not read it again.
+        """
         chain = chain or _best_chain(members)
         if chain.issuer is None:
             try:
@@ -421,6 +448,8 @@ class Stapler:
                 der = store.read(self._staple_path(member))
             except StoreError:
                 continue
+            if seen is not None:
+                seen[member.name] = der
             if der is None:
                 continue
             try:

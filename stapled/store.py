@@ -77,16 +77,33 @@ def read(path: Path) -> bytes | None:
             raise StoreError(str(path), f"cannot read ({e.strerror})") from e
 
 
-def write_atomic(path: Path, data: bytes, mode: int = STAPLE_MODE) -> bool:
+# What the caller read of the target before: not known, so write_atomic reads it itself.
+UNREAD = object()
+
+
+def write_atomic(
+    path: Path,
+    data: bytes,
+    mode: int = STAPLE_MODE,
+    *,
+    existing: bytes | object | None = UNREAD,
+    synced_dirs: set[Path] | None = None,
+) -> bool:
     """Replace ``path`` with ``data`` atomically; False (and no write) when unchanged.
 
     Raises StoreError when the directory is not writable or the disk is full; the
     previous file is then untouched and the temporary file removed.  A symbolic link (or
     anything but a regular file) in the target's place is refused, not replaced: it was
     planted, and the operator should know.
+
+    ``existing`` is the target's content when the caller has just read it (None: no
+    file), which saves reading it again.  With ``synced_dirs`` the directory is not
+    fsynced here but added to that set, for one fsync per directory at the end of a
+    batch (:func:`fsync_dirs`); each file itself is always fsynced before its rename,
+    so a reader sees the old or the new file whole either way.
     """
     try:
-        if read(path) == data:
+        if (read(path) if existing is UNREAD else existing) == data:
             return False
     except StoreError as e:
         if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -110,8 +127,17 @@ def write_atomic(path: Path, data: bytes, mode: int = STAPLE_MODE) -> bool:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StoreError(str(path), f"cannot write ({e.strerror})") from e
-    fsync_dir(directory)
+    if synced_dirs is None:
+        fsync_dir(directory)
+    else:
+        synced_dirs.add(directory)
     return True
+
+
+def fsync_dirs(directories: set[Path]) -> None:
+    """The deferred directory fsyncs of a batch of writes: one per directory."""
+    for directory in sorted(directories):
+        fsync_dir(directory)
 
 
 def fsync_dir(directory: Path) -> None:

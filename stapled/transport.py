@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import heapq
 import http.client
+import itertools
+import os
 import re
 import socket
 import threading
@@ -19,6 +22,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -46,8 +50,63 @@ class Reply:
     retry_after: float | None = None
 
 
-# The deadline of the fetch running on this thread, and the timers armed for it.
+# The deadline of the fetch running on this thread, and the sockets armed for it.
 _fetch = threading.local()
+
+
+class _Watchdog:
+    """One thread that shuts sockets down when their fetch's deadline passes.
+
+    urllib3 fills each read before returning, so a responder dripping a byte a second
+    never trips a read timeout; only shutting the socket down ends such a fetch.  One
+    thread and a heap serve every fetch (a timer thread per fetch cost more than the
+    fetch itself at thousands of certificates).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._live: set[int] = set()
+        self._count = itertools.count()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: socket.socket, deadline: float) -> int:
+        with self._wake:
+            token = next(self._count)
+            heapq.heappush(self._heap, (deadline, token, sock))
+            self._live.add(token)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fetch-deadlines")
+                self._thread.daemon = True
+                self._thread.start()
+            if self._heap[0][1] == token:
+                self._wake.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._wake:
+            self._live.discard(token)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)  # finished in time
+                if not self._heap:
+                    self._wake.wait()
+                    continue
+                deadline, token, sock = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(token)
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+_watchdog = _Watchdog()
 
 
 def _arm(sock: socket.socket | None) -> None:
@@ -55,15 +114,7 @@ def _arm(sock: socket.socket | None) -> None:
     deadline = getattr(_fetch, "deadline", None)
     if sock is None or deadline is None:
         return
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), _shutdown, (sock,))
-    timer.daemon = True
-    timer.start()
-    _fetch.timers.append(timer)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+    _fetch.tokens.append(_watchdog.arm(sock, deadline))
 
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
@@ -102,13 +153,23 @@ class _Adapter(requests.adapters.HTTPAdapter):
 class Transport:
     """One ``requests.Session`` (connection reuse), proxies taken from the environment."""
 
-    def __init__(self, timeout: float = 10.0, max_size: int = MAX_RESPONSE_SIZE) -> None:
+    def __init__(
+        self, timeout: float = 10.0, max_size: int = MAX_RESPONSE_SIZE, pool_size: int = 16
+    ) -> None:
         self.timeout = timeout
         self.max_size = max_size
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
         self.session.max_redirects = _MAX_REDIRECTS
-        adapter = _Adapter()
+        # requests reads the proxy variables (and netrc) again for every request; at
+        # thousands of requests that is a good part of the CPU a pass costs.  They are
+        # read once per responder host instead, with the same rules.
+        self.session.trust_env = False
+        self.session.verify = (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        )
+        self._proxies: dict[str, dict[str, str]] = {}
+        adapter = _Adapter(pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -121,7 +182,7 @@ class Transport:
     def request(self, method: str, url: str, body: bytes | None) -> Reply:
         """Send one request; the 200 reply or FetchError naming ``url`` and the reason."""
         deadline = time.monotonic() + self.timeout
-        _fetch.deadline, _fetch.timers = deadline, []
+        _fetch.deadline, _fetch.tokens = deadline, []
         try:
             return self._request(method, url, body, deadline)
         except FetchError:
@@ -131,8 +192,8 @@ class Transport:
                 raise FetchError(url, f"response not complete within {self.timeout:g} s") from e
             raise FetchError(url, f"reading the response failed ({_first_line(e)})") from e
         finally:
-            for timer in _fetch.timers:
-                timer.cancel()
+            for token in _fetch.tokens:
+                _watchdog.disarm(token)
             _fetch.deadline, _fetch.timers = None, []
 
     def _request(self, method: str, url: str, body: bytes | None, deadline: float) -> Reply:
@@ -145,6 +206,7 @@ class Transport:
                 headers=headers,
                 stream=True,
                 timeout=(self.timeout, self.timeout),
+                proxies=self._proxies_for(url),
             )
         except requests.exceptions.TooManyRedirects as e:
             raise FetchError(url, "too many redirects") from e
@@ -172,6 +234,13 @@ class Transport:
                 max_age=_max_age(response.headers.get("Cache-Control")),
                 retry_after=retry_after,
             )
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key not in self._proxies:
+            self._proxies[key] = requests.utils.get_environ_proxies(url)
+        return self._proxies[key]
 
     def _read(self, response: requests.Response, url: str, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length")

@@ -1,0 +1,456 @@
+"""stapled at scale, side by side with a plain loop of `openssl ocsp` client calls.
+
+Builds N certificates in certbot's lineage layout, starts a local responder (a fast one
+that pre-signs every response, or the real `openssl ocsp`), and prints one table row per
+run: wall time, CPU time, peak memory and the requests the responder counted.
+
+    .venv/bin/python benchmarks/scale.py                       # N = 100, 1000, 10000
+    .venv/bin/python benchmarks/scale.py --sizes 1000 --responder openssl
+    .venv/bin/python benchmarks/scale.py --sizes 10000 --daemon --idle 60
+
+Nothing here is asserted: it prints figures.  Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+# ---- certificates -------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    top: Path
+    ca_cert: x509.Certificate
+    ca_key: ec.EllipticCurvePrivateKey
+    leaves: list[x509.Certificate]
+    url: str
+
+    @property
+    def ca_pem(self) -> Path:
+        return self.top / "ca.pem"
+
+
+def build(top: Path, n: int, url: str) -> World:
+    """N leaves sharing one key (stapled never reads keys), as certbot lays them out."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    (top / "ca.pem").write_bytes(ca_pem)
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
+            )
+        ]
+    )
+    leaves = []
+    for i in range(n):
+        cn = f"site{i:05d}.example"
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(name)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=90))
+            .add_extension(aia, critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        leaves.append(leaf)
+        write_lineage(top / "letsencrypt", cn, leaf, ca_pem, key_pem, 1)
+    return World(top, ca_cert, ca_key, leaves, url)
+
+
+def write_lineage(
+    root: Path, cn: str, leaf: x509.Certificate, ca_pem: bytes, key_pem: bytes, version: int
+) -> None:
+    archive, live = root / "archive" / cn, root / "live" / cn
+    archive.mkdir(parents=True, exist_ok=True)
+    live.mkdir(parents=True, exist_ok=True)
+    cert_pem = leaf.public_bytes(serialization.Encoding.PEM)
+    for kind, data in (
+        ("cert", cert_pem),
+        ("chain", ca_pem),
+        ("fullchain", cert_pem + ca_pem),
+        ("privkey", key_pem),
+    ):
+        (archive / f"{kind}{version}.pem").write_bytes(data)
+        link = live / f"{kind}.pem"
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(f"../../archive/{cn}/{kind}{version}.pem")
+
+
+# ---- responders ---------------------------------------------------------------------
+
+
+class FastResponder:
+    """Pre-signed responses by serial, served from memory: measures the client, not us."""
+
+    def __init__(self) -> None:
+        self.responses: dict[int, bytes] = {}
+        self.requests = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes: without this, Nagle and the
+            # client's delayed ACK hold every response back by 40 ms.
+            disable_nagle_algorithm = True
+
+            def do_GET(self) -> None:
+                self._answer(base64.b64decode(unquote(self.path.rsplit("/", 1)[-1])))
+
+            def do_POST(self) -> None:
+                self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def _answer(self, der: bytes) -> None:
+                with outer._lock:
+                    outer.requests += 1
+                serial = ocsp.load_der_ocsp_request(der).serial_number
+                body = outer.responses[serial]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/ocsp-response")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.request_queue_size = 256
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def sign_all(self, world: World) -> None:
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        for leaf in world.leaves:
+            self.sign(world, leaf, now)
+
+    def sign(self, world: World, leaf: x509.Certificate, this_update: datetime) -> None:
+        builder = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=leaf,
+                issuer=world.ca_cert,
+                algorithm=hashes.SHA1(),
+                cert_status=ocsp.OCSPCertStatus.GOOD,
+                this_update=this_update,
+                next_update=this_update + timedelta(days=4),
+                revocation_time=None,
+                revocation_reason=None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, world.ca_cert)
+        )
+        der = builder.sign(world.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+        self.responses[leaf.serial_number] = der
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class OpenSSLResponder:
+    """The real `openssl ocsp` responder over an index of every certificate."""
+
+    def __init__(self, world: World) -> None:
+        top = world.top / "openssl"
+        top.mkdir()
+        expiry = (datetime.now(UTC) + timedelta(days=90)).strftime("%y%m%d%H%M%SZ")
+        lines = [
+            f"V\t{expiry}\t\t{leaf.serial_number:X}\tunknown\t/CN={leaf.subject.rfc4514_string()}"
+            for leaf in world.leaves
+        ]
+        (top / "index.txt").write_text("\n".join(lines) + "\n")
+        (top / "index.txt.attr").write_text("unique_subject = no\n")
+        key = world.ca_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        (top / "ca.key").write_bytes(key)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.log = top / "responder.log"
+        self.proc = subprocess.Popen(
+            [
+                "openssl",
+                "ocsp",
+                "-index",
+                str(top / "index.txt"),
+                "-CA",
+                str(world.ca_pem),
+                "-rsigner",
+                str(world.ca_pem),
+                "-rkey",
+                str(top / "ca.key"),
+                "-port",
+                str(port),
+                "-nmin",
+                "1440",
+                "-ignore_err",
+                "-multi",
+                "2",
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while b"waiting for OCSP client" not in self.log.read_bytes():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit(f"openssl ocsp did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port}/"
+
+    @property
+    def requests(self) -> int:
+        # Not counted by openssl; the table shows what the clients sent instead.
+        return -1
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=10)
+
+
+# ---- measurements -------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    tool: str
+    n: int
+    wall: float
+    cpu: float
+    peak_mib: float
+    requests: int
+
+    def line(self) -> str:
+        per = self.cpu / self.n * 1000 if self.n else 0.0
+        req = str(self.requests) if self.requests >= 0 else "-"
+        return (
+            f"| {self.tool:26} | {self.n:>6} | {self.wall:8.2f} s | {self.cpu:8.2f} s "
+            f"| {per:6.2f} ms | {self.peak_mib:7.1f} MiB | {req:>8} |"
+        )
+
+
+HEADER = (
+    "| tool                       |      N |       wall |        CPU | CPU/cert |   peak RSS "
+    "| requests |\n"
+    "|----------------------------|-------:|-----------:|-----------:|---------:|-----------:"
+    "|---------:|"
+)
+
+
+def measure(argv: list[str], **kw: object) -> tuple[float, float, float, int]:
+    """Wall s, CPU s (user+sys), peak RSS MiB and exit status of one command."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
+
+
+def stapled_config(world: World, out: Path, url: str, extra: str = "") -> Path:
+    path = world.top / "stapled.toml"
+    path.write_text(
+        f'output_dir = "{out}"\n'
+        f'certificates = [{{ path = "{world.top / "letsencrypt"}", ocsp_url = "{url}" }}]\n'
+        f"{extra}\n"
+    )
+    return path
+
+
+def stapled_once(
+    world: World, out: Path, responder: FastResponder | OpenSSLResponder, label: str
+) -> Row:
+    cfg = stapled_config(world, out, responder.url)
+    before = responder.requests
+    wall, cpu, peak, code = measure(
+        [PYTHON, "-m", "stapled", "once", "--quiet", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+    )
+    if code != 0:
+        print(f"  ({label}: exit status {code})", file=sys.stderr)
+    requests = responder.requests - before if responder.requests >= 0 else -1
+    return Row(label, len(world.leaves), wall, cpu, peak, requests)
+
+
+def openssl_loop(world: World, out: Path, url: str) -> Row:
+    """What shell-script staplers do: one `openssl ocsp` process per certificate."""
+    script = out.parent / "openssl-loop.sh"
+    out.mkdir(exist_ok=True)
+    script.write_text(
+        "#!/bin/sh\n"
+        f'for live in "{world.top}"/letsencrypt/live/*/; do\n'
+        '  name=$(basename "$live")\n'
+        f'  openssl ocsp -no_nonce -issuer "$live/chain.pem" -cert "$live/cert.pem" '
+        f'-CAfile "$live/chain.pem" -url {url} -respout "{out}/$name.der" >/dev/null 2>&1\n'
+        "done\n"
+    )
+    wall, cpu, peak, _ = measure(["sh", str(script)])
+    return Row("openssl ocsp loop", len(world.leaves), wall, cpu, peak, len(world.leaves))
+
+
+def daemon_figures(world: World, out: Path, responder: FastResponder, idle: float) -> list[str]:
+    """`stapled run` at this scale: ready time, memory, idle CPU, a renewal picked up."""
+    cfg = stapled_config(world, out, responder.url, "debounce = 0.5\n")
+    started = time.monotonic()
+    log = world.top / "daemon.log"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "stapled", "run", "--config", str(cfg)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    state = out / ".stapled" / "state.json"
+    while not (state.exists() and b'"daemon"' in state.read_bytes()):
+        if proc.poll() is not None:
+            raise SystemExit(log.read_text()[-2000:])
+        time.sleep(0.2)
+    ready = time.monotonic() - started
+    rss = _rss(proc.pid)
+    cpu0 = _cpu(proc.pid)
+    time.sleep(idle)
+    idle_cpu = _cpu(proc.pid) - cpu0
+    # A renewal: a new certificate for the first site, as certbot writes it.
+    leaf = world.leaves[0]
+    cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    renewed = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(world.ca_cert.subject)
+        .public_key(leaf.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+        .add_extension(
+            leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value, False
+        )
+        .sign(world.ca_key, hashes.SHA256())
+    )
+    responder.sign(world, renewed, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
+    staple = out / f"{cn}.der"
+    before = staple.read_bytes()
+    t0 = time.monotonic()
+    write_lineage(world.top / "letsencrypt", str(cn), renewed, world.ca_pem.read_bytes(), b"", 2)
+    while staple.read_bytes() == before and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    pickup = time.monotonic() - t0
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    n = len(world.leaves)
+    return [
+        f"daemon, N={n}: ready after {ready:.1f} s, resident memory {rss / 1024:.0f} MiB",
+        f"daemon, N={n}: CPU over {idle:.0f} idle seconds: {idle_cpu:.2f} s",
+        f"daemon, N={n}: a renewed certificate stapled {pickup:.2f} s after certbot's swap",
+    ]
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,10000")
+    parser.add_argument("--responder", choices=["fast", "openssl"], default="fast")
+    parser.add_argument(
+        "--openssl-max", type=int, default=1000, help="largest N for the openssl loop (slow)"
+    )
+    parser.add_argument("--daemon", action="store_true", help="also measure `stapled run`")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle seconds to measure")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"cores: {os.cpu_count()}, responder: {args.responder}, python: {sys.version.split()[0]}")
+    print(HEADER)
+    notes: list[str] = []
+    for n in sizes:
+        top = Path(tempfile.mkdtemp(prefix=f"stapled-bench-{n}-"))
+        try:
+            fast = FastResponder()
+            world = build(top, n, fast.url)
+            responder: FastResponder | OpenSSLResponder = fast
+            if args.responder == "openssl":
+                responder = OpenSSLResponder(world)
+            else:
+                fast.sign_all(world)
+            out = top / "staples"
+            print(stapled_once(world, out, responder, "stapled once (cold)").line(), flush=True)
+            print(stapled_once(world, out, responder, "stapled once (warm)").line(), flush=True)
+            if n <= args.openssl_max:
+                print(openssl_loop(world, top / "openssl-out", responder.url).line(), flush=True)
+            if args.daemon and isinstance(responder, FastResponder):
+                shutil.rmtree(out)
+                notes += daemon_figures(world, out, responder, args.idle)
+            responder.stop()
+            if responder is not fast:
+                fast.stop()
+        finally:
+            shutil.rmtree(top, ignore_errors=True)
+    for note in notes:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
+    raise SystemExit(main())
