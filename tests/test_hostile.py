@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp as x509_ocsp
 
 from stapled import certs, ocsp, testca
@@ -122,27 +121,18 @@ class TLSServer:
     """An https responder whose certificate no client should trust (self-signed)."""
 
     def __init__(self) -> None:
-        ca = testca.CA("self-signed https responder")
-        self.dir_cert = ca
+        self.ca = testca.CA("self-signed https responder")
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen()
         self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}/"
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._files: list[Path] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def load(self, tmp: Path) -> None:
-        issued = self.dir_cert.issue("127.0.0.1")
+        issued = self.ca.issue("127.0.0.1")
         cert = testca.write(tmp / "https.pem", issued.cert_pem())
-        key = testca.write(
-            tmp / "https-key.pem",
-            issued.key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-        )
+        key = testca.write(tmp / "https-key.pem", issued.key_pem())
         self.context.load_cert_chain(cert, key)
         self.thread.start()
 
