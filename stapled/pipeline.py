@@ -422,6 +422,8 @@ class Stapler:
     def _failed(self, item: Found, error: str, current: Staple | None, state: State) -> Record:
         rec = self._record(item, current)
         rec.state, rec.last_error, rec.failed_now = state, error, True
+        # Its snippet too: an nginx include must never name a missing file.
+        self._write_snippet(rec)
         return rec
 
     def _current(

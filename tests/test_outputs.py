@@ -218,3 +218,14 @@ def test_haproxy_problem_names_what_haproxy_refuses(site: Site) -> None:
     staple = _staple(site, "h.example", leaf)
     assert staple.haproxy_problem is None
     assert "3 SingleResponses" in (replace(staple, single_count=3).haproxy_problem or "")
+
+
+def test_a_certificate_whose_issuer_cannot_be_fetched_still_gets_a_safe_snippet(
+    site: Site,
+) -> None:
+    # No issuer in the file, and its caIssuers URL answers nothing useful.
+    leaf = site.issue("aia.example", ca_issuers_urls=["http://127.0.0.1:9/ca.der"])
+    site.bundle("aia.example", leaf, chain=False)
+    site.config("nginx_snippets = true")
+    assert site.once() == 2
+    assert directives(snippet(site, "aia.example")) == ["ssl_stapling off;"]
