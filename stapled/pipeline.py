@@ -370,15 +370,16 @@ class Stapler:
         haproxy = member.haproxy_staple
         if haproxy is not None and rec.current is not None:
             problem = rec.current.haproxy_problem
-            try:
-                if problem is not None:
-                    raise StoreError(str(haproxy), f"not written: {problem}")
-                rec.haproxy_changed = store.write_atomic(
-                    haproxy, rec.current.der, synced_dirs=self._synced_dirs
-                )
-            except StoreError as e:
-                rec.last_error, rec.failed_now = str(e), True
-            rec.changed |= rec.haproxy_changed
+            if problem is not None:
+                rec.last_error, rec.failed_now = f"{haproxy}: not written: {problem}", True
+            else:
+                try:
+                    rec.haproxy_changed = store.write_atomic(
+                        haproxy, rec.current.der, synced_dirs=self._synced_dirs
+                    )
+                except StoreError as e:
+                    rec.last_error, rec.failed_now = str(e), True
+                rec.changed |= rec.haproxy_changed
         self._write_snippet(rec)
         return rec
 
