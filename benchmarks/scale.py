@@ -71,6 +71,7 @@ def build(top: Path, n: int, url: str) -> World:
         .not_valid_before(now - timedelta(days=1))
         .not_valid_after(now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
         .sign(ca_key, hashes.SHA256())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
@@ -86,6 +87,8 @@ def build(top: Path, n: int, url: str) -> World:
             )
         ]
     )
+    # As every public CA does: leaves name their issuer's key (RFC 5280 4.2.1.1).
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     leaves = []
     for i in range(n):
         cn = f"site{i:05d}.example"
@@ -98,6 +101,7 @@ def build(top: Path, n: int, url: str) -> World:
             .not_valid_before(now - timedelta(hours=1))
             .not_valid_after(now + timedelta(days=90))
             .add_extension(aia, critical=False)
+            .add_extension(aki, critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         leaves.append(leaf)
@@ -363,7 +367,7 @@ def daemon_figures(world: World, out: Path, responder: FastResponder, idle: floa
     # A renewal: a new certificate for the first site, as certbot writes it.
     leaf = world.leaves[0]
     cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    renewed = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(leaf.subject)
         .issuer_name(world.ca_cert.subject)
@@ -371,11 +375,10 @@ def daemon_figures(world: World, out: Path, responder: FastResponder, idle: floa
         .serial_number(x509.random_serial_number())
         .not_valid_before(leaf.not_valid_before_utc)
         .not_valid_after(leaf.not_valid_after_utc)
-        .add_extension(
-            leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value, False
-        )
-        .sign(world.ca_key, hashes.SHA256())
     )
+    for extension in leaf.extensions:
+        builder = builder.add_extension(extension.value, extension.critical)
+    renewed = builder.sign(world.ca_key, hashes.SHA256())
     responder.sign(world, renewed, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
     staple = out / f"{cn}.der"
     before = staple.read_bytes()

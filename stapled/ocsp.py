@@ -36,7 +36,8 @@ DEFAULT_SKEW = timedelta(minutes=5)
 DEFAULT_MARGIN = timedelta(minutes=5)
 
 _PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
-_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}
+_SHA1 = hashes.SHA1()
+_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": _SHA1, "sha256": hashes.SHA256()}
 
 
 class CertStatus(enum.StrEnum):
@@ -262,11 +263,11 @@ def _find_signer(
 
     def named(cert: x509.Certificate) -> bool:
         if key_hash is not None:
+            # byKey is the SHA-1 of the key bits, as in a CertID (RFC 6960 4.2.1).
             try:
-                ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+                return certs.key_hash(cert, _SHA1) == key_hash
             except (ValueError, TypeError, UnsupportedAlgorithm):
                 return False
-            return ski == key_hash
         return cert.subject == name
 
     if named(issuer):

@@ -519,6 +519,7 @@ class Stapler:
             issuer = self._issuer_from(url, fetch=fetch)
             if isinstance(issuer, str):
                 reasons.append(issuer)
+            # Fetched over plain HTTP: the signature decides, not copied identifiers.
             elif certs.issued_by(chain.leaf, issuer):
                 return chain.with_issuer(issuer)
             else:

@@ -124,6 +124,7 @@ class CA:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         extended_key_usage: Iterable[x509.ObjectIdentifier] | None = None,
+        authority_key_id: bool = True,
     ) -> Issued:
         """A certificate signed by this CA (a server leaf unless told otherwise)."""
         key = new_key(key_type)
@@ -139,6 +140,11 @@ class CA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
         )
+        if authority_key_id:  # as every public CA sets it (RFC 5280 4.2.1.1)
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.issued.key.public_key()),
+                critical=False,
+            )
         access = [
             x509.AccessDescription(
                 x509.oid.AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(u)

@@ -81,6 +81,25 @@ def test_configured_issuer_that_did_not_sign(tmp_path: Path, leaf: testca.Issued
     assert found.error is not None and "did not sign" in found.error
 
 
+def test_same_name_with_another_key_is_not_the_issuer(
+    tmp_path: Path, ca: testca.CA, leaf: testca.Issued
+) -> None:
+    twin = testca.CA(ca.name)  # the same name, its own key and key identifier
+    (found,) = _found(testca.write(tmp_path / "a.pem", _pem(leaf), _pem(twin)))
+    assert found.chain is not None and found.chain.issuer is None
+    (found,) = _found(testca.write(tmp_path / "b.pem", _pem(leaf), _pem(twin), _pem(ca)))
+    assert found.chain is not None and found.chain.issuer == ca.cert
+
+
+def test_without_key_identifiers_the_signature_decides(tmp_path: Path, ca: testca.CA) -> None:
+    bare = ca.issue("bare.example", authority_key_id=False)
+    twin = testca.CA(ca.name)
+    (found,) = _found(testca.write(tmp_path / "a.pem", _pem(bare), _pem(twin), _pem(ca)))
+    assert found.chain is not None and found.chain.issuer == ca.cert
+    (found,) = _found(testca.write(tmp_path / "b.pem", _pem(bare), _pem(twin)))
+    assert found.chain is not None and found.chain.issuer is None
+
+
 def test_directory_scan_skips_non_certificates_quietly(
     tmp_path: Path, ca: testca.CA, leaf: testca.Issued
 ) -> None:

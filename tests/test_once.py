@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.x509 import ocsp as x509_ocsp
 
 from stapled import certs, ocsp, testca
@@ -237,6 +238,36 @@ def test_issuer_from_aia_ca_issuers_is_fetched_once(site: Site) -> None:
     # status works offline from the cached issuer.
     site.responder.stop()
     assert {v["status"] for v in _status_json(site).values()} == {"good"}
+
+
+def test_fetched_issuer_must_have_signed_the_certificate(site: Site) -> None:
+    """caIssuers comes over plain HTTP: copied name and key identifier are not enough."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    real = site.ca.cert
+    key = ec.generate_private_key(ec.SECP256R1())
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(real.subject)
+        .issuer_name(real.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(real.not_valid_before_utc)
+        .not_valid_after(real.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            real.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value, False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    site.responder.files["/ca.der"] = forged.public_bytes(Encoding.DER)
+    leaf = site.issue("aia.example", ca_issuers_urls=[site.responder.url + "ca.der"])
+    site.bundle("aia", leaf, chain=False)
+    assert site.once() == 2
+    assert site.staple("aia") is None
+    assert "did not sign this one" in str(_status_json(site)["aia"]["last_error"])
 
 
 def test_expired_certificate_is_not_fetched(site: Site) -> None:
