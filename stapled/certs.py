@@ -32,12 +32,18 @@ def _is_private_key_label(label: bytes) -> bool:
     return b"PRIVATE KEY" in label
 
 
-def parse_certificates(data: bytes, path: str) -> list[x509.Certificate]:
+def parse_certificates(
+    data: bytes, path: str, shared: dict[bytes, x509.Certificate] | None = None
+) -> list[x509.Certificate]:
     """Every certificate in ``data`` (PEM blocks in order, or a single DER certificate).
 
     Private key blocks and other non-certificate blocks (DH parameters, CSRs) are
     ignored.  Raises CertificateError when a CERTIFICATE block does not decode, or when
     there is no certificate at all.
+
+    ``shared`` maps DER to certificates already parsed: the chain certificates after the
+    leaf are taken from it and added to it, so that thousands of bundles ending in the
+    same intermediate hold one object for it (parsed once, kept once in memory).
     """
     certs: list[x509.Certificate] = []
     saw_pem = False
@@ -48,7 +54,11 @@ def parse_certificates(data: bytes, path: str) -> list[x509.Certificate]:
             continue
         try:
             der = base64.b64decode(b"".join(body.split()), validate=True)
-            certs.append(x509.load_der_x509_certificate(der))
+            known = shared.get(der) if shared is not None and certs else None
+            cert = known or x509.load_der_x509_certificate(der)
+            if shared is not None and certs and known is None:
+                shared[der] = cert
+            certs.append(cert)
         except (ValueError, binascii.Error) as e:
             raise CertificateError(
                 path, f"certificate block {len(certs) + 1} is not a valid certificate ({e})"

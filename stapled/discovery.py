@@ -4,6 +4,10 @@ Per-file problems are values (``Found.error``), never exceptions, so one broken 
 never stops the others from being served.  Private key files are never opened.
 """
 
+# Paths are plain strings here: at ten thousand certificates, a pathlib object per file
+# and per directory entry was a measurable part of every scan.
+# ruff: noqa: PTH112, PTH116, PTH118, PTH119, PTH122
+
 from __future__ import annotations
 
 import glob
@@ -11,9 +15,10 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -55,24 +60,47 @@ class Found:
         return Path(self.path + ".ocsp") if self.haproxy else None
 
 
-def discover(sources: tuple[Source, ...]) -> list[Found]:
+# What identifies a file's content without reading it: device, inode, size, times.
+Signature = tuple[int, ...]
+# A file changed this recently may change again within the same timestamp tick (some
+# filesystems count whole seconds) without its signature changing: it is read again at
+# the next scan rather than trusted from the cache.
+RECENT_NS = 3_000_000_000
+
+
+@dataclass
+class Cache:
+    """What earlier scans read, so a rescan parses only the files that changed.
+
+    Ten thousand certificates take seconds to read and parse and a fraction of a second
+    to stat; the daemon's rescans (on every change a watcher reports, and periodically)
+    keep one of these.  ``shared`` holds chain certificates by DER, one object each.
+    """
+
+    files: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]] = field(default_factory=dict)
+    shared: dict[bytes, x509.Certificate] = field(default_factory=dict)
+
+
+def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Found]:
     """Every certificate the configured sources hold, with unique staple names."""
+    cache = cache or Cache()
+    before, cache.files = cache.files, {}
     issuers: dict[Path, x509.Certificate | str] = {}
     found: list[Found] = []
-    seen: set[str] = set()
+    seen: set[object] = set()
     for source in sources:
         for path, lineage, named in _expand(source):
-            key = os.path.realpath(path)
-            if key in seen:
+            loaded = _loaded(path, lineage, named, before, cache)
+            if loaded.identity in seen:
                 continue  # one file reached by two sources or through a symlink
-            seen.add(key)
-            item = _load(path, lineage, source, issuers, named=named)
+            seen.add(loaded.identity)
+            item = _found(path, lineage, source, loaded, issuers)
             if item is not None:
                 found.append(item)
     return _unique_names(found)
 
 
-def _expand(source: Source) -> Iterator[tuple[Path, bool, bool]]:
+def _expand(source: Source) -> Iterator[tuple[str, bool, bool]]:
     """(path, is a certbot lineage directory, named directly) for each match of a source.
 
     A file named directly must be a certificate; one met while scanning a directory may
@@ -85,89 +113,165 @@ def _expand(source: Source) -> Iterator[tuple[Path, bool, bool]]:
     else:
         matches = [source.path]
     for match in matches:
-        path = Path(match)
-        if path.is_dir():
-            for found, lineage in _scan_dir(path):
+        if os.path.isdir(match):
+            for found, lineage in _scan_dir(match, set()):
                 yield found, lineage, False
-        elif not is_key_file(path):
-            yield path, False, not source.is_glob
+        elif not is_key_file(Path(match)):
+            yield match, False, not source.is_glob
 
 
-def _scan_dir(top: Path) -> Iterator[tuple[Path, bool]]:
-    if _is_lineage(top):
-        yield top, True
+def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[str, bool]]:
+    """Certificate files and certbot lineages below ``directory``, in name order.
+
+    One directory listing per directory and no stat per plain file: at ten thousand
+    lineages the walk was most of a scan.  Symbolic links are followed; a loop is cut
+    where a directory comes round again.
+    """
+    try:
+        st = os.stat(directory)
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as e:
+        log.debug("%s: cannot list (%s)", directory, e.strerror)
         return
-    visited: set[str] = set()
-    for root, dirs, files in os.walk(top, followlinks=True):
-        real = os.path.realpath(root)
-        if real in visited:
-            dirs[:] = []  # a symlink loop
-            continue
-        visited.add(real)
-        here = Path(root)
-        if here != top and _is_lineage(here):
-            dirs[:] = []
-            yield here, True
-            continue
-        if "live" in dirs and "archive" in dirs:
-            dirs[:] = ["live"]  # certbot's archive/ holds every old certificate too
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = here / name
-            if path.suffix.lower() in CERT_SUFFIXES and not is_key_file(path):
-                yield path, False
+    if (st.st_dev, st.st_ino) in visited:
+        return  # a symlink loop
+    visited.add((st.st_dev, st.st_ino))
+    names = {e.name for e in entries}
+    if LINEAGE_CERT in names and any(c in names for c in LINEAGE_CHAINS):
+        yield directory, True
+        return
+    subdirs: list[str] = []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not entry.name.startswith("."):
+                subdirs.append(entry.path)
+        elif entry.name.lower().endswith(CERT_SUFFIXES) and not is_key_file(Path(entry.name)):
+            yield entry.path, False
+    if "live" in names and "archive" in names:
+        # certbot's archive/ holds every old certificate too
+        subdirs = [d for d in subdirs if os.path.basename(d) == "live"]
+    for subdir in subdirs:
+        yield from _scan_dir(subdir, visited)
 
 
-def _is_lineage(path: Path) -> bool:
-    return (path / LINEAGE_CERT).is_file() and any((path / c).is_file() for c in LINEAGE_CHAINS)
+@dataclass(frozen=True)
+class _Loaded:
+    """A certificate file read and parsed, before any source's settings apply."""
+
+    identity: object  # (device, inode) of the file read, or its path when unreadable
+    shown: str
+    certs: tuple[x509.Certificate, ...] = ()
+    error: str | None = None  # a CertificateError's reason
+    skip: str | None = None  # why a file met in a directory scan is not a certificate
+
+
+def _loaded(
+    path: str,
+    lineage: bool,
+    named: bool,
+    before: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]],
+    cache: Cache,
+) -> _Loaded:
+    """``path`` read and parsed, or what an earlier scan made of it if it is unchanged."""
+    files = _lineage_files(path) if lineage else (path,)
+    shown = os.path.join(path, LINEAGE_CERT) if lineage else path
+    key = (path, lineage, named)
+    try:
+        signature = _signature(files)
+    except CertificateError as e:
+        return _Loaded(path, shown, error=e.reason)
+    earlier = before.get(key)
+    if earlier is not None and earlier[0] == signature:
+        cache.files[key] = earlier
+        return earlier[1]
+    loaded = _load(files, shown, lineage, named, cache.shared)
+    if time.time_ns() - max(signature[3::5] + signature[4::5]) > RECENT_NS:
+        cache.files[key] = (signature, loaded)
+    return loaded
+
+
+def _lineage_files(path: str) -> tuple[str, ...]:
+    """The files a certbot lineage is read from.
+
+    fullchain.pem (cert.pem followed by chain.pem) is what web servers are pointed at,
+    so its leaf is the certificate they serve; it is also one read instead of two.
+    Without it, cert.pem and chain.pem.
+    """
+    full = os.path.join(path, "fullchain.pem")
+    if os.path.lexists(full):
+        return (full,)
+    return (os.path.join(path, LINEAGE_CERT), os.path.join(path, "chain.pem"))
+
+
+def _signature(files: tuple[str, ...]) -> Signature:
+    out: list[int] = []
+    for name in files:
+        try:
+            st = os.stat(name)
+        except OSError as e:
+            raise CertificateError(name, f"cannot read ({e.strerror})") from e
+        if not stat.S_ISREG(st.st_mode):
+            raise CertificateError(name, "not a regular file")
+        out += (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return tuple(out)
 
 
 def _load(
-    path: Path,
+    files: tuple[str, ...],
+    shown: str,
+    lineage: bool,
+    named: bool,
+    shared: dict[bytes, x509.Certificate],
+) -> _Loaded:
+    identity: object = files[0]
+    try:
+        parts: list[bytes] = []
+        for name in files:
+            data, st = _read(name)
+            if not parts:  # the file that holds the leaf identifies the certificate
+                identity = (st.st_dev, st.st_ino)
+            parts.append(data)
+        data = b"\n".join(parts)
+        if not named and not lineage and not _may_hold_certificate(data):
+            return _Loaded(identity, shown, skip="no certificate in it")
+        parsed = certs.parse_certificates(data, shown, shared)
+    except CertificateError as e:
+        return _Loaded(identity, shown, error=e.reason)
+    if not named and not lineage and all(certs.is_ca(c) for c in parsed):
+        return _Loaded(identity, shown, skip="CA certificates only, no leaf")
+    if lineage and len(parsed) > 1 and parsed[1].subject == parsed[0].subject:
+        parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
+    return _Loaded(identity, shown, certs=tuple(parsed))
+
+
+def _found(
+    path: str,
     lineage: bool,
     source: Source,
+    loaded: _Loaded,
     issuers: dict[Path, x509.Certificate | str],
-    *,
-    named: bool,
 ) -> Found | None:
-    name = source.name or (path.name if lineage else path.stem)
-    shown = str(path)
+    """The Found for a loaded file under one source's settings (issuer, URL, HAProxy)."""
+    if loaded.skip is not None:
+        log.debug("%s: %s; skipped", path, loaded.skip)
+        return None
+    base = os.path.basename(path)
+    name = source.name or (base if lineage else os.path.splitext(base)[0])
+    shown = loaded.shown
+    if loaded.error is not None:
+        return Found(name, shown, error=loaded.error, haproxy=source.haproxy)
     try:
-        if lineage:
-            shown = str(path / LINEAGE_CERT)
-            data = _read_lineage(path)
-        else:
-            data = _read(path)
-            if not named and not _may_hold_certificate(data):
-                log.debug("%s: no certificate in it, skipped", path)
-                return None
-        parsed = certs.parse_certificates(data, shown)
-        if not named and not lineage and all(certs.is_ca(c) for c in parsed):
-            log.debug("%s: CA certificates only, no leaf; skipped", path)
-            return None
-        if lineage and len(parsed) > 1 and parsed[1].subject == parsed[0].subject:
-            parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
-        issuer = _issuer(source, issuers)
-        chain = certs.build_chain(parsed, shown, issuer)
+        chain = certs.build_chain(list(loaded.certs), shown, _issuer(source, issuers))
     except CertificateError as e:
         return Found(name, shown, error=e.reason, haproxy=source.haproxy)
     if source.ocsp_url:
         chain = chain.with_ocsp_urls(source.ocsp_url)
     return Found(name, shown, chain=chain, haproxy=source.haproxy)
-
-
-def _read_lineage(path: Path) -> bytes:
-    """The leaf and its chain from a certbot lineage.
-
-    fullchain.pem (cert.pem followed by chain.pem) is what web servers are pointed at,
-    so its leaf is the certificate they serve; it is also one read instead of two,
-    which is most of the cost of finding ten thousand certificates.  Without it,
-    cert.pem and chain.pem.
-    """
-    full = path / "fullchain.pem"
-    if full.is_file():
-        return _read(full)
-    return _read(path / LINEAGE_CERT) + b"\n" + _read(path / "chain.pem")
 
 
 def _may_hold_certificate(data: bytes) -> bool:
@@ -179,9 +283,8 @@ def _issuer(source: Source, cache: dict[Path, x509.Certificate | str]) -> x509.C
         return None
     if source.issuer not in cache:
         try:
-            cache[source.issuer] = certs.parse_issuer_bytes(
-                _read(source.issuer), str(source.issuer)
-            )
+            data, _ = _read(str(source.issuer))
+            cache[source.issuer] = certs.parse_issuer_bytes(data, str(source.issuer))
         except CertificateError as e:
             cache[source.issuer] = str(e)
     got = cache[source.issuer]
@@ -190,24 +293,32 @@ def _issuer(source: Source, cache: dict[Path, x509.Certificate | str]) -> x509.C
     return got
 
 
-def _read(path: Path) -> bytes:
+def _read(path: str) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its stat, refusing what cannot be a certificate file."""
     # Non-blocking open: a FIFO named like a certificate must not hang stapled.
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
-        raise CertificateError(str(path), f"cannot read ({e.strerror})") from e
+        raise CertificateError(path, f"cannot read ({e.strerror})") from e
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CertificateError(str(path), "not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(MAX_CERT_FILE + 1)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CertificateError(path, "not a regular file")
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_CERT_FILE:
+            chunk = os.read(fd, MAX_CERT_FILE + 1 - size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
     except OSError as e:
-        raise CertificateError(str(path), f"cannot read ({e.strerror})") from e
+        raise CertificateError(path, f"cannot read ({e.strerror})") from e
     finally:
         os.close(fd)
-    if len(data) > MAX_CERT_FILE:
-        raise CertificateError(str(path), f"larger than {MAX_CERT_FILE} bytes: not a certificate")
-    return data
+    if size > MAX_CERT_FILE:
+        raise CertificateError(path, f"larger than {MAX_CERT_FILE} bytes: not a certificate")
+    return b"".join(parts), st
 
 
 def _unique_names(found: list[Found]) -> list[Found]:

@@ -147,6 +147,8 @@ class Stapler:
         self._lock = threading.Lock()
         # During a pass: directories written into, fsynced once each at its end.
         self._synced_dirs: set[Path] | None = None
+        # What earlier scans read: a rescan reads and parses only the files that changed.
+        self._discovered = discovery.Cache()
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -219,7 +221,7 @@ class Stapler:
 
     def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
         """Find every certificate: records for those needing no fetch, the rest grouped."""
-        return self._classify(discovery.discover(self.config.certificates))
+        return self._classify(discovery.discover(self.config.certificates, self._discovered))
 
     def settle(self, records: list[Record]) -> None:
         """Publish what is known of certificates that need no fetch (their snippets)."""

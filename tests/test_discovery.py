@@ -100,6 +100,66 @@ def test_without_key_identifiers_the_signature_decides(tmp_path: Path, ca: testc
     assert found.chain is not None and found.chain.issuer is None
 
 
+def test_rescan_with_a_cache_reads_only_what_changed(
+    tmp_path: Path, ca: testca.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discovery, "RECENT_NS", -(10**12))  # trust even fresh files
+    a, b = ca.issue("a.example"), ca.issue("b.example")
+    testca.write(tmp_path / "a.pem", _pem(a), _pem(ca))
+    testca.write(tmp_path / "b.pem", _pem(b), _pem(ca))
+    sources = (Source(path=str(tmp_path)),)
+    cache = discovery.Cache()
+    first = {f.name: f.chain for f in discovery.discover(sources, cache)}
+    assert first["a"] and first["b"]
+    # One object for the issuer both bundles end with.
+    assert first["a"].issuer is first["b"].issuer
+    again = {f.name: f.chain for f in discovery.discover(sources, cache)}
+    assert again["a"] and again["a"].leaf is first["a"].leaf
+    renewed = ca.issue("a.example")
+    testca.write(tmp_path / "a.pem", _pem(renewed), _pem(ca))
+    (tmp_path / "b.pem").unlink()
+    third = {f.name: f.chain for f in discovery.discover(sources, cache)}
+    assert set(third) == {"a"} and third["a"] and third["a"].leaf == renewed.cert
+    assert len(cache.files) == 1
+
+
+def test_a_file_changed_just_now_is_not_trusted_from_the_cache(
+    tmp_path: Path, ca: testca.CA
+) -> None:
+    """Rewritten in place within one timestamp tick, a file would keep its signature."""
+    path = testca.write(tmp_path / "a.pem", _pem(ca.issue("a.example")), _pem(ca))
+    cache = discovery.Cache()
+    discovery.discover((Source(path=str(path)),), cache)
+    assert cache.files == {}
+    stamp = path.stat().st_ctime_ns - 2 * discovery.RECENT_NS
+    assert discovery._signature((str(path),))[4] > stamp  # ctime cannot be set back
+    os.utime(path, ns=(stamp, stamp))
+    discovery.discover((Source(path=str(path)),), cache)
+    assert cache.files == {}
+
+
+def test_certbot_renewal_is_seen_through_the_cache(tmp_path: Path, ca: testca.CA) -> None:
+    root = tmp_path / "letsencrypt"
+    live, archive = root / "live" / "site", root / "archive" / "site"
+    old, new = ca.issue("site.example"), ca.issue("site.example")
+    for version, issued in ((1, old), (2, new)):
+        testca.write(archive / f"cert{version}.pem", _pem(issued))
+        testca.write(archive / f"chain{version}.pem", _pem(ca))
+        testca.write(archive / f"fullchain{version}.pem", _pem(issued), _pem(ca))
+    live.mkdir(parents=True)
+    for kind in ("cert", "chain", "fullchain"):
+        (live / f"{kind}.pem").symlink_to(f"../../archive/site/{kind}1.pem")
+    cache = discovery.Cache()
+    (first,) = discovery.discover((Source(path=str(root)),), cache)
+    assert first.chain and first.chain.leaf == old.cert
+    for kind in ("cert", "chain", "fullchain"):  # what certbot does on renewal
+        tmp = live / f"{kind}.tmp"
+        tmp.symlink_to(f"../../archive/site/{kind}2.pem")
+        tmp.replace(live / f"{kind}.pem")
+    (second,) = discovery.discover((Source(path=str(root)),), cache)
+    assert second.chain and second.chain.leaf == new.cert
+
+
 def test_directory_scan_skips_non_certificates_quietly(
     tmp_path: Path, ca: testca.CA, leaf: testca.Issued
 ) -> None:
