@@ -22,6 +22,8 @@ class RawServer:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        # The first bytes of every request received, in order.
+        self.received: list[bytes] = []
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -37,7 +39,7 @@ class RawServer:
         with conn:
             conn.settimeout(5)
             try:
-                conn.recv(65536)  # the request; its content does not matter here
+                self.received.append(conn.recv(65536))
                 self.behaviour(conn)
             except OSError:
                 pass

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
 import pytest
 
+from stapled import testca
 from stapled.errors import FetchError
 from stapled.transport import USER_AGENT, Transport
 
@@ -76,5 +83,89 @@ def test_reply_carries_caching_hints() -> None:
 
 
 def test_user_agent_names_stapled() -> None:
-    assert Transport().session.headers["User-Agent"] == USER_AGENT
+    with rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"x")) as server:
+        Transport(timeout=5).request("POST", server.url, b"request")
+    head = server.received[0].decode()
+    assert f"\r\nUser-Agent: {USER_AGENT}\r\n" in head
+    assert "\r\nContent-Type: application/ocsp-request\r\n" in head
     assert USER_AGENT.startswith("stapled/")
+
+
+def test_a_post_redirected_by_303_goes_on_as_get() -> None:
+    ok = rawhttp.respond("200 OK", {}, b"answer")
+    with rawhttp.RawServer(ok) as target:
+        moved = rawhttp.respond("303 See Other", {"Location": target.url + "there"})
+        with rawhttp.RawServer(moved) as server:
+            reply = Transport(timeout=5).request("POST", server.url, b"request")
+    assert reply.body == b"answer"
+    assert target.received[0].startswith(b"GET /there HTTP/1.1")
+
+
+def test_http_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = rawhttp.respond("200 OK", {}, b"via proxy")
+    with rawhttp.RawServer(ok) as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        reply = Transport(timeout=5).get("http://ocsp.example.invalid/abc")
+    assert reply.body == b"via proxy"
+    assert proxy.received[0].startswith(b"GET http://ocsp.example.invalid/abc HTTP/1.1")
+
+
+def test_no_proxy_goes_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    with (
+        rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"proxy")) as proxy,
+        rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"direct")) as server,
+    ):
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        assert Transport(timeout=5).get(server.url).body == b"direct"
+    assert proxy.received == []
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def https_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An https server on loopback with a certificate from a CA of its own: (URL, CA file)."""
+    ca = testca.CA("https test CA")
+    issued = ca.issue("localhost")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(
+        testca.write(tmp_path / "tls.pem", issued.cert_pem()),
+        testca.write(tmp_path / "tls-key.pem", issued.key_pem()),
+    )
+    httpd = HTTPServer(("127.0.0.1", 0), _Hello)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield (
+            f"https://localhost:{httpd.server_address[1]}/",
+            testca.write(tmp_path / "ca.pem", ca.cert_pem()),
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_https_is_verified_against_the_default_bundle(https_url: tuple[str, Path]) -> None:
+    url, _ = https_url
+    with pytest.raises(FetchError, match=r"TLS error .*certificate verify failed"):
+        Transport(timeout=5).get(url)
+
+
+def test_requests_ca_bundle_is_honoured(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_file = https_url
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+    assert Transport(timeout=5).get(url).body == b"hello"
