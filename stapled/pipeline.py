@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -43,6 +44,7 @@ from .transport import Transport
 log = logging.getLogger("stapled")
 
 Clock = Callable[[], datetime]
+_T = TypeVar("_T")
 Reloader = Callable[[Sequence[str], float, str], str]
 Pusher = Callable[[str, bytes, float], bool]
 
@@ -168,11 +170,23 @@ class Stapler:
         self._synced_dirs = set()
         try:
             self.settle(records)
-            pool_size = max(1, min(self.config.concurrency, len(groups)))
-            with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
-                refreshed = pool.map(lambda g: self.refresh(g, force=force), groups.values())
-                for group_records in refreshed:
-                    records.extend(group_records)
+            due: list[_Checked] = []
+            for members in groups.values():
+                checked = self._guarded(members, partial(self._check, members, force))
+                if isinstance(checked, list):
+                    records.extend(checked)
+                elif checked.due:
+                    due.append(checked)
+                else:
+                    records.extend(self._guarded(members, partial(self._complete, checked)))
+            if due:
+                pool_size = max(1, min(self.config.concurrency, len(due)))
+                with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
+                    finish = pool.map(
+                        lambda c: self._guarded(c.members, partial(self._complete, c)), due
+                    )
+                    for done in finish:
+                        records.extend(done)
         finally:
             # The renames are made durable before any server is told about them.
             synced, self._synced_dirs = self._synced_dirs, None
@@ -295,12 +309,13 @@ class Stapler:
         return records, groups
 
     def refresh(self, members: list[Found], *, force: bool = False) -> list[Record]:
-        """Refresh one certificate (all names it is found under) if due, or if ``force``.
+        """Refresh one certificate (all names it is found under) if due, or if ``force``."""
+        return self._guarded(members, lambda: self._complete(self._check(members, force)))
 
-        The per-certificate boundary: whatever goes wrong stays with this certificate.
-        """
+    def _guarded(self, members: list[Found], step: Callable[[], _T]) -> _T | list[Record]:
+        """The per-certificate boundary: whatever goes wrong stays with this certificate."""
         try:
-            return self._refresh(members, force)
+            return step()
         except Exception as e:  # the one broad except: a bug must not cost other staples
             log.debug("refreshing %s failed", members[0].name, exc_info=True)
             reason = f"internal error ({type(e).__name__}: {e})"
@@ -309,20 +324,39 @@ class Stapler:
                 for m in members
             ]
 
-    def _refresh(self, members: list[Found], force: bool) -> list[Record]:
-        """Fetch (if due) and write the staple for one certificate and all its names."""
+    def _check(self, members: list[Found], force: bool) -> _Checked:
+        """What is on disk for one certificate, and whether it is due: no network.
+
+        A pass runs this for every certificate first, in one thread, and hands only the
+        due ones to the pool of fetchers: a pass with nothing due (the usual case) is a
+        loop of reads and signature checks, with no thread switch per certificate.
+        """
         chain = _best_chain(members)
         try:
-            chain = self._with_issuer(chain, fetch=True)
-        except StapledError as e:
-            return [self._failed(m, str(e), None, State.ERROR) for m in members]
-        now = self.clock()
-        seen: dict[str, bytes | None] = {}
-        current = self._current(members, now, chain, seen)
+            chain = self._with_issuer(chain, fetch=False)
+        except StapledError:
+            return _Checked(members, chain, force, self.clock())  # the issuer comes first
+        checked = _Checked(members, chain, force, self.clock())
+        checked.current = self._current(members, checked.now, chain, checked.seen)
+        checked.due = policy.needs_refresh(
+            checked.current, checked.now, self.config.refresh_at, force=force
+        )
+        return checked
+
+    def _complete(self, checked: _Checked) -> list[Record]:
+        """Fetch (if due) and write the staple for one certificate and all its names."""
+        if checked.chain.issuer is None:
+            try:
+                self._with_issuer(checked.chain, fetch=True)  # kept for _check to find
+            except StapledError as e:
+                return [self._failed(m, str(e), None, State.ERROR) for m in checked.members]
+            checked = self._check(checked.members, checked.force)
+        members, chain, now, seen = checked.members, checked.chain, checked.now, checked.seen
+        current = checked.current
         error: str | None = None
         unknown = False
         hints = _Fetched()
-        if policy.needs_refresh(current, now, self.config.refresh_at, force=force):
+        if checked.due:
             hints = self._fetch(chain)
             fetched, url, error = hints.staple, hints.url, hints.error
             if fetched is not None and fetched.cert_status is CertStatus.UNKNOWN:
@@ -753,6 +787,21 @@ def log_record(rec: Record) -> None:
             _iso(rec.next_update),
             _iso(rec.next_refresh),
         )
+
+
+@dataclass
+class _Checked:
+    """One certificate before its fetch: the staple on disk and whether it is due."""
+
+    members: list[Found]
+    chain: CertChain
+    force: bool
+    now: datetime
+    current: Staple | None = None
+    # What was read of each name's staple file (None: no file), so it is not read again.
+    seen: dict[str, bytes | None] = field(default_factory=dict)
+    # Whether a fetch is needed; always, while the issuer is still to be fetched.
+    due: bool = True
 
 
 @dataclass(frozen=True)
