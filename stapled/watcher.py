@@ -16,7 +16,18 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -25,6 +36,20 @@ log = logging.getLogger(__name__)
 
 # Event types that mean something changed (watchdog 7 also reports opens and reads).
 _CHANGES = {"created", "deleted", "modified", "moved", "closed"}
+# ... and only those are asked of the kernel.  Left to itself, watchdog 7 asks inotify
+# for opens and reads too: a rescan opening ten thousand certificates then overflowed
+# the kernel's queue, and watchdog's recovery (listing every directory again) made more
+# events than it read, a loop that kept a CPU busy.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
 # However busy the directory, a batch is delivered at the latest this many debounce
 # periods after its first event.
 _MAX_DELAY_FACTOR = 5
@@ -97,7 +122,9 @@ class Watcher:
         handler = _Handler(self._event)
         for root, recursive in self.roots:
             if root.is_dir():
-                observer.schedule(handler, str(root), recursive=recursive)
+                observer.schedule(
+                    handler, str(root), recursive=recursive, event_filter=_EVENT_FILTER
+                )
             else:
                 log.warning("%s: not a directory (yet); it is rescanned periodically", root)
         return observer

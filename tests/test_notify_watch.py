@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
 import threading
 import uuid
 from pathlib import Path
+
+import pytest
 
 from stapled.notify import Notifier
 from stapled.watcher import Watcher, roots_of
@@ -96,6 +99,34 @@ def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None:
     assert len(batches) == 1, batches
     assert str(tmp_path / "moved.pem") in batches[0]
     assert {str(tmp_path / f"new{i}.pem") for i in range(5)} <= batches[0]
+
+
+def test_reading_many_files_does_not_flood_the_kernel_queue(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rescan opens every certificate: the kernel must not even queue those opens.
+
+    With opens and reads watched, 10,000 certificates overflowed the inotify queue at
+    every rescan, and rebuilding the watches opened every directory again: a busy loop.
+    """
+    files = []
+    for i in range(50):
+        sub = tmp_path / f"d{i}"
+        sub.mkdir()
+        files.append(sub / "cert.pem")
+        files[-1].write_text("x")
+    watcher = Watcher([(tmp_path, True)], lambda paths: None, debounce=0.3)
+    watcher.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2000):  # 100,000 opens: more than the default queue of 16,384
+                for path in files:
+                    with path.open("rb"):
+                        pass
+            threading.Event().wait(0.5)
+    finally:
+        watcher.stop()
+    assert "overflow" not in caplog.text
 
 
 def test_own_writes_are_ignored_but_a_sibling_directory_is_not(tmp_path: Path) -> None:
