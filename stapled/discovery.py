@@ -44,7 +44,7 @@ def is_key_file(path: Path) -> bool:
     return name.endswith((".key", "-key.pem", "_key.pem", ".key.pem")) or "privkey" in name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Found:
     """One certificate stapled should look after, or the reason it cannot."""
 
@@ -159,13 +159,13 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
         yield from _scan_dir(subdir, visited)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Loaded:
     """A certificate file read and parsed, before any source's settings apply."""
 
     identity: object  # (device, inode) of the file read, or its path when unreadable
     shown: str
-    certs: tuple[x509.Certificate, ...] = ()
+    chain: CertChain | None = None  # with the issuer the file holds, if it holds it
     error: str | None = None  # a CertificateError's reason
     skip: str | None = None  # why a file met in a directory scan is not a certificate
 
@@ -240,13 +240,13 @@ def _load(
         if not named and not lineage and not _may_hold_certificate(data):
             return _Loaded(identity, shown, skip="no certificate in it")
         parsed = certs.parse_certificates(data, shown, shared)
+        if not named and not lineage and all(certs.is_ca(c) for c in parsed):
+            return _Loaded(identity, shown, skip="CA certificates only, no leaf")
+        if lineage and len(parsed) > 1 and parsed[1] == parsed[0]:
+            parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
+        return _Loaded(identity, shown, chain=certs.build_chain(parsed, shown))
     except CertificateError as e:
         return _Loaded(identity, shown, error=e.reason)
-    if not named and not lineage and all(certs.is_ca(c) for c in parsed):
-        return _Loaded(identity, shown, skip="CA certificates only, no leaf")
-    if lineage and len(parsed) > 1 and parsed[1].subject == parsed[0].subject:
-        parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
-    return _Loaded(identity, shown, certs=tuple(parsed))
 
 
 def _found(
@@ -262,11 +262,13 @@ def _found(
         return None
     base = os.path.basename(path)
     name = source.name or (base if lineage else os.path.splitext(base)[0])
-    shown = loaded.shown
-    if loaded.error is not None:
+    shown, chain = loaded.shown, loaded.chain
+    if chain is None:
         return Found(name, shown, error=loaded.error, haproxy=source.haproxy)
     try:
-        chain = certs.build_chain(list(loaded.certs), shown, _issuer(source, issuers))
+        issuer = _issuer(source, issuers) if chain.issuer is None else None
+        if issuer is not None:
+            chain = certs.with_configured_issuer(chain, issuer)
     except CertificateError as e:
         return Found(name, shown, error=e.reason, haproxy=source.haproxy)
     if source.ocsp_url:

@@ -63,15 +63,15 @@ class CertID(NamedTuple):
 
 
 def cert_ids(chain: CertChain) -> frozenset[CertID]:
-    """Every CertID a client may use for ``chain.leaf`` (SHA-1 and SHA-256)."""
+    """Every CertID a client may use for the chain's leaf (SHA-1 and SHA-256)."""
     if chain.issuer is None:
         return frozenset()
     return frozenset(
         CertID(
             name,
-            certs.name_hash(chain.leaf, algorithm),
+            certs.name_hash(chain.issuer_name, algorithm),
             certs.key_hash(chain.issuer, algorithm),
-            chain.leaf.serial_number,
+            chain.serial,
         )
         for name, algorithm in _HASHES.items()
     )
@@ -95,7 +95,7 @@ def parse_request(der: bytes) -> CertID:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Staple:
     """A validated OCSP response for one certificate: exactly the bytes received."""
 
@@ -149,8 +149,12 @@ def build_request(chain: CertChain, algorithm: hashes.HashAlgorithm | None = Non
     """
     if chain.issuer is None:
         raise ValueError("an OCSP request needs the issuer certificate")
-    builder = ocsp.OCSPRequestBuilder().add_certificate(
-        chain.leaf, chain.issuer, algorithm or hashes.SHA1()
+    algorithm = algorithm or hashes.SHA1()
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        certs.name_hash(chain.issuer_name, algorithm),
+        certs.key_hash(chain.issuer, algorithm),
+        chain.serial,
+        algorithm,
     )
     return builder.build().public_bytes(serialization.Encoding.DER)
 
@@ -183,7 +187,7 @@ def validate(
     skew: timedelta = DEFAULT_SKEW,
     margin: timedelta = DEFAULT_MARGIN,
 ) -> Staple:
-    """Check ``der`` completely as the OCSP response for ``chain.leaf`` at time ``now``.
+    """Check ``der`` completely as the OCSP response for the chain's leaf at time ``now``.
 
     Returns the Staple for good, revoked and unknown answers alike; what to do with each
     is policy.  Raises OCSPStatusError for an unsuccessful responseStatus and
@@ -196,7 +200,7 @@ def validate(
     resp = _parse(der)
     signer, signer_desc = _find_signer(resp, issuer, now)
     _verify_signature(resp, signer)
-    single, cert_id = _matching_single(resp, chain.leaf, issuer)
+    single, cert_id = _matching_single(resp, chain, issuer)
     this_update = single.this_update_utc
     next_update = single.next_update_utc
     produced_at = resp.produced_at_utc
@@ -219,7 +223,7 @@ def validate(
     return Staple(
         der=der,
         cert_status=status,
-        serial=chain.leaf.serial_number,
+        serial=chain.serial,
         this_update=this_update,
         next_update=next_update,
         produced_at=produced_at,
@@ -340,9 +344,9 @@ def _verify_pss(key: rsa.RSAPublicKey, sig: bytes, data: bytes) -> None:
 
 
 def _matching_single(
-    resp: ocsp.OCSPResponse, leaf: x509.Certificate, issuer: x509.Certificate
+    resp: ocsp.OCSPResponse, chain: CertChain, issuer: x509.Certificate
 ) -> tuple[ocsp.OCSPSingleResponse, CertID]:
-    """The SingleResponse whose CertID names ``leaf``, among all of them (RFC 6960 4.2.2.3)."""
+    """The SingleResponse whose CertID names the leaf, among all of them (RFC 6960 4.2.2.3)."""
     expected: dict[str, tuple[bytes, bytes]] = {}
     for single in resp.responses:
         algorithm = single.hash_algorithm
@@ -350,19 +354,17 @@ def _matching_single(
             continue
         if algorithm.name not in expected:
             expected[algorithm.name] = (
-                certs.name_hash(leaf, algorithm),
+                certs.name_hash(chain.issuer_name, algorithm),
                 certs.key_hash(issuer, algorithm),
             )
         name_hash, key_hash = expected[algorithm.name]
         if (
-            single.serial_number == leaf.serial_number
+            single.serial_number == chain.serial
             and single.issuer_name_hash == name_hash
             and single.issuer_key_hash == key_hash
         ):
-            return single, CertID(algorithm.name, name_hash, key_hash, leaf.serial_number)
-    raise InvalidResponseError(
-        f"no SingleResponse for serial {leaf.serial_number:X} from this issuer"
-    )
+            return single, CertID(algorithm.name, name_hash, key_hash, chain.serial)
+    raise InvalidResponseError(f"no SingleResponse for serial {chain.serial:X} from this issuer")
 
 
 def _iso(t: datetime) -> str:
