@@ -150,12 +150,18 @@ def names_issuer(cert: x509.Certificate, candidate: x509.Certificate) -> bool:
     HTTP (caIssuers) could be forged with copied identifiers, so it must pass
     :func:`issued_by`.
     """
-    if cert.issuer.public_bytes() != candidate.subject.public_bytes():
+    if cert.issuer.public_bytes() != _subject(candidate):
         return False
     authority, subject = _authority_key_id(cert), _subject_key_id(candidate)
     if authority is not None and subject is not None:
         return authority == subject
     return issued_by(cert, candidate)
+
+
+@functools.lru_cache(maxsize=256)
+def _subject(issuer: x509.Certificate) -> bytes:
+    """An issuer's subject name in DER, worked out once per issuer, not once per leaf."""
+    return issuer.subject.public_bytes()
 
 
 def _authority_key_id(cert: x509.Certificate) -> bytes | None:
