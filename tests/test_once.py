@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -268,6 +270,39 @@ def test_fetched_issuer_must_have_signed_the_certificate(site: Site) -> None:
     assert site.once() == 2
     assert site.staple("aia") is None
     assert "did not sign this one" in str(_status_json(site)["aia"]["last_error"])
+
+
+def test_requests_to_one_responder_host_are_bounded(site: Site) -> None:
+    """``per_host`` is politeness: never more requests in flight to one host."""
+    lock = threading.Lock()
+    inflight: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+
+    def slow(host: str, honest: testca.Answer) -> testca.Answer:
+        def answer(request: bytes) -> tuple[int, dict[str, str], bytes]:
+            with lock:
+                inflight[host] += 1
+                peak[host] = max(peak[host], inflight[host])
+            try:
+                time.sleep(0.2)
+                return honest(request)
+            finally:
+                with lock:
+                    inflight[host] -= 1
+
+        return answer
+
+    with testca.ResponderServer(site.ca) as other:
+        site.responder.answer = slow("a", site.responder.answer)
+        other.answer = slow("b", other.answer)
+        for host, responder in (("a", site.responder), ("b", other)):
+            for i in range(6):
+                name = f"{host}{i}.example"
+                site.bundle(name, site.issue(name, ocsp_urls=[responder.url]))
+        site.config(extra="concurrency = 16\nper_host = 3")
+        assert site.once() == 0
+        assert site.responder.requests == other.requests == 6
+    assert peak == {"a": 3, "b": 3}
 
 
 def test_expired_certificate_is_not_fetched(site: Site) -> None:
