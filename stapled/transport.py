@@ -247,6 +247,8 @@ class Transport:
             try:
                 location = response.headers.get("Location")
                 if response.status in _REDIRECTS and location:
+                    # Its body is not read: the connection is not used again.
+                    response.close()
                     target = urljoin(target, location)
                     # What browsers (and requests) do: 303, and 301/302 after a POST, go
                     # on as a GET without the body.
@@ -254,6 +256,9 @@ class Transport:
                         method, body = "GET", None
                     continue
                 return self._reply(response, url, deadline)
+            except BaseException:
+                response.close()  # whatever is left on it is not the next answer
+                raise
             finally:
                 response.release_conn()
         raise FetchError(url, "too many redirects")

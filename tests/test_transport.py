@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -99,6 +100,27 @@ def test_a_post_redirected_by_303_goes_on_as_get() -> None:
             reply = Transport(timeout=5).request("POST", server.url, b"request")
     assert reply.body == b"answer"
     assert target.received[0].startswith(b"GET /there HTTP/1.1")
+
+
+def test_a_redirect_with_a_body_does_not_spoil_the_next_request() -> None:
+    """A redirect's unread body must not be left on a connection that is used again."""
+    server = rawhttp.RawServer(lambda conn: None)
+
+    def moved_then_answered(conn: socket.socket) -> None:
+        request = server.received[-1]
+        while request:
+            if request.startswith(b"GET /there "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+            else:
+                conn.sendall(
+                    b"HTTP/1.1 302 Found\r\nLocation: /there\r\n"
+                    b"Content-Length: 14\r\n\r\nmoved, see /th"
+                )
+            request = conn.recv(65536)
+
+    server.behaviour = moved_then_answered
+    with server:
+        assert Transport(timeout=5).get(server.url).body == b"final"
 
 
 def test_http_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
