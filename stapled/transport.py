@@ -264,17 +264,15 @@ class Transport:
         raise FetchError(url, "too many redirects")
 
     def _reply(self, response: urllib3.BaseHTTPResponse, url: str, deadline: float) -> Reply:
+        """The 200 reply read whole, or FetchError (``_follow`` then closes the connection)."""
         retry_after = _retry_after(response.headers.get("Retry-After"))
         if response.status != 200:
-            response.close()  # its body is of no interest: not worth keeping the connection
             raise FetchError(url, f"HTTP {response.status}", retry_after=retry_after)
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_size:
-            response.close()
             raise FetchError(url, f"response of {declared} bytes exceeds {self.max_size}")
         data = response.read(self.max_size + 1)
         if len(data) > self.max_size:
-            response.close()
             raise FetchError(url, f"response larger than {self.max_size} bytes")
         if time.monotonic() > deadline:
             raise FetchError(url, f"response not complete within {self.timeout:g} s")
