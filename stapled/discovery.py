@@ -184,7 +184,7 @@ def _loaded(
     try:
         signature = _signature(files)
     except CertificateError as e:
-        return _Loaded(path, shown, error=e.reason)
+        return _Loaded(path, shown, error=_reason(e, shown))
     earlier = before.get(key)
     if earlier is not None and earlier[0] == signature:
         cache.files[key] = earlier
@@ -246,7 +246,13 @@ def _load(
             parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
         return _Loaded(identity, shown, chain=certs.build_chain(parsed, shown))
     except CertificateError as e:
-        return _Loaded(identity, shown, error=e.reason)
+        return _Loaded(identity, shown, error=_reason(e, shown))
+
+
+def _reason(error: CertificateError, shown: str) -> str:
+    """The error's reason, naming its file when that is not the one shown (a lineage's
+    fullchain.pem or chain.pem, shown under its cert.pem)."""
+    return error.reason if error.path == shown else f"{error.path}: {error.reason}"
 
 
 def _found(

@@ -160,6 +160,16 @@ def test_certbot_renewal_is_seen_through_the_cache(tmp_path: Path, ca: testca.CA
     assert second.chain and second.chain.leaf == new.cert
 
 
+def test_a_lineage_names_the_file_it_cannot_read(tmp_path: Path, ca: testca.CA) -> None:
+    live = tmp_path / "live" / "site"
+    testca.write(live / "cert.pem", _pem(ca.issue("site.example")))
+    testca.write(live / "chain.pem", _pem(ca))
+    (live / "fullchain.pem").symlink_to("../../archive/site/fullchain3.pem")  # cleaned up
+    (found,) = _found(live)
+    assert found.path == str(live / "cert.pem")
+    assert found.error == f"{live / 'fullchain.pem'}: cannot read (No such file or directory)"
+
+
 def test_directory_scan_skips_non_certificates_quietly(
     tmp_path: Path, ca: testca.CA, leaf: testca.Issued
 ) -> None:
