@@ -151,15 +151,19 @@ class Responder:
         self.clock = clock
         self.max_clients = max_clients
         self.request_timeout = request_timeout
-        self.clients = 0
         self.served = 0
         self.evicted = 0
         # Connections waiting for their next request, and since when (loop time).
         self._waiting: dict[asyncio.StreamWriter, float] = {}
+        # Connections served and not yet closed or pushed out: what max_clients bounds.
         self._open: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def clients(self) -> int:
+        return len(self._open)
 
     def start(self) -> None:
         """Listen, then serve in a thread.  Raises OSError when the address is unusable."""
@@ -203,7 +207,6 @@ class Responder:
             await self._send(writer, _busy(), keep_alive=False)
             await _close(writer)
             return
-        self.clients += 1
         self._open.add(writer)
         loop = asyncio.get_running_loop()
         try:
@@ -226,7 +229,6 @@ class Responder:
                 if not request.keep_alive:
                     break
         finally:
-            self.clients -= 1
             self._open.discard(writer)
             await _close(writer)
 
@@ -236,6 +238,9 @@ class Responder:
             return False
         oldest = min(self._waiting, key=self._waiting.__getitem__)
         del self._waiting[oldest]
+        # Counted out now: its handler ends only on a later turn of the loop, and a burst
+        # of new connections must not find the room still taken.
+        self._open.discard(oldest)
         # Its handler sees the end of the stream and finishes as for any closed client.
         oldest.transport.abort()
         self.evicted += 1
