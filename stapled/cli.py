@@ -186,10 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _once(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     transport = Transport(timeout=cfg.timeout, pool_size=cfg.concurrency)
-    try:
-        result = Stapler(cfg, transport=transport).once(force=args.force, only=args.only)
-    finally:
-        transport.close()
+    result = Stapler(cfg, transport=transport).once(force=args.force, only=args.only)
     return result.exit_code()
 
 

@@ -152,7 +152,6 @@ class Daemon:
         self.scheduler.shutdown(wait=True)
         if self.responder is not None:
             self.responder.stop()
-        self.transport.close()
         store.remove_temp_files(self.config.output_dir)
         self._save_state(stopped=True)
         return 0
@@ -160,7 +159,6 @@ class Daemon:
     def _reconfigure(self) -> None:
         """SIGHUP: read the configuration again; a broken one is reported and not used."""
         self.notifier.reloading()
-        transport: Transport | None = None
         try:
             new = config_module.load(self.config_path)
             transport = Transport(timeout=new.timeout, pool_size=new.concurrency)
@@ -169,16 +167,13 @@ class Daemon:
             responder = self._next_responder(new)
         except (ConfigError, StoreError) as e:
             log.error("%s; keeping the configuration in use", e)
-            if transport is not None:
-                transport.close()
             self.notifier.ready(self.summary())
             return
         log.info("configuration re-read from %s", self.config_path)
         with self._lock:
-            old_transport, old_responder = self.transport, self.responder
+            old_responder = self.responder
             self.config, self.transport, self.stapler = new, transport, stapler
             self.responder = responder
-        old_transport.close()
         if old_responder is not None and old_responder is not responder:
             old_responder.stop()
         if self.watcher is not None:

@@ -43,11 +43,7 @@ def _run(top: Path) -> int:
         cfg = config.load(cfg_path)
         # Flushed so the pass's log lines (stderr) follow this line, not precede it.
         print(f"Running `stapled once --config {cfg_path}`:\n", flush=True)
-        transport = Transport(timeout=cfg.timeout)
-        try:
-            result = Stapler(cfg, transport=transport).once()
-        finally:
-            transport.close()
+        result = Stapler(cfg, transport=Transport(timeout=cfg.timeout)).once()
         for handler in logging.getLogger("stapled").handlers:
             handler.flush()
     print("\nstapled status:\n")

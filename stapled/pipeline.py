@@ -7,12 +7,13 @@ reuses it per certificate.  The clock and the transport are parameters.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -47,6 +48,8 @@ Clock = Callable[[], datetime]
 _T = TypeVar("_T")
 Reloader = Callable[[Sequence[str], float, str], str]
 Pusher = Callable[[str, bytes, float], bool]
+# What a fetch holds while it asks a responder: the per_host bound for that URL's host.
+_Slot = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
 
 
 def utc_now() -> datetime:
@@ -178,15 +181,11 @@ class Stapler:
                 elif checked.due:
                     due.append(checked)
                 else:
-                    records.extend(self._guarded(members, partial(self._complete, checked)))
-            if due:
-                pool_size = self._pool_size(due)
-                with ThreadPoolExecutor(pool_size, thread_name_prefix="fetch") as pool:
-                    finish = pool.map(
-                        lambda c: self._guarded(c.members, partial(self._complete, c)), due
+                    records.extend(
+                        self._guarded(members, partial(self._complete, checked, _Fetched()))
                     )
-                    for done in finish:
-                        records.extend(done)
+            if due:
+                records.extend(self._complete_all(due))
         finally:
             # The renames are made durable before any server is told about them.
             synced, self._synced_dirs = self._synced_dirs, None
@@ -309,20 +308,76 @@ class Stapler:
         return records, groups
 
     def refresh(self, members: list[Found], *, force: bool = False) -> list[Record]:
-        """Refresh one certificate (all names it is found under) if due, or if ``force``."""
-        return self._guarded(members, lambda: self._complete(self._check(members, force)))
+        """Refresh one certificate (all names it is found under) if due, or if ``force``.
+
+        For the daemon's jobs, which run in a few threads: this one waits for its fetch.
+        """
+        return self._guarded(members, partial(self._refresh, members, force))
+
+    def _refresh(self, members: list[Found], force: bool) -> list[Record]:
+        checked = self._issuer_fetched(self._check(members, force))
+        if isinstance(checked, list):
+            return checked
+        fetched = _Fetched()
+        if checked.due:
+            fetch = self._fetch(checked.chain, self._thread_slot)
+            fetched = self.transport.run(fetch) if self.transport else asyncio.run(fetch)
+        return self._complete(checked, fetched)
+
+    def _complete_all(self, due: list[_Checked]) -> list[Record]:
+        """Fetch and write for every due certificate of a pass, all from one event loop.
+
+        The fetches wait on the network together, on kept-alive connections; each answer
+        is validated and written as it comes, in this thread.  No thread per fetch: at
+        thousands of certificates the GIL hand-offs between fetch threads cost as much
+        CPU as the fetches themselves.
+        """
+        records: list[Record] = []
+        ready: list[_Checked] = []
+        for checked in due:
+            step = self._guarded(checked.members, partial(self._issuer_fetched, checked))
+            if isinstance(step, list):
+                records.extend(step)
+            elif step.due:
+                ready.append(step)
+            else:
+                done = self._guarded(step.members, partial(self._complete, step, _Fetched()))
+                records.extend(done)
+        if ready:
+            run = self.transport.run if self.transport is not None else asyncio.run
+            records.extend(run(self._fetch_all(ready)))
+        return records
+
+    async def _fetch_all(self, due: list[_Checked]) -> list[Record]:
+        records: list[Record] = []
+        todo = iter(due)  # shared by the workers: each takes the next certificate
+        per_host: dict[str, asyncio.Semaphore] = {}
+
+        def slot(url: str) -> asyncio.Semaphore:
+            host = urlsplit(url).netloc
+            if host not in per_host:
+                per_host[host] = asyncio.Semaphore(self.config.per_host)
+            return per_host[host]
+
+        async def worker() -> None:
+            for checked in todo:
+                try:
+                    fetched = await self._fetch(checked.chain, slot)
+                except Exception as e:  # as in _guarded: a bug stays with its certificate
+                    records.extend(_internal_error(checked.members, e))
+                    continue
+                done = self._guarded(checked.members, partial(self._complete, checked, fetched))
+                records.extend(done)
+
+        await asyncio.gather(*(worker() for _ in range(self._pool_size(due))))
+        return records
 
     def _guarded(self, members: list[Found], step: Callable[[], _T]) -> _T | list[Record]:
         """The per-certificate boundary: whatever goes wrong stays with this certificate."""
         try:
             return step()
-        except Exception as e:  # the one broad except: a bug must not cost other staples
-            log.debug("refreshing %s failed", members[0].name, exc_info=True)
-            reason = f"internal error ({type(e).__name__}: {e})"
-            return [
-                Record(m.name, m.path, State.ERROR, last_error=reason, failed_now=True)
-                for m in members
-            ]
+        except Exception as e:  # the broad except: a bug must not cost other staples
+            return _internal_error(members, e)
 
     def _check(self, members: list[Found], force: bool) -> _Checked:
         """What is on disk for one certificate, and whether it is due: no network.
@@ -342,21 +397,23 @@ class Stapler:
         )
         return checked
 
-    def _complete(self, checked: _Checked) -> list[Record]:
-        """Fetch (if due) and write the staple for one certificate and all its names."""
-        if checked.chain.issuer is None:
-            try:
-                self._with_issuer(checked.chain, fetch=True)  # kept for _check to find
-            except StapledError as e:
-                return [self._failed(m, str(e), None, State.ERROR) for m in checked.members]
-            checked = self._check(checked.members, checked.force)
+    def _issuer_fetched(self, checked: _Checked) -> _Checked | list[Record]:
+        """``checked`` again once its issuer is fetched (caIssuers); records if it cannot be."""
+        if checked.chain.issuer is not None:
+            return checked
+        try:
+            self._with_issuer(checked.chain, fetch=True)  # kept for _check to find
+        except StapledError as e:
+            return [self._failed(m, str(e), None, State.ERROR) for m in checked.members]
+        return self._check(checked.members, checked.force)
+
+    def _complete(self, checked: _Checked, hints: _Fetched) -> list[Record]:
+        """Write what the fetch (if there was one) gave, for the certificate and its names."""
         members, chain, now, seen = checked.members, checked.chain, checked.now, checked.seen
         current = checked.current
         error: str | None = None
         unknown = False
-        hints = _Fetched()
         if checked.due:
-            hints = self._fetch(chain)
             fetched, url, error = hints.staple, hints.url, hints.error
             if fetched is not None and fetched.cert_status is CertStatus.UNKNOWN:
                 error, unknown = f"{url}: the responder says the certificate is unknown", True
@@ -501,8 +558,11 @@ class Stapler:
                 best = staple
         return best
 
-    def _fetch(self, chain: CertChain) -> _Fetched:
-        """Ask each responder in turn; the first valid answer wins, else all the errors."""
+    async def _fetch(self, chain: CertChain, slot: _Slot) -> _Fetched:
+        """Ask each responder in turn; the first valid answer wins, else all the errors.
+
+        ``slot(url)`` is held while the responder is asked: the per_host bound.
+        """
         if self.transport is None:
             return _Fetched(error="no network in this mode")
         request = ocsp.build_request(chain, self.hash)
@@ -511,8 +571,8 @@ class Stapler:
         for url in chain.ocsp_urls:
             http = ocsp.http_request(url, request)
             try:
-                with self._host_limit(url):
-                    reply = self.transport.request(http.method, http.url, http.body)
+                async with slot(url):
+                    reply = await self.transport.fetch(http.method, http.url, http.body)
                 if reply.content_type and reply.content_type != "application/ocsp-response":
                     log.debug("%s: unexpected Content-Type %r", url, reply.content_type)
                 staple = ocsp.validate(reply.body, chain, self.clock())
@@ -542,12 +602,19 @@ class Stapler:
         usable = self.config.per_host * max(1, len(hosts))
         return max(1, min(self.config.concurrency, len(due), usable))
 
-    def _host_limit(self, url: str) -> threading.BoundedSemaphore:
+    @contextlib.asynccontextmanager
+    async def _thread_slot(self, url: str) -> AsyncIterator[None]:
+        """The per_host bound for the daemon's refreshes, which run in several threads.
+
+        Waiting here blocks this thread's event loop, which has nothing else to run.
+        """
         host = urlsplit(url).netloc
         with self._lock:
             if host not in self._host_limits:
                 self._host_limits[host] = threading.BoundedSemaphore(self.config.per_host)
-            return self._host_limits[host]
+            limit = self._host_limits[host]
+        with limit:
+            yield
 
     def _with_issuer(self, chain: CertChain, *, fetch: bool) -> CertChain:
         """The chain with its issuer, from the AIA caIssuers URL when the files had none.
@@ -826,6 +893,15 @@ class _Fetched:
     error: str | None = None
     retry_after: float | None = None
     max_age: float | None = None
+
+
+def _internal_error(members: list[Found], error: Exception) -> list[Record]:
+    """The records of a certificate whose refresh met a bug: an error, the rest goes on."""
+    log.debug("refreshing %s failed", members[0].name, exc_info=error)
+    reason = f"internal error ({type(error).__name__}: {error})"
+    return [
+        Record(m.name, m.path, State.ERROR, last_error=reason, failed_now=True) for m in members
+    ]
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -268,7 +268,7 @@ class ResponderServer:
     """An HTTP OCSP responder on 127.0.0.1 that signs with a :class:`CA`, in a thread.
 
     ``answer`` can be replaced to make it misbehave; ``requests`` counts the OCSP
-    requests it answered.  ``files`` maps URL paths to bodies served as they are (an
+    requests it answered, ``connections`` the connections they came on.  ``files`` maps URL paths to bodies served as they are (an
     AIA caIssuers certificate, say).
     """
 
@@ -276,6 +276,7 @@ class ResponderServer:
         self.ca = ca
         self.validity = validity
         self.requests = 0
+        self.connections = 0
         self.paths: list[str] = []
         self.files: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -288,6 +289,11 @@ class ResponderServer:
             # client's delayed ACK hold every response back by 40 ms.
             disable_nagle_algorithm = True
             server_version = "stapled-testca"
+
+            def setup(self) -> None:
+                with server._lock:
+                    server.connections += 1
+                super().setup()
 
             def do_GET(self) -> None:
                 if self.path in server.files:

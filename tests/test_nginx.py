@@ -129,13 +129,9 @@ def test_a_staple_that_expires_in_an_outage_is_switched_off_not_served(web: Ngin
     chain = certs.build_chain([web.leaf.cert, web.site.ca.cert], "www")
     staple = ocsp.validate(web.site.staple("www.example.com") or b"", chain, datetime.now(UTC))
     later = staple.next_update - timedelta(minutes=1)
-    transport = Transport(timeout=5)
-    try:
-        result = Stapler(
-            config.load(web.site.config_path), transport=transport, clock=lambda: later
-        ).once()
-    finally:
-        transport.close()
+    result = Stapler(
+        config.load(web.site.config_path), transport=Transport(timeout=5), clock=lambda: later
+    ).once()
     assert result.reload_error is None, result.reload_error
     wait_until(
         "nginx to stop stapling",

@@ -305,6 +305,16 @@ def test_requests_to_one_responder_host_are_bounded(site: Site) -> None:
     assert peak == {"a": 3, "b": 3}
 
 
+def test_a_pass_keeps_its_connections_to_a_responder_alive(site: Site) -> None:
+    for i in range(24):
+        site.bundle(f"k{i}.example", site.issue(f"k{i}.example"))
+    site.config(extra="concurrency = 8\nper_host = 2")
+    assert site.once() == 0
+    assert site.responder.requests == 24
+    # One connection per fetch in flight, each used again for the next certificate.
+    assert 1 <= site.responder.connections <= 2
+
+
 def test_expired_certificate_is_not_fetched(site: Site) -> None:
     now = datetime.now(UTC)
     leaf = site.issue(

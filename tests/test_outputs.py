@@ -91,11 +91,7 @@ def test_a_staple_expiring_in_an_outage_switches_its_snippet_off_and_reloads(
     site.responder.answer = lambda der: (503, {}, b"")
     later = staple.next_update - timedelta(minutes=1)
     cfg = config.load(cfg_path)
-    transport = Transport(timeout=5)
-    try:
-        result = Stapler(cfg, transport=transport, clock=lambda: later).once()
-    finally:
-        transport.close()
+    result = Stapler(cfg, transport=Transport(timeout=5), clock=lambda: later).once()
     assert directives(snippet(site, "a.example")) == ["ssl_stapling off;"]
     assert runs(marks) == 2
     assert result.exit_code() == 2  # no valid staple: critical

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import selectors
 import socket
 import ssl
 import threading
@@ -145,6 +147,109 @@ def test_no_proxy_goes_direct(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy.received == []
 
 
+def test_a_chunked_body_is_put_together() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: yes\r\n\r\n"
+    )
+    with rawhttp.RawServer(lambda conn: conn.sendall(chunked)) as server:
+        assert Transport(timeout=5).get(server.url).body == b"hello world"
+
+
+def test_a_body_ended_by_closing_the_connection() -> None:
+    old = b"HTTP/1.0 200 OK\nContent-Type: application/ocsp-response\n\nuntil the end"
+    with rawhttp.RawServer(lambda conn: conn.sendall(old)) as server:
+        reply = Transport(timeout=5).get(server.url)
+    assert reply.body == b"until the end"
+    assert reply.content_type == "application/ocsp-response"
+
+
+def test_an_interim_answer_is_skipped() -> None:
+    answers = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with rawhttp.RawServer(lambda conn: conn.sendall(answers)) as server:
+        assert Transport(timeout=5).request("POST", server.url, b"x").body == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "not an HTTP/1.x response"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+            "invalid Content-Length",
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "invalid Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunk size"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", "before the response was complete"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", "header lines"),
+        (b"HTTP/1.1 200 OK\r\nX: " + b"y" * 20000 + b"\r\n\r\n", "line is longer"),
+        (b"", "closed the connection without answering"),
+    ],
+)
+def test_a_malformed_answer_is_refused_in_words(answer: bytes, reason: str) -> None:
+    server = rawhttp.RawServer(lambda conn: conn.sendall(answer))
+    with server, pytest.raises(FetchError, match=reason) as err:
+        Transport(timeout=5).get(server.url)
+    assert str(err.value).startswith(server.url)
+
+
+def test_a_url_with_a_space_is_refused_before_sending() -> None:
+    server = rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"x"))
+    with server, pytest.raises(FetchError, match="invalid URL"):
+        Transport(timeout=5).get(server.url + "a b")
+    assert server.received == []
+
+
+def test_kept_alive_connections_are_used_again_and_a_stale_one_is_replaced() -> None:
+    """A server may close an idle connection just as the next request goes out on it."""
+    server = rawhttp.RawServer(lambda conn: None)
+    connections = []
+
+    def answer_once_then_hang_up(conn: socket.socket) -> None:
+        connections.append(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.recv(65536)  # the next request on this connection: closed without an answer
+
+    server.behaviour = answer_once_then_hang_up
+    transport = Transport(timeout=5)
+
+    async def three() -> list[bytes]:
+        return [(await transport.fetch("GET", server.url, None)).body for _ in range(3)]
+
+    with server:
+        assert transport.run(three()) == [b"ok", b"ok", b"ok"]
+    assert len(connections) == 3  # each later request retried once, on a fresh connection
+    assert all(r.startswith(b"GET / HTTP/1.1") for r in server.received)
+
+
+def test_a_proxy_url_with_credentials_sends_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = rawhttp.respond("200 OK", {}, b"via proxy")
+    with rawhttp.RawServer(ok) as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url.replace("http://", "http://us%40er:pa%3Ass@"))
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert Transport(timeout=5).get("http://ocsp.example.invalid/a").body == b"via proxy"
+    expected = base64.b64encode(b"us@er:pa:ss").decode()
+    assert f"\r\nProxy-Authorization: Basic {expected}\r\n" in proxy.received[0].decode()
+
+
+def _tunnel(conn: socket.socket, request: bytes) -> None:
+    """A CONNECT proxy: open the tunnel the request asks for, then relay both ways."""
+    authority = request.split(b" ")[1].decode()
+    host, port = authority.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as upstream:
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        selector = selectors.DefaultSelector()
+        selector.register(conn, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, conn)
+        while True:
+            for key, _ in selector.select(timeout=5):
+                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                if not data:
+                    return
+                key.data.sendall(data)
+
+
 class _Hello(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
@@ -183,6 +288,36 @@ def test_https_is_verified_against_the_default_bundle(https_url: tuple[str, Path
     url, _ = https_url
     with pytest.raises(FetchError, match=r"TLS error .*certificate verify failed"):
         Transport(timeout=5).get(url)
+
+
+def test_https_through_a_proxy_tunnel(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_file = https_url
+    proxy = rawhttp.RawServer(lambda conn: None)
+    proxy.behaviour = lambda conn: _tunnel(conn, proxy.received[-1])
+    with proxy:
+        monkeypatch.setenv("https_proxy", proxy.url)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        assert Transport(timeout=5).get(url).body == b"hello"
+    port = url.rsplit(":", 1)[1].strip("/")
+    assert proxy.received[0].startswith(f"CONNECT localhost:{port} HTTP/1.1".encode())
+
+
+def test_a_proxy_refusing_the_tunnel_is_named(
+    https_url: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = https_url
+    refuse = rawhttp.respond("403 Forbidden", {})
+    with rawhttp.RawServer(refuse) as proxy:
+        monkeypatch.setenv("https_proxy", proxy.url.replace("http://", "http://user:secret@"))
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        with pytest.raises(FetchError, match="refused the tunnel") as err:
+            Transport(timeout=5).get(url)
+    assert "secret" not in str(err.value)
 
 
 def test_requests_ca_bundle_is_honoured(
