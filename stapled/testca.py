@@ -268,8 +268,8 @@ class ResponderServer:
     """An HTTP OCSP responder on 127.0.0.1 that signs with a :class:`CA`, in a thread.
 
     ``answer`` can be replaced to make it misbehave; ``requests`` counts the OCSP
-    requests it answered, ``connections`` the connections they came on.  ``files`` maps URL paths to bodies served as they are (an
-    AIA caIssuers certificate, say).
+    requests it answered, ``connections`` the connections they came on.  ``files``
+    maps URL paths to bodies served as they are (an AIA caIssuers certificate, say).
     """
 
     def __init__(self, ca: CA, validity: timedelta = timedelta(days=4)) -> None:
