@@ -150,8 +150,9 @@ class Stapler:
         self._issuers: dict[str, x509.Certificate | str] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
-        # During a pass: directories written into, fsynced once each at its end.
-        self._synced_dirs: set[Path] | None = None
+        # The writes of the pass running on this thread, made durable together (see
+        # store.Batch); the daemon's refreshes, in other threads, write each file at once.
+        self._pass = threading.local()
         # What earlier scans read: a rescan reads and parses only the files that changed.
         self._discovered = discovery.Cache()
 
@@ -170,7 +171,7 @@ class Stapler:
         if only is not None:
             records, groups = _limited(records, groups, only)
         self.remove_temp_files(groups)
-        self._synced_dirs = set()
+        self._pass.batch = batch = store.Batch()
         try:
             self.settle(records)
             due: list[_Checked] = []
@@ -187,9 +188,9 @@ class Stapler:
             if due:
                 records.extend(self._complete_all(due))
         finally:
-            # The renames are made durable before any server is told about them.
-            synced, self._synced_dirs = self._synced_dirs, None
-            store.fsync_dirs(synced)
+            # Every staple of the pass is in place, durably, before any server is told.
+            self._pass.batch = None
+            batch.flush()
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
         for record in result.records:
@@ -449,11 +450,11 @@ class Stapler:
         rec = self._record(member, current, unknown=unknown)
         if current is not None:
             try:
-                rec.changed = store.write_atomic(
+                rec.changed = self._write(
                     self._staple_path(member),
                     current.der,
                     existing=existing,
-                    synced_dirs=self._synced_dirs,
+                    lost=partial(self._lost, rec, member, now, chain),
                 )
             except StoreError as e:
                 # Report what this name really has on disk, not what failed to land.
@@ -466,8 +467,8 @@ class Stapler:
                 rec.last_error, rec.failed_now = f"{haproxy}: not written: {problem}", True
             else:
                 try:
-                    rec.haproxy_changed = store.write_atomic(
-                        haproxy, rec.current.der, synced_dirs=self._synced_dirs
+                    rec.haproxy_changed = self._write(
+                        haproxy, rec.current.der, lost=partial(_note_lost, rec)
                     )
                 except StoreError as e:
                     rec.last_error, rec.failed_now = str(e), True
@@ -483,9 +484,33 @@ class Stapler:
         text = snippet.render(rec.path, rec.staple if valid else None, rec.state)
         path = self.config.output_dir / f"{rec.name}{snippet.SUFFIX}"
         try:
-            rec.changed |= store.write_atomic(path, text, synced_dirs=self._synced_dirs)
+            rec.changed |= self._write(path, text, lost=partial(_note_lost, rec))
         except StoreError as e:
             rec.last_error, rec.failed_now = str(e), True
+
+    def _write(
+        self,
+        path: Path,
+        data: bytes,
+        *,
+        existing: bytes | object | None = store.UNREAD,
+        lost: Callable[[StoreError], None],
+    ) -> bool:
+        """Write a file of this pass's batch, or at once outside a pass."""
+        batch: store.Batch | None = getattr(self._pass, "batch", None)
+        if batch is None:
+            return store.write_atomic(path, data, existing=existing)
+        return batch.write(path, data, existing=existing, lost=lost)
+
+    def _lost(
+        self, rec: Record, member: Found, now: datetime, chain: CertChain, error: StoreError
+    ) -> None:
+        """A batched staple that did not land: the record tells what is on disk instead."""
+        on_disk = self._record(member, self._current([member], now, chain))
+        rec.state, rec.current = on_disk.state, on_disk.current
+        rec.this_update, rec.next_update = on_disk.this_update, on_disk.next_update
+        rec.next_refresh = on_disk.next_refresh
+        _note_lost(rec, error)
 
     # ---- pieces -----------------------------------------------------------------------
 
@@ -893,6 +918,10 @@ class _Fetched:
     error: str | None = None
     retry_after: float | None = None
     max_age: float | None = None
+
+
+def _note_lost(rec: Record, error: StoreError) -> None:
+    rec.last_error, rec.failed_now = str(error), True
 
 
 def _internal_error(members: list[Found], error: Exception) -> list[Record]:

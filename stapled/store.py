@@ -8,13 +8,17 @@ sees either the old complete file or the new complete file, whatever happens mea
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import itertools
 import json
 import os
 import secrets
 import stat
+from collections.abc import Callable
+from errno import ENOSYS, EPERM
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import StoreError
 
@@ -88,7 +92,6 @@ def write_atomic(
     mode: int = STAPLE_MODE,
     *,
     existing: bytes | object | None = UNREAD,
-    synced_dirs: set[Path] | None = None,
 ) -> bool:
     """Replace ``path`` with ``data`` atomically; False (and no write) when unchanged.
 
@@ -98,23 +101,103 @@ def write_atomic(
     planted, and the operator should know.
 
     ``existing`` is the target's content when the caller has just read it (None: no
-    file), which saves reading it again.  With ``synced_dirs`` the directory is not
-    fsynced here but added to that set, for one fsync per directory at the end of a
-    batch (:func:`fsync_dirs`); each file itself is always fsynced before its rename,
-    so a reader sees the old or the new file whole either way.
+    file), which saves reading it again.
     """
-    try:
-        if (read(path) if existing is UNREAD else existing) == data:
+    if _unchanged(path, data, existing):
+        return False
+    tmp = _write_temp(path, data, mode, sync=True)
+    _rename(tmp, path)
+    fsync_dir(path.parent)
+    return True
+
+
+class Batch:
+    """Atomic writes made durable together, for a pass that writes thousands of files.
+
+    Each file goes to a temporary file as with :func:`write_atomic`, but instead of an
+    fsync per file (a flush of the disk's cache each time: 0.3-0.7 ms of the machine's
+    CPU per file on a virtual disk), the batch is made durable by one syncfs(2) per
+    filesystem.  Only then is each temporary file renamed over its target, and each
+    directory fsynced once.  So, as with write_atomic, a reader sees the old or the new
+    file whole, and no rename is ever durable before the data it names.
+
+    A write whose rename cannot be made (the sync or the rename failed) calls its
+    ``lost`` with the error, at :meth:`flush`; its target is untouched.
+    """
+
+    def __init__(self, limit: int = 512) -> None:
+        # Bounds the temporary files waiting at once, and how long a write waits.
+        self.limit = limit
+        self._pending: list[tuple[str, Path, Callable[[StoreError], None] | None]] = []
+
+    def write(
+        self,
+        path: Path,
+        data: bytes,
+        mode: int = STAPLE_MODE,
+        *,
+        existing: bytes | object | None = UNREAD,
+        lost: Callable[[StoreError], None] | None = None,
+    ) -> bool:
+        """As :func:`write_atomic`, the rename deferred to the next :meth:`flush`."""
+        if _unchanged(path, data, existing):
             return False
+        self._pending.append((_write_temp(path, data, mode, sync=False), path, lost))
+        if len(self._pending) >= self.limit:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Make the waiting writes durable, then rename them into place."""
+        pending, self._pending = self._pending, []
+        failures: dict[Path, StoreError] = {}
+        for directory in sorted({path.parent for _, path, _ in pending}):
+            try:
+                _sync_filesystem_of(directory, [t for t, p, _ in pending if p.parent == directory])
+            except OSError as e:
+                failures[directory] = StoreError(str(directory), f"cannot sync ({e.strerror})")
+        renamed: set[Path] = set()
+        for tmp, path, lost in pending:
+            error = failures.get(path.parent)
+            if error is None:
+                try:
+                    _rename(tmp, path)
+                except StoreError as e:
+                    error = e
+                else:
+                    renamed.add(path.parent)
+                    continue
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if lost is not None:
+                lost(StoreError(str(path), f"not written: {error.reason}"))
+        for directory in sorted(renamed):
+            fsync_dir(directory)
+
+    def discard(self) -> None:
+        """Drop the waiting writes (their targets stay as they were)."""
+        pending, self._pending = self._pending, []
+        for tmp, _, _ in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _unchanged(path: Path, data: bytes, existing: bytes | object | None) -> bool:
+    """Whether ``path`` already holds ``data``; StoreError if it must not be replaced."""
+    try:
+        return (read(path) if existing is UNREAD else existing) == data
     except StoreError as e:
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise StoreError(
                 str(path), "is a symbolic link or not a regular file; refusing to replace it"
             ) from e
-        # unreadable: write it
-    directory = path.parent
+        return False  # unreadable: write it
+
+
+def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> str:
+    """``data`` in a new temporary file beside ``path``, fsynced if ``sync``; its path."""
     try:
-        fd, tmp = _create_temp(directory)
+        fd, tmp = _create_temp(path.parent)
     except OSError as e:
         raise StoreError(str(path), f"cannot create a temporary file ({e.strerror})") from e
     try:
@@ -123,19 +206,24 @@ def write_atomic(
             while view:
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)  # explicit: a umask of 077 must not hide staples from nginx
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StoreError(str(path), f"cannot write ({e.strerror})") from e
+    return tmp
+
+
+def _rename(tmp: str, path: Path) -> None:
+    try:
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise StoreError(str(path), f"cannot write ({e.strerror})") from e
-    if synced_dirs is None:
-        fsync_dir(directory)
-    else:
-        synced_dirs.add(directory)
-    return True
 
 
 # Temporary names: a counter makes them unique within this process, the pid and a random
@@ -155,10 +243,47 @@ def _create_temp(directory: Path) -> tuple[int, str]:
             return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
 
 
-def fsync_dirs(directories: set[Path]) -> None:
-    """The deferred directory fsyncs of a batch of writes: one per directory."""
-    for directory in sorted(directories):
-        fsync_dir(directory)
+def _sync_filesystem_of(directory: Path, files: list[str]) -> None:
+    """Make ``files`` (in ``directory``) durable: syncfs(2) once, else fsync each."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _syncfs(fd):
+            return
+    finally:
+        os.close(fd)
+    for name in files:  # no syncfs here (not Linux, or filtered out): one fsync each
+        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(file_fd)
+        finally:
+            os.close(file_fd)
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) on the filesystem of ``fd``; False where the call is not available.
+
+    Raises OSError when it fails: since Linux 5.8 it reports write-back errors.
+    """
+    function = _libc_syncfs()
+    if function is None:
+        return False
+    if function(fd) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (ENOSYS, EPERM):  # a seccomp filter may refuse it
+        return False
+    raise OSError(errno, os.strerror(errno))
+
+
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
 
 
 def fsync_dir(directory: Path) -> None:

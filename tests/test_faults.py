@@ -4,6 +4,7 @@ published, nothing valid is lost, every problem is one line naming what it is ab
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -84,6 +85,30 @@ def test_a_full_disk_keeps_the_old_staples_and_is_retried(site: Site) -> None:
         filler.unlink()
         assert site.once("--force") == 0  # retried once there is room
         assert site.staple("a.example") != before
+
+
+def test_a_disk_failing_write_back_keeps_the_old_staples(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs reporting EIO: no staple of the batch is renamed into place."""
+    site.bundle("a.example", site.issue("a.example"))
+    site.config()
+    assert site.once() == 0
+    before = site.staple("a.example")
+    assert before is not None
+
+    def failing(fd: int) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(store, "_syncfs", failing)
+    result = Stapler(config.load(site.config_path), transport=Transport(timeout=5)).once(force=True)
+    assert result.exit_code() == 1
+    (record,) = [r for r in result.records if r.name == "a.example"]
+    assert record.last_error is not None
+    assert "a.example.der: not written: cannot sync (Input/output error)" in record.last_error
+    assert record.current is not None and record.current.der == before  # what is on disk
+    assert site.staple("a.example") == before
+    assert list(site.out.glob(".stapled-tmp-*")) == []
 
 
 def test_a_read_only_output_directory_is_one_clear_error(

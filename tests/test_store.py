@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,71 @@ def test_remove_temp_files_leaves_staples(tmp_path: Path) -> None:
     (tmp_path / "a.der").write_bytes(b"whole")
     assert store.remove_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["a.der"]
+
+
+def _temps(directory: Path) -> list[Path]:
+    return list(directory.glob(store.TEMP_PREFIX + "*"))
+
+
+def test_a_batch_renames_only_after_the_sync(tmp_path: Path) -> None:
+    (tmp_path / "a.der").write_bytes(b"old")
+    batch = store.Batch()
+    assert batch.write(tmp_path / "a.der", b"new") is True
+    assert batch.write(tmp_path / "b.der", b"fresh") is True
+    assert batch.write(tmp_path / "c.der", b"") is True
+    # Nothing is in place before the flush: a reader still sees the old file.
+    assert (tmp_path / "a.der").read_bytes() == b"old"
+    assert not (tmp_path / "b.der").exists()
+    batch.flush()
+    assert (tmp_path / "a.der").read_bytes() == b"new"
+    assert (tmp_path / "b.der").read_bytes() == b"fresh"
+    assert (tmp_path / "c.der").read_bytes() == b""
+    assert _temps(tmp_path) == []
+
+
+def test_a_batch_flushes_by_itself_at_its_limit(tmp_path: Path) -> None:
+    batch = store.Batch(limit=3)
+    for i in range(3):
+        batch.write(tmp_path / f"{i}.der", b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.der", "1.der", "2.der"]
+
+
+def test_a_failed_sync_renames_nothing_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails write-back (EIO from syncfs) must not get the renames."""
+
+    def broken(fd: int) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(store, "_syncfs", broken)
+    (tmp_path / "a.der").write_bytes(b"old")
+    lost: list[StoreError] = []
+    batch = store.Batch()
+    batch.write(tmp_path / "a.der", b"new", lost=lost.append)
+    batch.flush()
+    assert (tmp_path / "a.der").read_bytes() == b"old"
+    assert _temps(tmp_path) == []
+    assert [str(e) for e in lost] == [
+        f"{tmp_path / 'a.der'}: not written: cannot sync (Input/output error)"
+    ]
+
+
+def test_without_syncfs_each_file_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(store, "_syncfs", lambda fd: False)  # not Linux, or filtered out
+    monkeypatch.setattr(os, "fsync", counting)
+    batch = store.Batch()
+    for i in range(4):
+        batch.write(tmp_path / f"{i}.der", b"x")
+    batch.flush()
+    assert len(synced) == 4 + 1  # each file, then the directory once
+    assert len(list(tmp_path.glob("*.der"))) == 4
