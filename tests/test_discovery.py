@@ -258,3 +258,11 @@ def test_key_file_is_never_opened(
     atime = _age_atime(key)
     assert [f.name for f in _found(tmp_path)] == ["site"]
     assert key.stat().st_atime_ns == atime  # a read would have moved it
+
+
+def test_names_are_read_as_the_certificate_encodes_them() -> None:
+    ca = testca.CA("Names CA")
+    leaf = ca.issue("names.example").cert
+    for cert in (leaf, ca.cert):
+        assert certs.raw_names(cert) == (cert.issuer.public_bytes(), cert.subject.public_bytes())
+    assert certs.raw_names(leaf)[0] == certs.raw_names(ca.cert)[1]
