@@ -127,6 +127,10 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
     lineages the walk was most of a scan.  Symbolic links are followed; a loop is cut
     where a directory comes round again.
     """
+    if _is_lineage(directory):
+        # Two lstats instead of listing it: live/ holds one such directory per certificate.
+        yield directory, True
+        return
     try:
         st = os.stat(directory)
         with os.scandir(directory) as listing:
@@ -138,9 +142,6 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
         return  # a symlink loop
     visited.add((st.st_dev, st.st_ino))
     names = {e.name for e in entries}
-    if LINEAGE_CERT in names and any(c in names for c in LINEAGE_CHAINS):
-        yield directory, True
-        return
     subdirs: list[str] = []
     for entry in entries:
         try:
@@ -157,6 +158,15 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
         subdirs = [d for d in subdirs if os.path.basename(d) == "live"]
     for subdir in subdirs:
         yield from _scan_dir(subdir, visited)
+
+
+def _is_lineage(directory: str) -> bool:
+    """A certbot lineage: cert.pem beside chain.pem or fullchain.pem (links, as certbot
+    makes them, dangling or not)."""
+    lexists, join = os.path.lexists, os.path.join
+    return lexists(join(directory, LINEAGE_CERT)) and any(
+        lexists(join(directory, name)) for name in LINEAGE_CHAINS
+    )
 
 
 @dataclass(frozen=True, slots=True)
