@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
@@ -304,7 +306,7 @@ def _has_ocsp_signing(cert: x509.Certificate) -> bool:
 
 
 def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
-    key = signer.public_key()
+    key = _public_key(signer)
     sig, data = resp.signature, resp.tbs_response_bytes
     try:
         if isinstance(key, rsa.RSAPublicKey):
@@ -320,6 +322,12 @@ def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None
             raise InvalidResponseError(f"unsupported signer key type {type(key).__name__}")
     except InvalidSignature as e:
         raise InvalidResponseError("the signature does not verify") from e
+
+
+# Thousands of responses are signed by the same few issuers: one key object each.
+@functools.lru_cache(maxsize=64)
+def _public_key(signer: x509.Certificate) -> CertificatePublicKeyTypes:
+    return signer.public_key()
 
 
 def _signature_hash(resp: ocsp.OCSPResponse) -> hashes.HashAlgorithm:
