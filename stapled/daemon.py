@@ -413,8 +413,10 @@ class Daemon:
     # ---- reporting --------------------------------------------------------------------
 
     def _records_of(self, fingerprint: str) -> list[Record]:
-        names = {f.name for f in self.groups.get(fingerprint, [])}
-        return [r for name, r in self.records.items() if name in names]
+        # By the group's names, not by a walk over every record: the daemon's start asks
+        # this for each of thousands of certificates.
+        names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))
+        return [self.records[name] for name in names if name in self.records]
 
     def summary(self) -> str:
         """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
