@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -321,8 +321,7 @@ class Stapler:
             return checked
         fetched = _Fetched()
         if checked.due:
-            fetch = self._fetch(checked.chain, self._thread_slot)
-            fetched = self.transport.run(fetch) if self.transport else asyncio.run(fetch)
+            fetched = self._run(self._fetch(checked.chain, self._thread_slot))
         return self._complete(checked, fetched)
 
     def _complete_all(self, due: list[_Checked]) -> list[Record]:
@@ -345,9 +344,12 @@ class Stapler:
                 done = self._guarded(step.members, partial(self._complete, step, _Fetched()))
                 records.extend(done)
         if ready:
-            run = self.transport.run if self.transport is not None else asyncio.run
-            records.extend(run(self._fetch_all(ready)))
+            records.extend(self._run(self._fetch_all(ready)))
         return records
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run fetches on an event loop of this thread's (the transport's, if any)."""
+        return self.transport.run(coro) if self.transport is not None else asyncio.run(coro)
 
     async def _fetch_all(self, due: list[_Checked]) -> list[Record]:
         records: list[Record] = []
@@ -370,7 +372,7 @@ class Stapler:
                 done = self._guarded(checked.members, partial(self._complete, checked, fetched))
                 records.extend(done)
 
-        await asyncio.gather(*(worker() for _ in range(self._pool_size(due))))
+        await asyncio.gather(*(worker() for _ in range(self._workers(due))))
         return records
 
     def _guarded(self, members: list[Found], step: Callable[[], _T]) -> _T | list[Record]:
@@ -613,17 +615,10 @@ class Stapler:
             return _Fetched(staple, url, max_age=reply.max_age)
         return _Fetched(error="; ".join(errors), retry_after=retry_after)
 
-    def _pool_size(self, due: list[_Checked]) -> int:
-        """Fetch threads for a pass: no more than ``per_host`` can use for these hosts.
-
-        Threads beyond that would only wait for a host's turn, and each thread that
-        takes part costs CPU in GIL hand-offs: at ten thousand certificates of one CA,
-        sixteen threads spent a fifth more CPU than four.
-        """
-        urls = [u for c in due for u in c.chain.ocsp_urls]
-        # ... and the caIssuers hosts of those whose issuer is still to be fetched.
-        urls += [u for c in due if c.chain.issuer is None for u in c.chain.ca_issuers_urls]
-        hosts = {urlsplit(url).netloc for url in urls}
+    def _workers(self, due: list[_Checked]) -> int:
+        """Fetch workers for a pass: no more than ``per_host`` lets run for these hosts
+        (more would only wait for a host's turn)."""
+        hosts = {urlsplit(url).netloc for c in due for url in c.chain.ocsp_urls}
         usable = self.config.per_host * max(1, len(hosts))
         return max(1, min(self.config.concurrency, len(due), usable))
 
