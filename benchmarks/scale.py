@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import resource
 import shutil
@@ -248,8 +249,10 @@ class OpenSSLResponder:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
-        while b"waiting for OCSP client" not in self.log.read_bytes():
+        # "ACCEPT" once it listens (with -multi, the forked workers say nothing more).
+        while not any(m in self.log.read_bytes() for m in (b"ACCEPT ", b"waiting for OCSP")):
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise SystemExit(f"openssl ocsp did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{port}/"
@@ -260,7 +263,11 @@ class OpenSSLResponder:
         return -1
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
+        # With -multi, openssl makes itself a process group leader and forks its workers
+        # into that group (so it must not be started in a session of its own).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.kill()
         self.proc.wait(timeout=10)
 
 
@@ -412,6 +419,20 @@ def _cpu(pid: int) -> float:
 # ---- main ---------------------------------------------------------------------------
 
 
+def run_size(
+    world: World, top: Path, responder: FastResponder | OpenSSLResponder, args: argparse.Namespace
+) -> list[str]:
+    """Print the table rows for one N; the daemon's figures, as notes for the end."""
+    out = top / "staples"
+    print(stapled_once(world, out, responder, "stapled once (cold)").line(), flush=True)
+    print(stapled_once(world, out, responder, "stapled once (warm)").line(), flush=True)
+    if len(world.leaves) <= args.openssl_max:
+        print(openssl_loop(world, top / "openssl-out", responder.url).line(), flush=True)
+    if args.daemon and isinstance(responder, FastResponder):
+        return daemon_figures(world, top / "staples-daemon", responder, args.idle)
+    return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
@@ -438,21 +459,17 @@ def main() -> int:
             top = Path(tempfile.mkdtemp(prefix=f"stapled-bench-{n}-", dir=args.dir))
             tops.append(top)
             fast = FastResponder()
-            world = build(top, n, fast.url)
             responder: FastResponder | OpenSSLResponder = fast
-            if args.responder == "openssl":
-                responder = OpenSSLResponder(world)
-            else:
-                fast.sign_all(world)
-            out = top / "staples"
-            print(stapled_once(world, out, responder, "stapled once (cold)").line(), flush=True)
-            print(stapled_once(world, out, responder, "stapled once (warm)").line(), flush=True)
-            if n <= args.openssl_max:
-                print(openssl_loop(world, top / "openssl-out", responder.url).line(), flush=True)
-            if args.daemon and isinstance(responder, FastResponder):
-                notes += daemon_figures(world, top / "staples-daemon", responder, args.idle)
-            responder.stop()
-            if responder is not fast:
+            try:
+                world = build(top, n, fast.url)
+                if args.responder == "openssl":
+                    responder = OpenSSLResponder(world)
+                else:
+                    fast.sign_all(world)
+                notes += run_size(world, top, responder, args)
+            finally:
+                if responder is not fast:
+                    responder.stop()
                 fast.stop()
     finally:
         for top in tops:
