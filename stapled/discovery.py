@@ -123,9 +123,9 @@ def _expand(source: Source) -> Iterator[tuple[str, bool, bool]]:
 def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[str, bool]]:
     """Certificate files and certbot lineages below ``directory``, in name order.
 
-    One directory listing per directory and no stat per plain file: at ten thousand
-    lineages the walk was most of a scan.  Symbolic links are followed; a loop is cut
-    where a directory comes round again.
+    A lineage is recognised by two lstats and not listed; any other directory is listed
+    once, with no stat per plain file: at ten thousand lineages the walk was most of a
+    scan.  Symbolic links are followed; a loop is cut where a directory comes round again.
     """
     if _is_lineage(directory):
         # Two lstats instead of listing it: live/ holds one such directory per certificate.

@@ -69,7 +69,7 @@ class Reply:
 
 
 class _Failed(Exception):
-    """A failure of one exchange, in words; ``request`` names the URL."""
+    """A failure of one exchange, in words; ``fetch`` turns it into a FetchError naming the URL."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
