@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar, NoReturn
 
-from . import __version__, certs, config, ocsp, report
+from . import __version__, config, report
+from .core import certs, ocsp
 from .errors import (
     EX_NOINPUT,
     CertificateError,
@@ -22,8 +23,8 @@ from .errors import (
     StapledError,
     UsageError,
 )
-from .pipeline import Stapler
-from .transport import Transport
+from .net.client import Transport
+from .passes import Stapler
 
 log = logging.getLogger("stapled")
 
@@ -191,7 +192,7 @@ def _once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon  # the scheduler and the watcher are only needed here
+    from .service.daemon import Daemon  # the scheduler and the watcher are only needed here
 
     return Daemon(args.config).run()
 
@@ -244,6 +245,6 @@ class _NoInput(CertificateError):
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import demo  # the throwaway CA is only needed here
+    from .demo import tour  # the throwaway CA is only needed here
 
-    return demo.run(keep=args.keep)
+    return tour.run(keep=args.keep)

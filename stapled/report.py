@@ -1,15 +1,20 @@
-"""Records -> the ``status`` table and its JSON form."""
+"""Records -> text: the ``status`` table, its JSON form, and the log line of each."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
-from .pipeline import PassResult, Record
+from .core.model import PassResult, Record
+from .core.policy import State
+from .core.times import iso
+
+log = logging.getLogger("stapled")
 
 
 def rfc3339(t: datetime | None) -> str | None:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+    return iso(t) if t else None
 
 
 def as_json(result: PassResult) -> dict[str, Any]:
@@ -76,3 +81,49 @@ def table(result: PassResult) -> str:
 
 def _short(t: datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%MZ") if t else "-"
+
+
+def log_record(rec: Record) -> None:
+    """One line for one certificate, at the level its state deserves."""
+    name = rec.name
+    if rec.state is State.NO_OCSP:
+        log.info("%s: no OCSP URL in the certificate; nothing to staple", name)
+    elif rec.state is State.ERROR:
+        log.error("%s: %s", name, rec.last_error)
+    elif rec.state is State.EXPIRED:
+        log.warning("%s: %s; not fetched", name, rec.last_error)
+    elif rec.state is State.REVOKED:
+        log.critical(
+            "%s: certificate serial %s is REVOKED; the CA-signed revoked response is in %s",
+            name,
+            rec.serial,
+            rec.staple,
+        )
+    elif rec.state in (State.MISSING, State.UNKNOWN):
+        level = logging.CRITICAL if rec.must_staple else logging.ERROR
+        log.log(
+            level,
+            "%s: no valid staple%s: %s",
+            name,
+            " for a must-staple certificate" if rec.must_staple else "",
+            rec.last_error,
+        )
+    elif rec.failed_now:
+        # Browsers refuse a must-staple certificate without a staple: say it louder.
+        log.log(
+            logging.ERROR if rec.must_staple else logging.WARNING,
+            "%s: refresh failed, valid staple kept until %s%s: %s",
+            name,
+            iso(rec.next_update),
+            " (must-staple: browsers refuse the site without it)" if rec.must_staple else "",
+            rec.last_error,
+        )
+    else:
+        verb = "written" if rec.changed else "kept"
+        log.info(
+            "%s: good staple %s, valid until %s, refresh after %s",
+            name,
+            verb,
+            iso(rec.next_update),
+            iso(rec.next_refresh),
+        )

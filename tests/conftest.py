@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from stapled import testca
 from stapled.cli import main
+from stapled.demo import ca as testca
 
 from .daemonproc import DaemonProcess
 

@@ -1,6 +1,6 @@
 """The test PKI: named OCSP response cases, each a real response with a real signature.
 
-Built on :mod:`stapled.testca` (which ``stapled demo`` also uses).  Each case is a
+Built on :mod:`stapled.demo.ca` (which ``stapled demo`` also uses).  Each case is a
 function of a :class:`World` returning the DER to validate and what validation must say.
 """
 
@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import certs
-from stapled.certs import CertChain
-from stapled.testca import CA, Issued, unsuccessful
+from stapled.core import certs
+from stapled.core.certs import CertChain
+from stapled.demo.ca import CA, Issued, unsuccessful
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 URL = "http://127.0.0.1:9/"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from stapled.reload import HAPROXY_UPDATED
+from stapled.servers import HAPROXY_UPDATED
 
 from .conftest import require_binary
 

@@ -1,7 +1,9 @@
-"""The package's layering, read from its imports with `ast` (see DESIGN notes in README).
+"""The package's layering, read from its imports with `ast` (docs/design.md draws it).
 
-cli -> pipeline -> shell modules (discovery, transport, store, reload) -> pure core
-(certs, ocsp, policy) -> errors.  The core does no I/O and never reads the clock.
+cli -> passes / service / demo -> fetch, issuers, servers -> files, net -> core -> errors.
+Every module of the package belongs to exactly one layer below, so a new module fails
+here until its place is decided.  The core does no I/O and never reads the clock, and
+each outside library is imported by one module only.
 """
 
 from __future__ import annotations
@@ -12,20 +14,87 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "stapled"
-CORE = {"certs", "ocsp", "policy", "errors"}
-SHELL = {"discovery", "transport", "store", "reload"}
+
+# layer -> (its modules, the layers it may import besides its own)
+LAYERS: dict[str, tuple[set[str], set[str]]] = {
+    "errors": ({"errors", "__init__"}, set()),
+    "core": ({"core.*"}, {"errors"}),
+    "config": ({"config"}, {"errors"}),
+    "report": ({"report"}, {"core", "errors"}),
+    "files": ({"files.*"}, {"core", "config", "errors"}),
+    "net": ({"net.*"}, {"errors"}),
+    "edges": ({"fetch", "issuers", "servers"}, {"files", "net", "core", "config", "errors"}),
+    "passes": (
+        {"passes"},
+        {"edges", "files", "net", "core", "config", "report", "errors"},
+    ),
+    "service": (
+        {"service.*"},
+        {"passes", "edges", "files", "net", "core", "config", "report", "errors"},
+    ),
+    "demo": ({"demo.*"}, {"passes", "net", "core", "config", "report", "errors"}),
+    "cli": (
+        {"cli", "__main__"},
+        {
+            "service",
+            "demo",
+            "passes",
+            "edges",
+            "files",
+            "net",
+            "core",
+            "config",
+            "report",
+            "errors",
+        },
+    ),
+}
 FORBIDDEN_IN_CORE = {"os", "socket", "subprocess", "requests", "pathlib", "time", "threading"}
+OWNERS = {
+    "requests": {"net.client"},
+    "h11": {"net.http11"},
+    "apscheduler": {"service.daemon"},
+    "watchdog": {"service.watcher"},
+    "systemd": {"service.sdnotify", "cli"},
+}
+
+
+def _modules() -> list[str]:
+    return [
+        *sorted(
+            ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+            for p in PACKAGE.rglob("*.py")
+            if p.name != "__init__.py" or p.parent != PACKAGE
+        ),
+        "__init__",
+    ]
+
+
+def _layer(module: str) -> str:
+    name = module.removesuffix(".__init__")
+    for layer, (members, _) in LAYERS.items():
+        for pattern in members:
+            package = pattern.removesuffix(".*")
+            if name in (pattern, package) or name.startswith(package + "."):
+                return layer
+    raise AssertionError(f"{module} is in no layer; give it one in LAYERS")
 
 
 def _imports(module: str) -> tuple[set[str], set[str]]:
     """(stapled modules, other top-level modules) imported by ``module``."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    path = PACKAGE / (module.replace(".", "/") + ".py")
+    package = module.split(".")[:-1]
+    tree = ast.parse(path.read_text())
     ours, foreign = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                ours.update(n.split(".")[0] for n in names)
+                base = package[: len(package) - node.level + 1]
+                prefix = [*base, *(node.module.split(".") if node.module else [])]
+                for alias in node.names:
+                    target = ".".join([*prefix, alias.name])
+                    known = PACKAGE / (target.replace(".", "/") + ".py")
+                    ours.add(target if known.exists() else ".".join(prefix) or "__init__")
             elif node.module:
                 foreign.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
@@ -33,25 +102,31 @@ def _imports(module: str) -> tuple[set[str], set[str]]:
     return ours, foreign
 
 
-@pytest.mark.parametrize("module", sorted(CORE))
+def test_every_module_has_a_layer() -> None:
+    for module in _modules():
+        _layer(module)
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_imports_follow_the_layers(module: str) -> None:
+    layer = _layer(module)
+    allowed = LAYERS[layer][1] | {layer}
+    ours, _ = _imports(module)
+    wrong = {m for m in ours if _layer(m) not in allowed}
+    assert not wrong, f"{module} ({layer}) imports {wrong}"
+
+
+@pytest.mark.parametrize("module", [m for m in _modules() if m.startswith("core.")])
 def test_core_is_pure(module: str) -> None:
-    ours, foreign = _imports(module)
-    assert ours <= CORE, f"{module} imports {ours - CORE}"
+    _, foreign = _imports(module)
     assert not foreign & FORBIDDEN_IN_CORE, f"{module} does I/O: {foreign & FORBIDDEN_IN_CORE}"
-    source = (PACKAGE / f"{module}.py").read_text()
+    source = (PACKAGE / (module.replace(".", "/") + ".py")).read_text()
     assert ".now(" not in source, f"{module} reads the clock; take `now` as a parameter"
 
 
-@pytest.mark.parametrize("module", sorted(SHELL))
-def test_shell_modules_do_not_import_each_other(module: str) -> None:
-    ours, _ = _imports(module)
-    assert not ours & (SHELL - {module}), f"{module} imports {ours & SHELL}"
-
-
-def test_third_party_libraries_stay_in_their_module() -> None:
-    owners = {"requests": {"transport"}, "apscheduler": {"daemon"}, "watchdog": {"watcher"}}
-    for path in PACKAGE.glob("*.py"):
-        _, foreign = _imports(path.stem)
-        for library, allowed in owners.items():
-            if library in foreign:
-                assert path.stem in allowed, f"{path.stem} imports {library}"
+@pytest.mark.parametrize("module", _modules())
+def test_outside_libraries_stay_in_their_module(module: str) -> None:
+    _, foreign = _imports(module)
+    for library, owners in OWNERS.items():
+        if library in foreign:
+            assert module in owners, f"{module} imports {library}; only {owners} may"

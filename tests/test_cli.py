@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import __version__, testca
+from stapled import __version__
 from stapled.cli import main
+from stapled.demo import ca as testca
 from stapled.errors import EX_NOINPUT, EX_USAGE
 
 

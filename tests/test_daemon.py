@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from stapled import certs, ocsp, testca
+from stapled.core import certs, ocsp
+from stapled.demo import ca as testca
 
 from .conftest import Site
 from .daemonproc import wait_for

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from stapled import certs, discovery, testca
 from stapled.config import Source
+from stapled.core import certs
+from stapled.demo import ca as testca
 from stapled.errors import CertificateError
+from stapled.files import discovery
 
 
 @pytest.fixture(scope="module")

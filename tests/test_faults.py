@@ -21,10 +21,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from stapled import certs, config, discovery, ocsp, store, testca
+from stapled import config
+from stapled.core import certs, ocsp
+from stapled.core.model import Found
+from stapled.demo import ca as testca
 from stapled.errors import EX_CANTCREAT
-from stapled.pipeline import Stapler
-from stapled.transport import Transport
+from stapled.files import discovery, state, store
+from stapled.net.client import Transport
+from stapled.passes import Stapler
 
 from .conftest import REQUIRE_SERVERS, Site
 
@@ -239,7 +243,7 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_staple(site: Site) -> N
             ocsp.validate(site.staple(name) or b"", chain, now)  # whole and valid, always
             snippet = (site.out / f"{name}.nginx.conf").read_text()
             assert snippet.endswith('.der";\n'), snippet
-        assert isinstance(store.load_state(cfg.state_path), dict)
+        assert isinstance(state.load(cfg.state_path), dict)
         leftovers += len(list(site.out.glob(".stapled-tmp-*")))
     # The next start clears what the killed passes left, and carries on.
     assert site.once() == 0
@@ -305,10 +309,10 @@ def test_each_bad_certificate_file_is_its_own_state_and_the_rest_is_served(site:
     assert code == 2
     status = _status(site)
     assert status["good.example"]["status"] == "good"
-    for name, (state, fragment) in EXPECTED.items():
+    for name, (expected_state, fragment) in EXPECTED.items():
         entry = status.get(name)
         assert entry is not None, f"{name} missing from status: {sorted(status)}"
-        assert entry["status"] == state, (name, entry)
+        assert entry["status"] == expected_state, (name, entry)
         message = str(entry["last_error"])
         assert fragment in message and "\n" not in message, (name, message)
 
@@ -338,7 +342,7 @@ def test_an_unreadable_certificate_file_is_its_own_error(site: Site) -> None:
         top.rmdir()
 
 
-def _discover_as_nobody(source: config.Source) -> list[discovery.Found]:
+def _discover_as_nobody(source: config.Source) -> list[Found]:
     """Root reads everything: look through the eyes of an unprivileged user instead."""
     read, write = os.pipe()
     with warnings.catch_warnings():
@@ -357,4 +361,4 @@ def _discover_as_nobody(source: config.Source) -> list[discovery.Found]:
     with os.fdopen(read) as f:
         data = json.loads(f.read() or "[]")
     os.waitpid(pid, 0)
-    return [discovery.Found(name, path, error=error) for name, path, error in data]
+    return [Found(name, path, error=error) for name, path, error in data]

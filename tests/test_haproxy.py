@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stapled import testca
+from stapled.demo import ca as testca
 
 from .conftest import Site
 from .servers import HAProxy, example, free_port, s_client

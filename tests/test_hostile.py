@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import certs, ocsp, testca
+from stapled.core import certs, ocsp
+from stapled.demo import ca as testca
 
 from . import rawhttp
 from .conftest import Site

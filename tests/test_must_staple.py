@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import policy
 from stapled.cli import main
-from stapled.policy import Severity, State
+from stapled.core import policy
+from stapled.core.policy import Severity, State
 
 from .conftest import Site
 

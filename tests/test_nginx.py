@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stapled import certs, config, ocsp, snippet, testca
-from stapled.pipeline import Stapler
-from stapled.transport import Transport
+from stapled import config
+from stapled.core import certs, ocsp, snippet
+from stapled.demo import ca as testca
+from stapled.net.client import Transport
+from stapled.passes import Stapler
 
 from .conftest import Site
 from .daemonproc import DaemonProcess

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stapled.notify import Notifier
-from stapled.watcher import Watcher, roots_of
+from stapled.service.sdnotify import Notifier
+from stapled.service.watcher import Watcher, roots_of
 
 
 def _receive(sock: socket.socket) -> str:

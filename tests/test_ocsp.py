@@ -9,9 +9,9 @@ from urllib.parse import unquote
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import certs, ocsp
+from stapled.core import certs, ocsp
+from stapled.demo.ca import CA
 from stapled.errors import InvalidResponseError, OCSPStatusError
-from stapled.testca import CA
 
 from .pki import CASES, NOW, World
 

@@ -13,8 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import certs, ocsp, testca
 from stapled.cli import main
+from stapled.core import certs, ocsp
+from stapled.demo import ca as testca
 
 from .conftest import Site
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stapled import certs, ocsp, testca
 from stapled.cli import main
-from stapled.testca import CA
+from stapled.core import certs, ocsp
+from stapled.demo import ca as testca
+from stapled.demo.ca import CA
 
 from .conftest import require_binary
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from stapled import certs, config, ocsp, testca
-from stapled.pipeline import Stapler
-from stapled.reload import HAPROXY_UPDATED
-from stapled.transport import Transport
+from stapled import config
+from stapled.core import certs, ocsp
+from stapled.demo import ca as testca
+from stapled.net.client import Transport
+from stapled.passes import Stapler
+from stapled.servers import HAPROXY_UPDATED
 
 from .conftest import Site
 from .servers import FakeHAProxySocket

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled import certs, config, ocsp, policy
+from stapled import config
+from stapled.core import certs, ocsp, policy
 from stapled.errors import (
     CertificateError,
     ConfigError,
@@ -25,7 +26,7 @@ from stapled.errors import (
     InvalidResponseError,
     OCSPStatusError,
 )
-from stapled.responder import Index, Responder, _BadRequest, _read_request
+from stapled.service.responder import Index, Responder, _BadRequest, _read_request
 
 from .pki import World
 

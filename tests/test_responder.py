@@ -15,9 +15,9 @@ import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import certs, ocsp
-from stapled.responder import MALFORMED_REQUEST, UNAUTHORIZED, Index, Responder
-from stapled.testca import CA, Issued
+from stapled.core import certs, ocsp
+from stapled.demo.ca import CA, Issued
+from stapled.service.responder import MALFORMED_REQUEST, UNAUTHORIZED, Index, Responder
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

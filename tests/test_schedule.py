@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled import ocsp, policy
-from stapled.daemon import make_scheduler
+from stapled.core import ocsp, policy
+from stapled.service.daemon import make_scheduler
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MARGIN = timedelta(minutes=5)
@@ -111,15 +111,24 @@ def test_retry_after_is_honoured_within_the_cap() -> None:
 
 def test_a_late_job_still_runs() -> None:
     # APScheduler's default misfire_grace_time (1 s) would silently drop this job.
-    scheduler = make_scheduler(1)
-    ran = threading.Event()
-    scheduler.add_job(ran.set, "date", run_date=datetime.now(UTC) - timedelta(hours=2))
-    scheduler.start()
-    try:
-        assert ran.wait(5), "a job due two hours ago was dropped"
-    finally:
-        scheduler.remove_all_jobs()
-        scheduler.shutdown(wait=True)
+    async def main() -> None:
+        scheduler = make_scheduler(asyncio.get_running_loop())
+        ran = asyncio.Event()
+
+        async def job() -> None:
+            ran.set()
+
+        scheduler.add_job(job, "date", run_date=datetime.now(UTC) - timedelta(hours=2))
+        scheduler.start()
+        try:
+            await asyncio.wait_for(ran.wait(), 5)
+        except TimeoutError:
+            raise AssertionError("a job due two hours ago was dropped") from None
+        finally:
+            scheduler.remove_all_jobs()
+            scheduler.shutdown(wait=False)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("attempts", [1, 3, 8])

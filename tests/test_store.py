@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stapled import store
 from stapled.errors import StoreError
+from stapled.files import state, store
 
 
 def test_write_is_atomic_and_skips_unchanged(tmp_path: Path) -> None:
@@ -38,10 +38,10 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
 
 
 def test_damaged_state_is_rebuilt(tmp_path: Path) -> None:
-    (tmp_path / store.STATE_FILE).write_text("{not json")
-    assert store.load_state(tmp_path) == {}
-    store.save_state(tmp_path, {"version": 1})
-    assert store.load_state(tmp_path) == {"version": 1}
+    (tmp_path / state.STATE_FILE).write_text("{not json")
+    assert state.load(tmp_path) == {}
+    state.write(tmp_path, {"version": 1})
+    assert state.load(tmp_path) == {"version": 1}
 
 
 def test_remove_temp_files_leaves_staples(tmp_path: Path) -> None:

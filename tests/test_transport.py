@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from stapled import testca
+from stapled.demo import ca as testca
 from stapled.errors import FetchError
-from stapled.transport import USER_AGENT, Transport
+from stapled.net.client import USER_AGENT, Transport
 
 from . import rawhttp
 

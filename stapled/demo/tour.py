@@ -10,10 +10,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import config, report, testca
-from .pipeline import Stapler
-from .policy import State
-from .transport import Transport
+from .. import config, report
+from ..core.policy import State
+from ..net.client import Transport
+from ..passes import Stapler
+from . import ca as testca
 
 EXPECTED = {
     "good.example": State.GOOD,

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import certs
-from .certs import CertChain
-from .config import Source
-from .errors import CertificateError
+from ..config import Source
+from ..core import certs
+from ..core.certs import CertChain
+from ..core.model import Found
+from ..errors import CertificateError
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,6 @@ def is_key_file(path: Path) -> bool:
     """Private key files by name: never opened, whatever they hold."""
     name = path.name.lower()
     return name.endswith((".key", "-key.pem", "_key.pem", ".key.pem")) or "privkey" in name
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One certificate stapled should look after, or the reason it cannot."""
-
-    name: str
-    path: str
-    chain: CertChain | None = None
-    error: str | None = None
-    # HAProxy reads the staple from <path>.ocsp, beside the certificate file it loads.
-    haproxy: bool = False
-
-    @property
-    def haproxy_staple(self) -> Path | None:
-        return Path(self.path + ".ocsp") if self.haproxy else None
 
 
 # What identifies a file's content without reading it: device, inode, size, times.

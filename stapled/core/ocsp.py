@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from ..errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
 from . import certs
 from .certs import CertChain
-from .errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
+from .times import iso
 
 # RFC 5019 section 5: GET is used when the whole URL fits in 255 bytes, so that
 # responses can be cached by HTTP proxies; larger requests are POSTed.
@@ -211,13 +212,13 @@ def validate(
             "no nextUpdate: nginx would serve it forever and HAProxy refuses it"
         )
     if this_update > now + skew:
-        raise InvalidResponseError(f"thisUpdate {_iso(this_update)} is in the future")
+        raise InvalidResponseError(f"thisUpdate {iso(this_update)} is in the future")
     if produced_at > now + skew:
-        raise InvalidResponseError(f"producedAt {_iso(produced_at)} is in the future")
+        raise InvalidResponseError(f"producedAt {iso(produced_at)} is in the future")
     if next_update <= this_update:
         raise InvalidResponseError("nextUpdate is not after thisUpdate")
     if next_update <= now + margin:
-        raise InvalidResponseError(f"expired or about to: nextUpdate {_iso(next_update)}")
+        raise InvalidResponseError(f"expired or about to: nextUpdate {iso(next_update)}")
     status = _STATUS[single.certificate_status]
     reason = None
     if status is CertStatus.REVOKED and single.revocation_reason is not None:
@@ -373,7 +374,3 @@ def _matching_single(
         ):
             return single, CertID(algorithm.name, name_hash, key_hash, chain.serial)
     raise InvalidResponseError(f"no SingleResponse for serial {chain.serial:X} from this issuer")
-
-
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -11,20 +11,20 @@ import contextlib
 import ctypes
 import functools
 import itertools
-import json
 import os
 import secrets
 import stat
 from collections.abc import Callable
 from errno import ENOSYS, EPERM
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from .errors import StoreError
+from ..errors import StoreError
 
 TEMP_PREFIX = ".stapled-tmp-"
 STAPLE_MODE = 0o644
-STATE_FILE = "state.json"
+# Told of a batched write that did not land (its target is untouched).
+Lost = Callable[[StoreError], None]
 
 
 def prepare_dir(path: Path) -> None:
@@ -128,7 +128,7 @@ class Batch:
     def __init__(self, limit: int = 512) -> None:
         # Bounds the temporary files waiting at once, and how long a write waits.
         self.limit = limit
-        self._pending: list[tuple[str, Path, Callable[[StoreError], None] | None]] = []
+        self._pending: list[tuple[str, Path, Lost | None]] = []
 
     def write(
         self,
@@ -137,7 +137,7 @@ class Batch:
         mode: int = STAPLE_MODE,
         *,
         existing: bytes | object | None = UNREAD,
-        lost: Callable[[StoreError], None] | None = None,
+        lost: Lost | None = None,
     ) -> bool:
         """As :func:`write_atomic`, the rename deferred to the next :meth:`flush`."""
         if _unchanged(path, data, existing):
@@ -312,22 +312,3 @@ def remove_temp_files(directory: Path) -> int:
             tmp.unlink()
             removed += 1
     return removed
-
-
-def load_state(state_dir: Path) -> dict[str, Any]:
-    """stapled's records from earlier runs; empty when missing or damaged.
-
-    A damaged state file is never fatal: everything in it can be rebuilt from the
-    staples on disk and the next fetch.
-    """
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def save_state(state_dir: Path, state: dict[str, Any]) -> None:
-    prepare_dir(state_dir)
-    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
-    write_atomic(state_dir / STATE_FILE, text.encode(), mode=0o600)

@@ -37,8 +37,8 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import requests.utils
 
-from . import __version__
-from .errors import FetchError
+from .. import __version__
+from ..errors import FetchError
 
 # Apache keeps at most 10,239 bytes of a response; a real OCSP response is 1-3 KiB.
 MAX_RESPONSE_SIZE = 64 * 1024
@@ -173,11 +173,15 @@ class Transport:
         try:
             return await coro
         finally:
-            with self._lock:
-                idle = self._idle.pop(asyncio.get_running_loop(), {})
-            for conns in idle.values():
-                for conn in conns:
-                    conn.abort()
+            await self.close_idle()
+
+    async def close_idle(self) -> None:
+        """Close the kept-alive connections of the running event loop."""
+        with self._lock:
+            idle = self._idle.pop(asyncio.get_running_loop(), {})
+        for conns in idle.values():
+            for conn in conns:
+                conn.abort()
 
     # ---- the exchange -----------------------------------------------------------------
 

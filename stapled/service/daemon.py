@@ -1,8 +1,11 @@
-"""``stapled run``: the long-running service.  The only APScheduler user.
+"""``stapled run``: the long-running service, on one event loop.  The only APScheduler user.
 
 After a first pass like ``once``, every certificate has one job at its next refresh (or
-retry) time.  A watcher rescans when certificate files change, a periodic rescan is the
-safety net, and reloads are coalesced so that many staples changing together cause one.
+retry) time.  Jobs are coroutines on the same loop as every fetch, so refreshes share
+kept-alive connections and the per-host limit.  A watcher rescans when certificate files
+change, a periodic rescan is the safety net, and reloads are coalesced so that many
+staples changing together cause one.  Reload commands and HAProxy pushes block, so they
+run in a worker thread while the loop goes on.
 
 APScheduler 3 drops a one-shot job that runs more than ``misfire_grace_time`` late
 (default 1 s: any suspend/resume or stall).  Here late jobs always run
@@ -12,34 +15,35 @@ wall clock again: its waits are measured on a clock that stops during suspend.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import random
 import signal
-import threading
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import config as config_module
-from . import ocsp, policy, store
-from .config import Config
-from .discovery import Found
-from .errors import ConfigError, StoreError
-from .notify import Notifier
-from .pipeline import Clock, Record, Stapler, log_record, utc_now
-from .policy import State
+from .. import config as config_module
+from .. import report
+from ..config import Config
+from ..core.model import Found, Record
+from ..core.policy import State
+from ..core.times import iso
+from ..errors import ConfigError, StoreError
+from ..files import state, store
+from ..net.client import Transport
+from ..passes import Clock, Stapler, utc_now
 from .responder import Index, Responder
-from .transport import Transport
+from .schedule import Timing, next_run
+from .sdnotify import Notifier
 from .watcher import Watcher, roots_of
 
 log = logging.getLogger("stapled")
@@ -48,15 +52,12 @@ TICK_SECONDS = 30.0
 # Staples changing within this many seconds of each other share one reload.
 RELOAD_DELAY = 1.0
 STATE_DELAY = 1.0
+JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
 
 
-def make_scheduler(workers: int) -> BackgroundScheduler:
-    """A scheduler whose late jobs still run, once, one at a time per job."""
-    return BackgroundScheduler(
-        timezone="UTC",
-        executors={"default": ThreadPoolExecutor(max_workers=workers)},
-        job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
-    )
+def make_scheduler(loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
+    """A scheduler on ``loop`` whose late jobs still run, once, one at a time per job."""
+    return AsyncIOScheduler(event_loop=loop, timezone="UTC", job_defaults=JOB_DEFAULTS)
 
 
 class Daemon:
@@ -75,7 +76,6 @@ class Daemon:
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not secrets)
         self.transport = Transport(timeout=self.config.timeout, pool_size=self.config.concurrency)
         self.stapler = Stapler(self.config, transport=self.transport, clock=clock)
-        self.scheduler = make_scheduler(self.config.concurrency)
         self.watcher: Watcher | None = None
         self.records: dict[str, Record] = {}
         self.groups: dict[str, list[Found]] = {}
@@ -86,27 +86,29 @@ class Daemon:
         self.push_owed: set[str] = set()
         self.index = Index()
         self.responder: Responder | None = None
-        self._lock = threading.RLock()
-        # The watcher, the periodic rescan and SIGHUP may all ask at once: one at a time,
-        # so an older scan is never applied after a newer one.
-        self._rescan_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._hup = threading.Event()
+        self._stop = False
+        self._hup = False
 
     # ---- life cycle -------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 0 after a clean stop."""
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._signal)
         # Listen before the first pass, so a web server starting with us finds the port
         # (it is told "try again" until the first pass has filled the index).
         self.responder = self._start_responder(self.config)
-        first = self.stapler.once()
-        self.reload_owed = first.reload_failed
-        self.push_owed = set(first.haproxy_failed)
-        with self._lock:
+        return asyncio.run(self._main())
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(signum, self._signal, signum)
+        self.scheduler = make_scheduler(loop)
+        try:
+            first = await self.stapler.run_pass()
+            self.reload_owed = first.reload_failed
+            self.push_owed = set(first.haproxy_failed)
             self.groups = dict(first.groups)
             for rec in first.records:
                 self.records[rec.name] = rec
@@ -114,49 +116,50 @@ class Daemon:
                 records = self._records_of(fingerprint)
                 self._schedule(fingerprint, records)
                 self._index(fingerprint, records)
-        self.index.ready = True
-        tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
-        self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")
-        self.scheduler.add_job(
-            self._rescan, IntervalTrigger(seconds=self.config.rescan_interval), id="rescan"
-        )
-        self.scheduler.start()
-        self._start_watcher()
-        self._save_state()
-        self.notifier.ready(self.summary())
-        log.info("running: %s", self.summary())
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            if self._hup.is_set() and not self._stop.is_set():
-                self._hup.clear()
-                self._reconfigure()
-        return self._shutdown()
+            self.index.ready = True
+            tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
+            self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")
+            self.scheduler.add_job(
+                self._rescan, IntervalTrigger(seconds=self.config.rescan_interval), id="rescan"
+            )
+            self.scheduler.start()
+            self._start_watcher()
+            await self._save_state()
+            self.notifier.ready(self.summary())
+            log.info("running: %s", self.summary())
+            while not self._stop:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._hup and not self._stop:
+                    self._hup = False
+                    await self._reconfigure()
+            return await self._shutdown()
+        finally:
+            await self.transport.close_idle()
 
-    def _signal(self, signum: int, frame: FrameType | None) -> None:
+    def _signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self._hup.set()
+            self._hup = True
         else:
-            self._stop.set()
+            self._stop = True
         self._wake.set()
 
-    def _shutdown(self) -> int:
+    async def _shutdown(self) -> int:
         log.info("stopping")
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
-        # Jobs not started yet are dropped; running fetches end within their deadline.
-        # Draining first waits for the scheduler's own pass over its jobs to finish: shut
-        # down in the middle of one, APScheduler 3 fails to remove a job it just ran.
+        # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
+        # (its files are written only after its fetch, in one step of the loop).
         self.scheduler.remove_all_jobs()
-        self.scheduler.shutdown(wait=True)
+        self.scheduler.shutdown(wait=False)
         if self.responder is not None:
             self.responder.stop()
         store.remove_temp_files(self.config.output_dir)
-        self._save_state(stopped=True)
+        await self._save_state(stopped=True)
         return 0
 
-    def _reconfigure(self) -> None:
+    async def _reconfigure(self) -> None:
         """SIGHUP: read the configuration again; a broken one is reported and not used."""
         self.notifier.reloading()
         try:
@@ -170,16 +173,16 @@ class Daemon:
             self.notifier.ready(self.summary())
             return
         log.info("configuration re-read from %s", self.config_path)
-        with self._lock:
-            old_responder = self.responder
-            self.config, self.transport, self.stapler = new, transport, stapler
-            self.responder = responder
+        old_responder, old_transport = self.responder, self.transport
+        self.config, self.transport, self.stapler = new, transport, stapler
+        self.responder = responder
+        await old_transport.close_idle()
         if old_responder is not None and old_responder is not responder:
             old_responder.stop()
         if self.watcher is not None:
             self.watcher.stop()
         self._start_watcher()
-        self._rescan()
+        await self._rescan()
         self.notifier.ready(self.summary())
 
     def _start_responder(self, config: Config) -> Responder | None:
@@ -237,19 +240,25 @@ class Daemon:
         )
         self.watcher.start()
 
-    # ---- jobs -----------------------------------------------------------------------
+    # ---- jobs -------------------------------------------------------------------------
 
     def _changed(self, paths: set[str]) -> None:
+        """From the watcher's thread: rescan on the loop."""
         log.debug("changes under %s", ", ".join(sorted(paths)[:5]))
-        self._rescan()
+        with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
+            self._loop.call_soon_threadsafe(self._rescan_soon)
 
-    def _rescan(self) -> None:
-        """Find certificates again: new ones are fetched now, removed ones unscheduled."""
-        with self._rescan_lock:
-            self._rescan_now()
+    def _rescan_soon(self) -> None:
+        if not self._stop:
+            self.scheduler.add_job(self._rescan, id="rescan-now", replace_existing=True)
 
-    def _rescan_now(self) -> None:
-        if self._stop.is_set():
+    async def _rescan(self) -> None:
+        """Find certificates again: new ones are fetched now, removed ones unscheduled.
+
+        Runs on the loop, so it never interleaves with another rescan or a refresh's
+        bookkeeping: an older scan is never applied after a newer one.
+        """
+        if self._stop:
             return
         try:
             records, groups = self.stapler.scan()
@@ -261,48 +270,45 @@ class Daemon:
         self.index.keep_only(set(groups))
         if any(r.changed for r in records):
             self._deliver_soon(reload=True)
-        with self._lock:
-            old = self.groups
-            for fingerprint in old.keys() - groups.keys():
-                self._unschedule(fingerprint)
-            names = {f.name for members in groups.values() for f in members}
-            names |= {r.name for r in records}
-            for name in list(self.records):
-                if name not in names:
-                    log.info("%s: no longer found; its schedule is dropped", name)
-                    del self.records[name]
-            for rec in records:
-                if self.records.get(rec.name) != rec:
-                    log_record(rec)
-                self.records[rec.name] = rec
-            self.groups = groups
-            for fingerprint, members in groups.items():
-                before = {f.name for f in old.get(fingerprint, [])}
-                if before != {f.name for f in members}:
-                    # New, renewed (a new fingerprint under an old name) or found elsewhere.
-                    self._add_job(fingerprint, now, force=False)
+        old = self.groups
+        for fingerprint in old.keys() - groups.keys():
+            self._unschedule(fingerprint)
+        names = {f.name for members in groups.values() for f in members}
+        names |= {r.name for r in records}
+        for name in list(self.records):
+            if name not in names:
+                log.info("%s: no longer found; its schedule is dropped", name)
+                del self.records[name]
+        for rec in records:
+            if self.records.get(rec.name) != rec:
+                report.log_record(rec)
+            self.records[rec.name] = rec
+        self.groups = groups
+        for fingerprint, members in groups.items():
+            before = {f.name for f in old.get(fingerprint, [])}
+            if before != {f.name for f in members}:
+                # New, renewed (a new fingerprint under an old name) or found elsewhere.
+                self._add_job(fingerprint, now, force=False)
         self._save_state_soon()
 
-    def _refresh_job(self, fingerprint: str, force: bool) -> None:
-        if self._stop.is_set():
+    async def _refresh_job(self, fingerprint: str, force: bool) -> None:
+        if self._stop:
             return
-        with self._lock:
-            members = self.groups.get(fingerprint)
+        members = self.groups.get(fingerprint)
         if not members:
             return
-        records = self.stapler.refresh(members, force=force)
+        records = await self.stapler.refresh(members, force=force)
+        if fingerprint not in self.groups:
+            return  # removed while it was being fetched
+        self._schedule(fingerprint, records)
+        self._index(fingerprint, records)
         changed = False
-        with self._lock:
-            if fingerprint not in self.groups:
-                return  # removed while it was being fetched
-            self._schedule(fingerprint, records)
-            self._index(fingerprint, records)
-            for rec in records:
-                self.records[rec.name] = rec
-                changed |= rec.changed
-                if rec.haproxy_changed:
-                    self.push_owed.add(rec.name)
-                log_record(rec)
+        for rec in records:
+            self.records[rec.name] = rec
+            changed |= rec.changed
+            if rec.haproxy_changed:
+                self.push_owed.add(rec.name)
+            report.log_record(rec)
         self._deliver_soon(reload=changed)
         self._save_state_soon()
 
@@ -310,37 +316,21 @@ class Daemon:
         """The next job for one certificate: its refresh, or a retry after a failure."""
         if not records:
             return
-        rec, now = records[0], self.clock()
-        current = rec.current
-        # A revoked staple is valid too: it is refreshed on schedule like a good one.
-        if rec.failed_now or current is None:
-            self.attempts[fingerprint] += 1
-            valid_until = current.next_update - ocsp.DEFAULT_MARGIN if current else None
-            when = now + policy.retry_delay(
-                self.attempts[fingerprint],
-                now=now,
-                retry_min=self.config.retry_min,
-                retry_max=self.config.retry_max,
-                valid_until=valid_until,
-                retry_after=rec.retry_after,
-            )
-            for r in records:
-                r.next_retry = when
-        else:
-            assert current is not None
-            self.attempts[fingerprint] = 0
-            when = policy.scheduled_refresh(
-                current,
-                refresh_at=self.config.refresh_at,
-                now=now,
-                jitter=self.rng.uniform(-1.0, 1.0),
-                margin=ocsp.DEFAULT_MARGIN,
-                min_interval=timedelta(seconds=self.config.min_refresh_interval),
-                max_age=rec.max_age,
-            )
-            for r in records:
-                r.next_refresh, r.next_retry = when, None
-        self._add_job(fingerprint, when, force=True)
+        timing = Timing(
+            refresh_at=self.config.refresh_at,
+            retry_min=self.config.retry_min,
+            retry_max=self.config.retry_max,
+            min_refresh_interval=self.config.min_refresh_interval,
+        )
+        jitter = self.rng.uniform(-1.0, 1.0)
+        step = next_run(records[0], self.attempts[fingerprint], timing, self.clock(), jitter)
+        self.attempts[fingerprint] = step.attempts
+        for r in records:
+            if step.retry:
+                r.next_retry = step.when
+            else:
+                r.next_refresh, r.next_retry = step.when, None
+        self._add_job(fingerprint, step.when, force=True)
 
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
         self.scheduler.add_job(
@@ -358,10 +348,9 @@ class Daemon:
 
     def _deliver_soon(self, *, reload: bool) -> None:
         """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""
-        with self._lock:
-            if reload:
-                self.reload_owed = True
-            wanted = (self.reload_owed and self.stapler.can_reload) or bool(self.push_owed)
+        if reload:
+            self.reload_owed = True
+        wanted = (self.reload_owed and self.stapler.servers.can_reload) or bool(self.push_owed)
         # One delivery already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
         if not wanted or self.scheduler.get_job("reload") is not None:
@@ -371,21 +360,19 @@ class Daemon:
             self._deliver_job, DateTrigger(run_date=when), id="reload", replace_existing=True
         )
 
-    def _deliver_job(self) -> None:
-        with self._lock:
-            reload, self.reload_owed = self.reload_owed, False
-            push = [self.records[n] for n in self.push_owed if n in self.records]
-            self.push_owed = set()
+    async def _deliver_job(self) -> None:
+        reload, self.reload_owed = self.reload_owed, False
+        push = [self.records[n] for n in self.push_owed if n in self.records]
+        self.push_owed = set()
+        servers = self.stapler.servers
         # Whatever fails stays owed and is tried again with the next change.
-        if reload and self.stapler.can_reload and self.stapler.reload() is not None:
-            with self._lock:
-                self.reload_owed = True
-        if failed := self.stapler.push(push):
-            with self._lock:
-                self.push_owed |= failed
+        if reload and servers.can_reload and await asyncio.to_thread(servers.reload) is not None:
+            self.reload_owed = True
+        if failed := await asyncio.to_thread(servers.push, push):
+            self.push_owed |= failed
         self._save_state_soon()
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         """Wake the scheduler against the wall clock; tell systemd we are alive."""
         self.notifier.watchdog()
 
@@ -396,15 +383,14 @@ class Daemon:
                 self._save_state, DateTrigger(run_date=when), id="state", replace_existing=True
             )
 
-    def _save_state(self, *, stopped: bool = False) -> None:
-        with self._lock:
-            records = list(self.records.values())
-        daemon: dict[str, Any] = {"pid": os.getpid(), "updated": _iso(self.clock())}
+    async def _save_state(self, *, stopped: bool = False) -> None:
+        daemon: dict[str, Any] = {"pid": os.getpid(), "updated": iso(self.clock())}
         if stopped:
             daemon["stopped"] = True
-        self.stapler.save_state(
-            records,
-            reload_pending=self.reload_owed and self.stapler.can_reload,
+        state.save(
+            self.config.state_path,
+            list(self.records.values()),
+            reload_pending=self.reload_owed and self.stapler.servers.can_reload,
             haproxy_pending=set(self.push_owed),
             daemon=daemon,
         )
@@ -420,17 +406,12 @@ class Daemon:
 
     def summary(self) -> str:
         """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
-        with self._lock:
-            counts = Counter(r.state for r in self.records.values())
-            upcoming = [r.next_retry or r.next_refresh for r in self.records.values()]
+        counts = Counter(r.state for r in self.records.values())
+        upcoming = [r.next_retry or r.next_refresh for r in self.records.values()]
         labels = {State.NO_OCSP: "without OCSP"}
-        parts = [f"{n} {labels.get(state, str(state))}" for state, n in sorted(counts.items())]
+        parts = [f"{n} {labels.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
         text = ", ".join(parts) or "no certificates"
         times = [t for t in upcoming if t is not None]
         if times:
             text += f"; next refresh {min(times):%Y-%m-%d %H:%M} UTC"
         return text
-
-
-def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

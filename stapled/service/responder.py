@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
-from .errors import InvalidRequestError
-from .ocsp import CertID, Staple, parse_request
+from ..core.ocsp import CertID, Staple, parse_request
+from ..errors import InvalidRequestError
 
 log = logging.getLogger("stapled.responder")
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from .errors import CertificateError
+from ..errors import CertificateError
 
 # RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
 _TLS_FEATURE_STATUS_REQUEST = 5

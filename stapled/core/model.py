@@ -1,0 +1,124 @@
+"""The values a pass passes around: what was found, what was decided, what is reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import policy
+from .certs import CertChain
+from .ocsp import CertID, Staple
+from .policy import Severity, State
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One certificate stapled should look after, or the reason it cannot."""
+
+    name: str
+    path: str
+    chain: CertChain | None = None
+    error: str | None = None
+    # HAProxy reads the staple from <path>.ocsp, beside the certificate file it loads.
+    haproxy: bool = False
+
+    @property
+    def haproxy_staple(self) -> str | None:
+        return self.path + ".ocsp" if self.haproxy else None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What asking a certificate's responders gave: a staple and where from, or why not."""
+
+    staple: Staple | None = None
+    url: str = ""
+    error: str | None = None
+    retry_after: float | None = None
+    max_age: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What to publish for one certificate after a fetch, and what to report of it."""
+
+    current: Staple | None
+    error: str | None = None
+    # The responder answered "unknown" (and nothing valid is held).
+    unknown: bool = False
+
+
+@dataclass(slots=True)
+class Record:
+    """Everything ``status`` shows about one certificate name."""
+
+    name: str
+    path: str
+    state: State
+    serial: str | None = None
+    ocsp_url: str | None = None
+    staple: str | None = None
+    this_update: datetime | None = None
+    next_update: datetime | None = None
+    next_refresh: datetime | None = None
+    last_error: str | None = None
+    must_staple: bool = False
+    next_retry: datetime | None = None
+    changed: bool = False
+    # True when this pass (not an earlier one) failed to refresh it.
+    failed_now: bool = False
+    # The valid staple on disk, and what the responder said about caching, for scheduling.
+    current: Staple | None = field(default=None, repr=False)
+    fingerprint: str | None = None
+    retry_after: float | None = None
+    max_age: float | None = None
+    # Where HAProxy reads this certificate's staple, and whether this pass rewrote it.
+    haproxy_staple: str | None = None
+    haproxy_changed: bool = False
+    # The CertIDs clients may ask about (the local responder's index).
+    cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
+
+    def failed(self, error: str) -> None:
+        """Note that this pass could not do what it should have for this name."""
+        self.last_error, self.failed_now = error, True
+
+    def severity(self, now: datetime, *, aging: bool = True) -> Severity:
+        def past(fraction: float) -> bool:
+            return (
+                aging
+                and self.this_update is not None
+                and self.next_update is not None
+                and policy.is_aging(self.this_update, self.next_update, now, fraction)
+            )
+
+        return policy.severity(
+            self.state,
+            failing=self.last_error is not None,
+            aging=past(policy.AGING_FRACTION),
+            has_ocsp=self.ocsp_url is not None,
+            must_staple=self.must_staple,
+            early_aging=past(policy.MUST_STAPLE_WARNING_FRACTION),
+        )
+
+
+@dataclass
+class PassResult:
+    records: list[Record]
+    now: datetime
+    reload_error: str | None = None
+    changed: list[str] = field(default_factory=list)
+    # The certificates that have an OCSP URL, by fingerprint (for the daemon's schedule).
+    groups: dict[str, list[Found]] = field(default_factory=dict)
+    # The reload (or the configuration test before it) failed: it is owed.
+    reload_failed: bool = False
+    # Names whose new staple HAProxy did not take over its admin socket.
+    haproxy_failed: set[str] = field(default_factory=set)
+
+    def exit_code(self) -> int:
+        """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""
+        worst = max((r.severity(self.now, aging=False) for r in self.records), default=Severity.OK)
+        if worst is Severity.CRITICAL:
+            return 2
+        if self.reload_error or any(r.failed_now for r in self.records):
+            return 1
+        return 0

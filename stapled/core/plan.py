@@ -1,0 +1,139 @@
+"""A pass's decisions as pure functions of values: which certificates need a fetch, which
+answer wins, and what is recorded of the result.  ``now`` is always a parameter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from . import policy
+from .certs import CertChain
+from .model import Fetched, Found, Record, Settled
+from .ocsp import CertStatus, Staple
+from .policy import State
+from .times import iso
+
+NO_ISSUER = (
+    "the issuer certificate is not in the file, no issuer is configured, "
+    "and the certificate has no caIssuers URL"
+)
+
+
+def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[str, list[Found]]]:
+    """Records for what needs no fetch; the rest grouped by certificate fingerprint.
+
+    A certificate found in several places is one group: one request, every staple file
+    written from it.  An OCSP URL that is not http or https is left out of the group's
+    chain; a certificate with none left is an error naming the first.
+    """
+    records: list[Record] = []
+    groups: dict[str, list[Found]] = defaultdict(list)
+    for item in found:
+        chain = item.chain
+        if chain is None:
+            records.append(Record(item.name, item.path, State.ERROR, last_error=item.error))
+            continue
+        base = Record(
+            item.name,
+            item.path,
+            State.NO_OCSP,
+            serial=chain.serial_hex,
+            must_staple=chain.must_staple,
+            ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
+        )
+        usable = tuple(u for u in chain.ocsp_urls if urlsplit(u).scheme in ("http", "https"))
+        if not chain.ocsp_urls:
+            records.append(base)
+        elif not usable:
+            base.state = State.ERROR
+            base.last_error = (
+                f"the certificate's OCSP URL {chain.ocsp_urls[0]} is not http or https; "
+                "set ocsp_url for this source to use another responder"
+            )
+            records.append(base)
+        elif chain.issuer is None and not chain.ca_issuers_urls:
+            base.state, base.last_error = State.ERROR, NO_ISSUER
+            records.append(base)
+        elif now >= chain.not_after:
+            base.state = State.EXPIRED
+            base.last_error = f"the certificate expired on {iso(chain.not_after)}"
+            records.append(base)
+        else:
+            if usable != chain.ocsp_urls:
+                item = replace(item, chain=chain.with_ocsp_urls(usable))
+            groups[chain.fingerprint].append(item)
+    return records, groups
+
+
+def best_chain(members: list[Found]) -> CertChain:
+    """The same certificate may be found with and without its issuer: prefer with."""
+    chains = [m.chain for m in members if m.chain is not None]
+    return next((c for c in chains if c.issuer is not None), chains[0])
+
+
+def newest(staples: Iterable[Staple]) -> Staple | None:
+    """The newest of the valid staples found on disk (an unknown answer is never kept)."""
+    best: Staple | None = None
+    for staple in staples:
+        if staple.cert_status is CertStatus.UNKNOWN:
+            continue
+        if best is None or best.is_older_than(staple):
+            best = staple
+    return best
+
+
+def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
+    """What to publish: the fetched answer, unless it says unknown or is older than what
+    is held (a replay never wins).  ``fetched=None``: nothing was due."""
+    if fetched is None:
+        return Settled(current)
+    answer, url = fetched.staple, fetched.url
+    if answer is None:
+        return Settled(current, fetched.error)
+    if answer.cert_status is CertStatus.UNKNOWN:
+        return Settled(current, f"{url}: the responder says the certificate is unknown", True)
+    if current is not None and answer.is_older_than(current):
+        error = f"{url}: response of {iso(answer.this_update)} is older than the staple on disk"
+        return Settled(current, error + "; refused")
+    return Settled(answer)
+
+
+def record(
+    item: Found,
+    current: Staple | None,
+    *,
+    staple_path: str,
+    refresh_at: float,
+    unknown: bool = False,
+) -> Record:
+    """The record of one name of a fetchable certificate, holding ``current``."""
+    chain = item.chain
+    assert chain is not None
+    rec = Record(
+        item.name,
+        item.path,
+        policy.state_of(current, unknown_answer=unknown),
+        haproxy_staple=item.haproxy_staple,
+        fingerprint=chain.fingerprint,
+        current=current,
+        serial=chain.serial_hex,
+        ocsp_url=chain.ocsp_urls[0],
+        must_staple=chain.must_staple,
+        staple=staple_path,
+    )
+    if current is not None:
+        rec.this_update, rec.next_update = current.this_update, current.next_update
+        rec.next_refresh = policy.refresh_time(current, refresh_at)
+    return rec
+
+
+def internal_error(members: list[Found], error: Exception) -> list[Record]:
+    """The records of a certificate whose refresh met a bug: an error; the rest goes on."""
+    reason = f"internal error ({type(error).__name__}: {error})"
+    return [
+        Record(m.name, m.path, State.ERROR, last_error=reason, failed_now=True) for m in members
+    ]

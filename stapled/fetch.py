@@ -1,0 +1,123 @@
+"""Asking a certificate's OCSP responders: each URL in turn, the first valid answer wins.
+
+Every fetch runs on the caller's event loop (a pass's, or the daemon's one loop), so
+kept-alive connections and the per-host limit are shared by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
+
+from .core import ocsp
+from .core.certs import CertChain
+from .core.model import Fetched
+from .errors import FetchError, InvalidResponseError, OCSPStatusError
+from .net.client import Reply
+
+log = logging.getLogger("stapled")
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class Exchange(Protocol):
+    """One HTTP exchange: what :class:`Fetcher` needs of a client (a test may pass a fake)."""
+
+    async def fetch(self, method: str, url: str, body: bytes | None) -> Reply: ...
+
+
+class Fetcher:
+    """``client=None`` means no network: every fetch says so."""
+
+    def __init__(
+        self,
+        client: Exchange | None,
+        *,
+        hash_name: str,
+        per_host: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.client = client
+        self.hash = ocsp.hash_algorithm(hash_name)
+        self.per_host = per_host
+        self.clock = clock
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def fetch(self, chain: CertChain) -> Fetched:
+        """Ask each responder in turn; the first valid answer, else all the errors.
+
+        At most ``per_host`` requests are in flight to one responder host at a time.
+        """
+        if self.client is None:
+            return Fetched(error="no network in this mode")
+        request = ocsp.build_request(chain, self.hash)
+        errors: list[str] = []
+        retry_after: float | None = None
+        for url in chain.ocsp_urls:
+            http = ocsp.http_request(url, request)
+            try:
+                async with self._limit(url):
+                    reply = await self.client.fetch(http.method, http.url, http.body)
+                if reply.content_type and reply.content_type != "application/ocsp-response":
+                    log.debug("%s: unexpected Content-Type %r", url, reply.content_type)
+                staple = ocsp.validate(reply.body, chain, self.clock())
+            except (InvalidResponseError, OCSPStatusError) as e:
+                errors.append(str(e.at(url)))
+                continue
+            except FetchError as e:
+                # Name the responder, not the GET URL with the whole request in it.
+                errors.append(f"{url}: {e.reason}" if e.url == http.url else str(e))
+                if e.retry_after is not None:
+                    retry_after = max(retry_after or 0.0, e.retry_after)
+                continue
+            return Fetched(staple, url, max_age=reply.max_age)
+        return Fetched(error="; ".join(errors), retry_after=retry_after)
+
+    def workers(self, chains: Iterable[CertChain], concurrency: int) -> int:
+        """Tasks worth running for these fetches: no more than ``per_host`` lets run for
+        their hosts (more would only wait for a host's turn)."""
+        count = 0
+        hosts: set[str] = set()
+        for chain in chains:
+            count += 1
+            hosts.update(urlsplit(url).netloc for url in chain.ocsp_urls)
+        return max(1, min(concurrency, count, self.per_host * max(1, len(hosts))))
+
+    def _limit(self, url: str) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # semaphores belong to one loop
+            self._loop, self._limits = loop, {}
+        host = urlsplit(url).netloc
+        if host not in self._limits:
+            self._limits[host] = asyncio.Semaphore(self.per_host)
+        return self._limits[host]
+
+
+async def each(
+    items: list[_T], job: Callable[[_T], Awaitable[_R]], workers: int
+) -> AsyncIterator[tuple[_T, _R]]:
+    """``job(item)`` for every item, ``workers`` at a time; results as they come.
+
+    ``job`` must not raise: it turns its own failures into its result.
+    """
+    done: asyncio.Queue[tuple[_T, _R]] = asyncio.Queue()
+    todo = iter(items)
+
+    async def worker() -> None:
+        for item in todo:
+            done.put_nowait((item, await job(item)))
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(workers, len(items))))]
+    try:
+        for _ in items:
+            yield await done.get()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

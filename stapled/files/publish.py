@@ -1,0 +1,167 @@
+"""The output directory's staple files: reading what a certificate already has, and
+writing an outcome everywhere its staple goes (``NAME.der``, ``CERT.ocsp`` beside
+HAProxy's certificate file, ``NAME.nginx.conf``).
+
+The daemon's single refreshes write each file at once; a pass hands a
+:class:`store.Batch` so that thousands of writes are made durable together.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from ..core import ocsp, plan, snippet
+from ..core.certs import CertChain
+from ..core.model import Found, Record
+from ..core.ocsp import Staple
+from ..core.policy import State
+from ..errors import InvalidResponseError, OCSPStatusError, StoreError
+from . import store
+
+log = logging.getLogger("stapled")
+
+# What was read of each name's staple file (None: no file), so it is not read again.
+Seen = dict[str, bytes | None]
+
+
+class Publisher:
+    def __init__(self, output_dir: Path, *, nginx_snippets: bool, refresh_at: float) -> None:
+        self.output_dir = output_dir
+        self.nginx_snippets = nginx_snippets
+        self.refresh_at = refresh_at
+
+    def staple_path(self, item: Found) -> Path:
+        return self.output_dir / f"{item.name}.der"
+
+    def record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
+        return plan.record(
+            item,
+            current,
+            staple_path=str(self.staple_path(item)),
+            refresh_at=self.refresh_at,
+            unknown=unknown,
+        )
+
+    def current(
+        self, members: list[Found], now: datetime, chain: CertChain, seen: Seen | None = None
+    ) -> Staple | None:
+        """The newest valid staple already on disk under any of the certificate's names.
+
+        ``chain`` must hold the issuer.  ``seen`` collects what was read for each name.
+        """
+        valid: list[Staple] = []
+        for member in members:
+            try:
+                der = store.read(self.staple_path(member))
+            except StoreError:
+                continue
+            if seen is not None:
+                seen[member.name] = der
+            if der is None:
+                continue
+            try:
+                valid.append(ocsp.validate(der, chain, now))
+            except (InvalidResponseError, OCSPStatusError) as e:
+                log.debug("%s: the staple on disk is not usable: %s", member.name, e)
+        return plan.newest(valid)
+
+    def publish(
+        self,
+        member: Found,
+        current: Staple | None,
+        now: datetime,
+        chain: CertChain,
+        *,
+        unknown: bool,
+        batch: store.Batch | None,
+        existing: bytes | object | None = store.UNREAD,
+    ) -> Record:
+        """Write ``current`` everywhere this name's staple goes; the record of the result."""
+        rec = self.record(member, current, unknown=unknown)
+        if current is not None:
+            try:
+                rec.changed = _write(
+                    batch,
+                    self.staple_path(member),
+                    current.der,
+                    existing=existing,
+                    lost=partial(self._lost, rec, member, now, chain),
+                )
+            except StoreError as e:
+                # Report what this name really has on disk, not what failed to land.
+                rec = self.record(member, self.current([member], now, chain))
+                rec.failed(str(e))
+        haproxy = member.haproxy_staple
+        if haproxy is not None and rec.current is not None:
+            problem = rec.current.haproxy_problem
+            if problem is not None:
+                rec.failed(f"{haproxy}: not written: {problem}")
+            else:
+                try:
+                    rec.haproxy_changed = _write(
+                        batch, Path(haproxy), rec.current.der, lost=partial(_note_lost, rec)
+                    )
+                except StoreError as e:
+                    rec.failed(str(e))
+                rec.changed |= rec.haproxy_changed
+        self.snippet(rec, batch)
+        return rec
+
+    def failed(
+        self,
+        item: Found,
+        error: str,
+        current: Staple | None,
+        state: State,
+        batch: store.Batch | None = None,
+    ) -> Record:
+        """The record of a name that could not be refreshed, and its snippet."""
+        rec = self.record(item, current)
+        rec.state = state
+        rec.failed(error)
+        # An nginx include must never name a missing file.
+        self.snippet(rec, batch)
+        return rec
+
+    def snippet(self, rec: Record, batch: store.Batch | None = None) -> None:
+        """The nginx snippet for ``rec``: stapling on only while its staple is valid."""
+        if not self.nginx_snippets:
+            return
+        valid = rec.current is not None and rec.state in (State.GOOD, State.REVOKED)
+        text = snippet.render(rec.path, rec.staple if valid else None, rec.state)
+        path = self.output_dir / f"{rec.name}{snippet.SUFFIX}"
+        try:
+            rec.changed |= _write(batch, path, text, lost=partial(_note_lost, rec))
+        except StoreError as e:
+            rec.failed(str(e))
+
+    def _lost(
+        self, rec: Record, member: Found, now: datetime, chain: CertChain, error: StoreError
+    ) -> None:
+        """A batched staple that did not land: the record tells what is on disk instead."""
+        on_disk = self.record(member, self.current([member], now, chain))
+        rec.state, rec.current = on_disk.state, on_disk.current
+        rec.this_update, rec.next_update = on_disk.this_update, on_disk.next_update
+        rec.next_refresh = on_disk.next_refresh
+        _note_lost(rec, error)
+
+
+def _write(
+    batch: store.Batch | None,
+    path: Path,
+    data: bytes,
+    *,
+    existing: bytes | object | None = store.UNREAD,
+    lost: store.Lost,
+) -> bool:
+    """Write a file of the pass's batch, or at once outside a pass."""
+    if batch is None:
+        return store.write_atomic(path, data, existing=existing)
+    return batch.write(path, data, existing=existing, lost=lost)
+
+
+def _note_lost(rec: Record, error: StoreError) -> None:
+    rec.failed(str(error))

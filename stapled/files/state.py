@@ -1,0 +1,93 @@
+"""The state file: what ``status`` cannot work out from disk (errors, the schedule, an
+owed reload or HAProxy push).  Damage is never fatal: all of it can be rebuilt."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..core.model import Record
+from ..core.times import iso, parse_iso
+from ..errors import StoreError
+from . import store
+
+log = logging.getLogger("stapled")
+
+STATE_FILE = "state.json"
+
+
+def load(state_dir: Path) -> dict[str, Any]:
+    """stapled's records from earlier runs; empty when missing or damaged."""
+    try:
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write(state_dir: Path, state: dict[str, Any]) -> None:
+    """Raises StoreError when the state directory is unusable."""
+    store.prepare_dir(state_dir)
+    text = json.dumps(state, indent=1, sort_keys=True) + "\n"
+    store.write_atomic(state_dir / STATE_FILE, text.encode(), mode=0o600)
+
+
+def entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-certificate entries of a state file, leaving out whatever is damaged."""
+    found = state.get("certificates")
+    if not isinstance(found, dict):
+        return {}
+    return {name: e for name, e in found.items() if isinstance(e, dict)}
+
+
+def names(value: object) -> set[str]:
+    """A list of names from the state file; anything damaged reads as none."""
+    if not isinstance(value, list):
+        return set()
+    return {v for v in value if isinstance(v, str)}
+
+
+def recorded_times(entry: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """(next refresh, next retry) as a daemon recorded them for one certificate."""
+    return parse_iso(entry.get("next_refresh")), parse_iso(entry.get("next_retry"))
+
+
+def save(
+    state_dir: Path,
+    records: Iterable[Record],
+    *,
+    reload_pending: bool,
+    haproxy_pending: set[str] | None = None,
+    daemon: dict[str, Any] | None = None,
+    others: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Record the state of ``records``; a failure is logged, never raised.
+
+    ``others`` are earlier entries kept as they are (for a pass over some certificates).
+    """
+    kept: dict[str, dict[str, Any]] = dict(others or {})
+    for rec in records:
+        entry: dict[str, Any] = {}
+        if rec.last_error:
+            entry["last_error"] = rec.last_error
+        if rec.next_retry:
+            entry["next_retry"] = iso(rec.next_retry)
+        if daemon is not None and rec.next_refresh:
+            entry["next_refresh"] = iso(rec.next_refresh)
+        kept[rec.name] = entry
+    state: dict[str, Any] = {
+        "version": 1,
+        "reload_pending": reload_pending,
+        "haproxy_pending": sorted(haproxy_pending or ()),
+        "certificates": kept,
+    }
+    if daemon is not None:
+        state["daemon"] = daemon
+    try:
+        write(state_dir, state)
+    except StoreError as e:
+        log.warning("cannot record state: %s", e)

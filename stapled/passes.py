@@ -1,0 +1,287 @@
+"""One pass over every certificate: scan -> issuers -> on disk -> plan -> fetch ->
+publish -> servers -> state.  Orchestration only: the decisions are in ``core.plan``, the
+I/O in ``files``, ``fetch``, ``issuers`` and ``servers``.
+
+``once`` runs a pass on an event loop of its own; the daemon runs ``refresh`` for one
+certificate at a time on its one loop.  The clock and the network are parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import report
+from .config import Config
+from .core import ocsp, plan, policy
+from .core.certs import CertChain
+from .core.model import Fetched, Found, PassResult, Record
+from .core.ocsp import Staple
+from .core.policy import State
+from .errors import StapledError
+from .fetch import Fetcher, each
+from .files import discovery, state, store
+from .files.publish import Publisher, Seen
+from .issuers import Issuers
+from .net.client import Transport
+from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
+
+log = logging.getLogger("stapled")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _Checked:
+    """One certificate before its fetch: the staple on disk and whether it is due."""
+
+    members: list[Found]
+    chain: CertChain
+    force: bool
+    now: datetime
+    current: Staple | None = None
+    seen: Seen = field(default_factory=dict)
+    # Whether a fetch is needed; always, while the issuer is still to be fetched.
+    due: bool = True
+
+
+class Stapler:
+    """Runs passes for one configuration.  ``transport=None`` means: no network at all."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        transport: Transport | None = None,
+        clock: Clock = utc_now,
+        reloader: Reloader = run_command,
+        pusher: Pusher = haproxy_set_ocsp,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.clock = clock
+        self.fetcher = Fetcher(
+            transport, hash_name=config.cert_id_hash, per_host=config.per_host, clock=clock
+        )
+        self.issuers = Issuers(config.state_path / "issuers", transport, clock)
+        self.publisher = Publisher(
+            config.output_dir, nginx_snippets=config.nginx_snippets, refresh_at=config.refresh_at
+        )
+        self.servers = Servers(config, clock, reloader=reloader, pusher=pusher)
+        # What earlier scans read: a rescan reads and parses only the files that changed.
+        self._discovered = discovery.Cache()
+
+    # ---- the pass -------------------------------------------------------------------
+
+    def once(self, *, force: bool = False, only: Path | None = None) -> PassResult:
+        """Refresh whatever is due (everything with ``force``); write, then reload once.
+
+        ``only`` limits the pass to certificates found at or below that path (a certbot
+        deploy hook's ``$RENEWED_LINEAGE``); what is recorded of the others is kept.
+        Raises StoreError when the output directory is unusable (nothing is written).
+        """
+        if self.transport is None:
+            return asyncio.run(self.run_pass(force=force, only=only))
+        return self.transport.run(self.run_pass(force=force, only=only))
+
+    async def run_pass(self, *, force: bool = False, only: Path | None = None) -> PassResult:
+        """:meth:`once` on the running event loop."""
+        self.prepare()
+        saved = state.load(self.config.state_path)
+        records, groups = self.scan()
+        if only is not None:
+            records, groups = _limited(records, groups, only)
+        self.remove_temp_files(groups)
+        batch = store.Batch()
+        try:
+            self.settle(records, batch)
+            due: list[_Checked] = []
+            for members in groups.values():
+                try:
+                    checked = self._check(members, force)
+                    if checked.due:
+                        due.append(checked)
+                    else:
+                        records.extend(self._complete(checked, None, batch))
+                except Exception as e:  # the per-certificate boundary: a bug stays here
+                    records.extend(_internal_error(members, e))
+            workers = self.fetcher.workers((c.chain for c in due), self.config.concurrency)
+            async for _, done in each(due, lambda c: self._finish(c, batch), workers):
+                records.extend(done)
+        finally:
+            # Every staple of the pass is in place, durably, before any server is told.
+            batch.flush()
+        result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
+        result.changed = [r.name for r in result.records if r.changed]
+        for record in result.records:
+            report.log_record(record)
+        self._deliver(result, saved, only)
+        return result
+
+    def _deliver(self, result: PassResult, saved: dict[str, object], only: Path | None) -> None:
+        """Tell the servers, then record the state (with whatever is owed)."""
+        # A reload that failed last time is owed even when nothing changed since: the
+        # server has not picked up the staples written then.
+        owed = bool(saved.get("reload_pending"))
+        reload_error = None
+        if self.servers.can_reload and (result.changed or owed):
+            if owed and not result.changed:
+                log.info("retrying the reload that failed in an earlier pass")
+            reload_error = self.servers.reload()
+        # HAProxy updates that failed last time are owed the same way.
+        push_owed = state.names(saved.get("haproxy_pending"))
+        failed = self.servers.push(
+            [r for r in result.records if r.haproxy_changed or r.name in push_owed]
+        )
+        result.reload_failed, result.haproxy_failed = reload_error is not None, failed
+        push_error = f"HAProxy was not updated for {', '.join(sorted(failed))}" if failed else None
+        result.reload_error = "; ".join(e for e in (reload_error, push_error) if e) or None
+        state.save(
+            self.config.state_path,
+            result.records,
+            reload_pending=reload_error is not None,
+            haproxy_pending=failed | (push_owed - {r.name for r in result.records}),
+            others=state.entries(saved) if only is not None else None,
+        )
+
+    def prepare(self) -> None:
+        """Make sure the output directory is usable; clear an interrupted run's leftovers.
+
+        Raises StoreError when the output directory is unusable.
+        """
+        out = self.config.output_dir
+        store.prepare_dir(out)
+        if removed := store.remove_temp_files(out):
+            log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
+
+    def remove_temp_files(self, groups: dict[str, list[Found]]) -> None:
+        """Clear an interrupted write's leftovers beside HAProxy's certificates too."""
+        dirs = {Path(f.path).parent for members in groups.values() for f in members if f.haproxy}
+        for directory in sorted(dirs):
+            store.remove_temp_files(directory)
+
+    def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
+        """Find every certificate: records for those needing no fetch, the rest grouped."""
+        found = discovery.discover(self.config.certificates, self._discovered)
+        return plan.classify(found, self.clock())
+
+    def settle(self, records: list[Record], batch: store.Batch | None = None) -> None:
+        """Publish what is known of certificates that need no fetch (their snippets)."""
+        for rec in records:
+            self.publisher.snippet(rec, batch)
+
+    def status(self) -> PassResult:
+        """The same records without any network request or write."""
+        saved = state.entries(state.load(self.config.state_path))
+        records, groups = self.scan()
+        now = self.clock()
+        for members in groups.values():
+            try:
+                chain = self.issuers.known(plan.best_chain(members))
+                current = self.publisher.current(members, now, chain)
+            except StapledError:
+                current = None
+            for member in members:
+                rec = self.publisher.record(member, current)
+                entry = saved.get(member.name, {})
+                rec.last_error = entry.get("last_error")
+                refresh, retry = state.recorded_times(entry)
+                # The daemon's own schedule (with jitter) wins over the computed one.
+                rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry
+                records.append(rec)
+        return PassResult(sorted(records, key=lambda r: r.name), now)
+
+    # ---- one certificate --------------------------------------------------------------
+
+    async def refresh(self, members: list[Found], *, force: bool = False) -> list[Record]:
+        """Refresh one certificate (all names it is found under) if due, or if ``force``.
+
+        For the daemon's jobs: each file is written (and made durable) at once.
+        """
+        try:
+            return await self._finish(self._check(members, force), None)
+        except Exception as e:  # the per-certificate boundary: a bug stays here
+            return _internal_error(members, e)
+
+    async def _finish(self, checked: _Checked, batch: store.Batch | None) -> list[Record]:
+        """Fetch the issuer if needed, then the staple if due, and publish the result."""
+        try:
+            if checked.chain.issuer is None:
+                try:
+                    await self.issuers.fetch(checked.chain)
+                except StapledError as e:
+                    return [
+                        self.publisher.failed(m, str(e), None, State.ERROR, batch)
+                        for m in checked.members
+                    ]
+                checked = self._check(checked.members, checked.force)
+            fetched = await self.fetcher.fetch(checked.chain) if checked.due else None
+            return self._complete(checked, fetched, batch)
+        except Exception as e:  # the per-certificate boundary: a bug stays here
+            return _internal_error(checked.members, e)
+
+    def _check(self, members: list[Found], force: bool) -> _Checked:
+        """What is on disk for one certificate, and whether it is due: no network."""
+        checked = _Checked(members, plan.best_chain(members), force, self.clock())
+        try:
+            checked.chain = chain = self.issuers.known(checked.chain)
+        except StapledError:
+            return checked  # due: the issuer is fetched first
+        checked.current = self.publisher.current(members, checked.now, chain, checked.seen)
+        checked.due = policy.needs_refresh(
+            checked.current, checked.now, self.config.refresh_at, force=force
+        )
+        return checked
+
+    def _complete(
+        self, checked: _Checked, fetched: Fetched | None, batch: store.Batch | None
+    ) -> list[Record]:
+        """Publish what the fetch (if there was one) gave, for every name of the certificate."""
+        settled = plan.settle(checked.current, fetched)
+        ids = ocsp.cert_ids(checked.chain)
+        records = []
+        for member in checked.members:
+            rec = self.publisher.publish(
+                member,
+                settled.current,
+                checked.now,
+                checked.chain,
+                unknown=settled.unknown,
+                batch=batch,
+                existing=checked.seen.get(member.name, store.UNREAD),
+            )
+            if settled.error and not rec.failed_now:
+                rec.failed(settled.error)
+            if fetched is not None:
+                rec.retry_after, rec.max_age = fetched.retry_after, fetched.max_age
+            rec.cert_ids = ids
+            records.append(rec)
+        return records
+
+
+def _internal_error(members: list[Found], error: Exception) -> list[Record]:
+    log.debug("refreshing %s failed", members[0].name, exc_info=error)
+    return plan.internal_error(members, error)
+
+
+def _limited(
+    records: list[Record], groups: dict[str, list[Found]], only: Path
+) -> tuple[list[Record], dict[str, list[Found]]]:
+    """The records and groups found at or below ``only``."""
+    top = only.resolve()
+
+    def below(path: str) -> bool:
+        resolved = Path(path).resolve()
+        # A lineage's cert.pem resolves into archive/: its live/NAME directory counts too.
+        return any(p == top or top in p.parents for p in (Path(path), resolved))
+
+    kept = {fp: members for fp, members in groups.items() if any(below(m.path) for m in members)}
+    return [r for r in records if below(r.path)], kept
