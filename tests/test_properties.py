@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stapled import config
@@ -22,12 +22,16 @@ from stapled.core import certs, ocsp, policy
 from stapled.errors import (
     CertificateError,
     ConfigError,
+    FetchError,
     InvalidRequestError,
     InvalidResponseError,
     OCSPStatusError,
 )
-from stapled.service.responder import Index, Responder, _BadRequest, _read_request
+from stapled.net.client import Transport
+from stapled.net.http11 import ClientConnection, ProtocolError, ServerConnection
+from stapled.service.responder import MAX_BODY, Index, Responder
 
+from . import rawhttp
 from .pki import World
 
 pytestmark = pytest.mark.hostile
@@ -108,16 +112,71 @@ def test_the_local_responder_answers_anything_without_raising(
     assert reply.status in (200, 405, 503)
 
 
+def _fed(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
 @given(st.binary(max_size=4096))
 def test_the_responders_http_reader_fails_only_in_known_ways(data: bytes) -> None:
     async def read() -> None:
-        reader = asyncio.StreamReader(limit=1024)
-        reader.feed_data(data)
-        reader.feed_eof()
-        with contextlib.suppress(_BadRequest, asyncio.IncompleteReadError):
-            await _read_request(reader)
+        with contextlib.suppress(ProtocolError):
+            await ServerConnection().request(_fed(data), MAX_BODY)
 
     asyncio.run(read())
+
+
+@given(st.binary(max_size=4096))
+def test_the_clients_http_reader_fails_only_in_known_ways(data: bytes) -> None:
+    async def read() -> None:
+        http = ClientConnection()
+        http.request("GET", "/", [("Host", "x")], None)
+        with contextlib.suppress(ProtocolError):
+            await http.response(_fed(data), 65536, answered=[False])
+
+    asyncio.run(read())
+
+
+# One server for every example: what it answers is set by each.
+_ANSWER = [b""]
+_ANSWERING = rawhttp.RawServer(lambda conn: conn.sendall(_ANSWER[0])).__enter__()
+
+_HEAD_BYTES = (
+    (
+        st.sampled_from([b"", b"http://", b"https://[", b"http://[::1", b"//", b"http://h:"])
+        | st.binary(max_size=40)
+    )
+    .flatmap(lambda prefix: st.binary(max_size=20).map(lambda tail: prefix + tail))
+    .filter(lambda b: b"\r" not in b and b"\n" not in b)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([200, 301, 302, 303, 307, 308, 404, 503]),
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"Location", b"Retry-After", b"Cache-Control", b"Content-Type"]),
+            _HEAD_BYTES,
+        ),
+        max_size=4,
+    ),
+)
+def test_any_answer_ends_in_a_reply_or_a_fetch_error(
+    status: int, fields: list[tuple[bytes, bytes]]
+) -> None:
+    """Whatever a responder answers with, the client names the URL in a FetchError."""
+    head = b"HTTP/1.1 %d X\r\n" % status
+    head += b"".join(name + b": " + value + b"\r\n" for name, value in fields)
+    _ANSWER[0] = head + b"Content-Length: 2\r\nConnection: close\r\n\r\nok"
+    try:
+        reply = Transport(timeout=5).get(_ANSWERING.url)
+    except FetchError as e:
+        assert e.url == _ANSWERING.url
+    else:
+        assert reply.body == b"ok"
 
 
 _KEYS = [*sorted(config._TOP_KEYS), "x", "responder", "haproxy"]

@@ -198,13 +198,14 @@ def test_a_forgotten_certificate_becomes_a_stranger(server: Responder, world: Wo
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
-        (b"PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
+        (b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"405"),
         (b"GET\r\n\r\n", b"400"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n", b"413"),
-        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", b"400"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n", b"413"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
         (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),
     ],
     ids=[
         "method",
@@ -214,6 +215,7 @@ def test_a_forgotten_certificate_becomes_a_stranger(server: Responder, world: Wo
         "chunked",
         "huge-header",
         "header",
+        "no-host",
     ],
 )
 def test_broken_http_gets_an_error_status(

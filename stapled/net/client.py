@@ -39,19 +39,16 @@ import requests.utils
 
 from .. import __version__
 from ..errors import FetchError
+from .http11 import ClientConnection, ProtocolError
 
 # Apache keeps at most 10,239 bytes of a response; a real OCSP response is 1-3 KiB.
 MAX_RESPONSE_SIZE = 64 * 1024
 USER_AGENT = f"stapled/{__version__}"
 _MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
-# Bounds on the response head: a line, and the number of lines.
-_MAX_LINE = 8 * 1024
-_MAX_HEADER_LINES = 100
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Spaces and control characters would split or smuggle a request line or header.
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_STATUS_LINE = re.compile(r"HTTP/1\.([01]) (\d{3})(?: .*)?")
 
 _T = TypeVar("_T")
 _Key = tuple[str, str, int, str]
@@ -101,10 +98,11 @@ class _Target:
 
 
 class _Connection:
-    __slots__ = ("reader", "reused", "writer")
+    __slots__ = ("http", "reader", "reused", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.http = ClientConnection()
         self.reused = False
 
     def usable(self) -> bool:
@@ -201,12 +199,6 @@ class Transport:
             raise FetchError(url, reason) from None
         except _Failed as e:
             raise FetchError(url, e.reason, retry_after=e.retry_after) from None
-        except asyncio.IncompleteReadError:
-            if progress.answered:
-                reason = "the connection closed before the response was complete"
-            else:
-                reason = "the responder closed the connection without answering"
-            raise FetchError(url, reason) from None
         except ssl.SSLCertVerificationError as e:
             reason = f"TLS error (certificate verify failed: {e.verify_message})"
             raise FetchError(url, reason) from e
@@ -223,8 +215,12 @@ class Transport:
             status, headers, data = await self._exchange(method, target, body, progress)
             location = headers.get("location")
             if status in _REDIRECTS and location:
-                target = urljoin(target, location)
-                if urlsplit(target).scheme.lower() not in _DEFAULT_PORTS:
+                try:
+                    target = urljoin(target, location)
+                    scheme = urlsplit(target).scheme.lower()
+                except ValueError as e:
+                    raise _Failed(f"redirected to an invalid URL ({e})") from None
+                if scheme not in _DEFAULT_PORTS:
                     raise _Failed("redirected to a URL that is not http or https")
                 # What browsers (and requests) do: 303, and 301/302 after a POST, go on
                 # as a GET without the body.
@@ -250,90 +246,38 @@ class Transport:
     ) -> tuple[int, dict[str, str], bytes | None]:
         """One request and its answer: status, headers, and the body of a 200."""
         target = self._target(url)
-        request = _request_bytes(method, target, body)
         loop = asyncio.get_running_loop()
         while True:
             conn = self._idle_connection(loop, target)
             if conn is None:
                 conn = await self._connect(target)
             progress.connected = True
+            answered = [False]
             try:
+                request = conn.http.request(method, target.path, _headers(target, body), body)
                 conn.writer.write(request)
-                status, headers, data, keep = await self._answer(conn, method, progress)
-            except (OSError, asyncio.IncompleteReadError):
-                conn.abort()
+                response = await conn.http.response(conn.reader, self.max_size, answered=answered)
+            except ProtocolError as e:
+                conn.abort()  # whatever is left on it is not the next answer
                 # A kept-alive connection the server has just closed: try a fresh one once.
-                if conn.reused and not progress.answered:
+                if conn.reused and not answered[0]:
+                    continue
+                raise _Failed(e.reason) from None
+            except OSError:
+                conn.abort()
+                if conn.reused and not answered[0]:
                     continue
                 raise
             except BaseException:
-                conn.abort()  # whatever is left on it is not the next answer
+                conn.abort()
                 raise
-            if keep:
+            finally:
+                progress.answered = progress.answered or answered[0]
+            if response.reusable:
                 self._keep(loop, target, conn)
             else:
                 conn.abort()
-            return status, headers, data
-
-    async def _answer(
-        self, conn: _Connection, method: str, progress: _Progress
-    ) -> tuple[int, dict[str, str], bytes | None, bool]:
-        """Read the answer: (status, headers, body of a 200, connection reusable)."""
-        reader = conn.reader
-        while True:
-            line = await _line(reader)
-            progress.answered = True
-            match = _STATUS_LINE.fullmatch(line)
-            if match is None:
-                raise _Failed("the answer is not an HTTP/1.x response")
-            version, status = match.group(1), int(match.group(2))
-            headers = await _headers(reader)
-            if not 100 <= status < 200:
-                break  # an interim 1xx answer is followed by the real one
-        if status != 200 or method == "HEAD":
-            # Only a 200's body is wanted: the connection is not used again.
-            return status, headers, None, False
-        keep = version == "1" and "close" not in headers.get("connection", "").lower()
-        coding = headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        if coding:
-            if coding.rsplit(",", 1)[-1].strip() != "chunked":
-                return status, headers, await self._until_close(reader), False
-            return status, headers, await self._chunked(reader), keep
-        if length is not None:
-            values = {value.strip() for value in length.split(",")}  # repeats must agree
-            size = values.pop() if len(values) == 1 else ""
-            if not size.isdigit():
-                raise _Failed(f"invalid Content-Length {length[:40]!r}")
-            if int(size) > self.max_size:
-                raise _Failed(f"response of {size} bytes exceeds {self.max_size}")
-            return status, headers, await reader.readexactly(int(size)), keep
-        return status, headers, await self._until_close(reader), False
-
-    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
-        body = bytearray()
-        while True:
-            size_field = (await _line(reader)).split(";", 1)[0].strip()
-            try:
-                size = int(size_field, 16)
-            except ValueError:
-                raise _Failed(f"invalid chunk size {size_field[:40]!r}") from None
-            if size == 0:
-                await _headers(reader)  # trailers, if any, up to the empty line
-                return bytes(body)
-            if len(body) + size > self.max_size:
-                raise _Failed(f"response larger than {self.max_size} bytes")
-            body += await reader.readexactly(size)
-            if await _line(reader):
-                raise _Failed("a chunk is longer than its size")
-
-    async def _until_close(self, reader: asyncio.StreamReader) -> bytes:
-        body = bytearray()
-        while chunk := await reader.read(self.max_size + 1 - len(body)):
-            body += chunk
-            if len(body) > self.max_size:
-                raise _Failed(f"response larger than {self.max_size} bytes")
-        return bytes(body)
+            return response.status, response.headers, response.body
 
     # ---- connections ------------------------------------------------------------------
 
@@ -374,17 +318,20 @@ class Transport:
     async def _tunnel(self, conn: _Connection, target: _Target, proxy: _Proxy) -> None:
         """CONNECT through the proxy, then TLS with the responder inside the tunnel."""
         authority = target.host_header if ":" in target.host_header else f"{target.host}:443"
-        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        headers = [("Host", authority)]
         if proxy.authorization:
-            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+            headers.append(("Proxy-Authorization", proxy.authorization))
         try:
-            conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-            match = _STATUS_LINE.fullmatch(await _line(conn.reader))
-            await _headers(conn.reader)
-            if match is None or not match.group(2).startswith("2"):
-                status = match.group(2) if match else "not HTTP"
-                raise _Failed(f"the proxy {_shown(proxy.url)} refused the tunnel ({status})")
+            conn.writer.write(conn.http.request("CONNECT", authority, headers, None))
+            try:
+                status = await conn.http.tunnel(conn.reader)
+            except ProtocolError:
+                status = 0
+            if not 200 <= status < 300:
+                shown = str(status) if status else "not HTTP"
+                raise _Failed(f"the proxy {_shown(proxy.url)} refused the tunnel ({shown})")
             await conn.writer.start_tls(self._context(), server_hostname=target.host)
+            conn.http = ClientConnection()  # HTTP starts afresh inside the tunnel
         except BaseException:
             conn.abort()
             raise
@@ -400,7 +347,10 @@ class Transport:
         return self._tls
 
     def _target(self, url: str) -> _Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            raise _Failed(f"invalid URL ({e})") from None
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS:
             raise _Failed("not an http or https URL")
@@ -460,7 +410,6 @@ async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection
                 address_port,
                 ssl=tls,
                 server_hostname=host if tls else None,
-                limit=_MAX_LINE,
             )
         except ssl.SSLError:
             raise
@@ -471,42 +420,13 @@ async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection
     raise first_error or OSError(f"no address for {host}")
 
 
-async def _line(reader: asyncio.StreamReader) -> str:
-    """One line of the response head, without its line end."""
-    try:
-        raw = await reader.readuntil(b"\n")
-    except asyncio.LimitOverrunError:
-        raise _Failed(f"a response line is longer than {_MAX_LINE} bytes") from None
-    return raw.rstrip(b"\r\n").decode("latin-1")
-
-
-async def _headers(reader: asyncio.StreamReader) -> dict[str, str]:
-    """Header fields up to the empty line, names in lower case, repeats joined."""
-    headers: dict[str, str] = {}
-    for _ in range(_MAX_HEADER_LINES):
-        line = await _line(reader)
-        if not line:
-            return headers
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            continue  # not a field; http.client skips such lines as well
-        name, value = name.lower(), value.strip()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    raise _Failed(f"more than {_MAX_HEADER_LINES} header lines")
-
-
-def _request_bytes(method: str, target: _Target, body: bytes | None) -> bytes:
-    lines = [
-        f"{method} {target.path} HTTP/1.1",
-        f"Host: {target.host_header}",
-        f"User-Agent: {USER_AGENT}",
-        "Accept: */*",
-    ]
+def _headers(target: _Target, body: bytes | None) -> list[tuple[str, str]]:
+    headers = [("Host", target.host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*")]
     if target.proxy is not None and target.proxy.authorization and target.scheme == "http":
-        lines.append(f"Proxy-Authorization: {target.proxy.authorization}")
+        headers.append(("Proxy-Authorization", target.proxy.authorization))
     if body is not None:
-        lines += ["Content-Type: application/ocsp-request", f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + (body or b"")
+        headers.append(("Content-Type", "application/ocsp-request"))
+    return headers
 
 
 def _in_words(error: OSError, progress: _Progress) -> str:
@@ -531,18 +451,19 @@ def _shown(url: SplitResult) -> str:
 def _max_age(value: str | None) -> float | None:
     if not value:
         return None
-    match = re.search(r"(?:^|,)\s*max-age\s*=\s*(\d+)", value, re.IGNORECASE)
+    match = re.search(r"(?:^|,)\s*max-age\s*=\s*([0-9]{1,10})\s*(?:,|$)", value, re.IGNORECASE)
     return float(match.group(1)) if match else None
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After value (RFC 9110 10.2.3); None for anything else."""
     if not value:
         return None
-    if value.strip().isdigit():
-        return float(value.strip())
+    if re.fullmatch(r"\s*[0-9]{1,10}\s*", value):
+        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

@@ -36,12 +36,12 @@ from urllib.parse import unquote
 
 from ..core.ocsp import CertID, Staple, parse_request
 from ..errors import InvalidRequestError
+from ..net.http11 import ProtocolError, ServerConnection
 
 log = logging.getLogger("stapled.responder")
 
 # An OCSP request for one certificate is about 100 bytes; anything near this is abuse.
 MAX_BODY = 16 * 1024
-MAX_HEAD = 16 * 1024
 # A request must arrive whole within this; an idle kept-alive connection is closed then.
 REQUEST_TIMEOUT = 10.0
 RETRY_AFTER = 60
@@ -111,25 +111,11 @@ class Index:
 
 @dataclass(frozen=True)
 class Reply:
+    """An answer of the responder's, before HTTP framing."""
+
     status: int
-    reason: str
     headers: dict[str, str]
     body: bytes = b""
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class _Request:
-    method: str
-    target: str
-    keep_alive: bool
-    body: bytes
 
 
 class Responder:
@@ -168,9 +154,7 @@ class Responder:
     def start(self) -> None:
         """Listen, then serve in a thread.  Raises OSError when the address is unusable."""
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(
-                self._connection, self.host, self.port, limit=MAX_HEAD, reuse_address=True
-            )
+            asyncio.start_server(self._connection, self.host, self.port, reuse_address=True)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._thread = threading.Thread(
@@ -203,8 +187,9 @@ class Responder:
     # ---- HTTP -------------------------------------------------------------------------
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        http = ServerConnection()
         if self.clients >= self.max_clients and not self._evict_oldest_waiting():
-            await self._send(writer, _busy(), keep_alive=False)
+            await self._send(writer, http, _busy(), close=True)
             await _close(writer)
             return
         self._open.add(writer)
@@ -213,20 +198,24 @@ class Responder:
             while True:
                 self._waiting[writer] = loop.time()
                 try:
-                    request = await asyncio.wait_for(_read_request(reader), self.request_timeout)
-                except _BadRequest as e:
-                    await self._send(writer, _plain(e.status, e.reason), keep_alive=False)
+                    request = await asyncio.wait_for(
+                        http.request(reader, MAX_BODY), self.request_timeout
+                    )
+                except ProtocolError as e:
+                    writer.write(http.error(e))
+                    await self._drain(writer)
                     break
-                except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                except (TimeoutError, ConnectionError):
                     break
                 finally:
                     self._waiting.pop(writer, None)
                 if request is None:
                     break
                 reply = self.answer(request.method, request.target, request.body)
-                if not await self._send(writer, reply, keep_alive=request.keep_alive):
+                close = request.headers.get("connection", "").lower() == "close"
+                if not await self._send(writer, http, reply, close=close):
                     break
-                if not request.keep_alive:
+                if not http.next_cycle():
                     break
         finally:
             self._open.discard(writer)
@@ -246,16 +235,17 @@ class Responder:
         self.evicted += 1
         return True
 
-    async def _send(self, writer: asyncio.StreamWriter, reply: Reply, *, keep_alive: bool) -> bool:
-        head = [f"HTTP/1.1 {reply.status} {reply.reason}"]
-        headers = {
-            **reply.headers,
-            "Content-Length": str(len(reply.body)),
-            "Connection": "keep-alive" if keep_alive else "close",
-            "Server": "stapled",
-        }
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+    async def _send(
+        self, writer: asyncio.StreamWriter, http: ServerConnection, reply: Reply, *, close: bool
+    ) -> bool:
+        headers = [*reply.headers.items(), ("Server", "stapled")]
+        data = http.response(reply.status, headers, reply.body, close=close)
+        if not data:
+            return False
+        writer.write(data)
+        return await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> bool:
         try:
             await asyncio.wait_for(writer.drain(), self.request_timeout)
         except (TimeoutError, ConnectionError):
@@ -269,7 +259,7 @@ class Responder:
         elif method == "GET":
             candidates = _from_path(target)
         else:
-            return Reply(405, "Method Not Allowed", {"Allow": "GET, POST"})
+            return Reply(405, {"Allow": "GET, POST"})
         cert_id = _first_request(candidates)
         if cert_id is None:
             log.debug("%s %s: not an OCSP request", method, target[:80])
@@ -281,51 +271,10 @@ class Responder:
             return _ocsp(UNAUTHORIZED)
         if found is True:
             log.info("asked about serial %X, for which no valid staple is held", cert_id.serial)
-            return Reply(
-                503,
-                "Service Unavailable",
-                {"Retry-After": str(RETRY_AFTER), "Cache-Control": "no-store"},
-            )
+            return Reply(503, {"Retry-After": str(RETRY_AFTER), "Cache-Control": "no-store"})
         assert isinstance(found, Staple)
         self.served += 1
         return _ocsp(found.der, _caching(found, now))
-
-
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """One request from the stream; None at a clean end of the connection."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if not e.partial.strip():
-            return None
-        raise _BadRequest(400, "Bad Request") from e
-    except asyncio.LimitOverrunError as e:
-        raise _BadRequest(431, "Request Header Fields Too Large") from e
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _BadRequest(400, "Bad Request")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            raise _BadRequest(400, "Bad Request")
-        headers[name.strip().lower()] = value.strip()
-    if "transfer-encoding" in headers:
-        raise _BadRequest(411, "Length Required")
-    length_text = headers.get("content-length", "0")
-    if not length_text.isdigit():
-        raise _BadRequest(400, "Bad Request")
-    length = int(length_text)
-    if length > MAX_BODY:
-        raise _BadRequest(413, "Content Too Large")
-    body = await reader.readexactly(length) if length else b""
-    connection = headers.get("connection", "").lower()
-    keep_alive = version == "HTTP/1.1" and connection != "close"
-    return _Request(method, target, keep_alive, body)
 
 
 def _from_path(target: str) -> list[bytes]:
@@ -370,15 +319,11 @@ def _caching(staple: Staple, now: datetime) -> dict[str, str]:
 
 
 def _ocsp(body: bytes, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(200, "OK", {"Content-Type": OCSP_RESPONSE, **(headers or {})}, body)
-
-
-def _plain(status: int, reason: str) -> Reply:
-    return Reply(status, reason, {"Content-Type": "text/plain"}, f"{reason}\n".encode())
+    return Reply(200, {"Content-Type": OCSP_RESPONSE, **(headers or {})}, body)
 
 
 def _busy() -> Reply:
-    return Reply(503, "Service Unavailable", {"Retry-After": "1"})
+    return Reply(503, {"Retry-After": "1"})
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
