@@ -51,7 +51,8 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
 }
 FORBIDDEN_IN_CORE = {"os", "socket", "subprocess", "requests", "pathlib", "time", "threading"}
 OWNERS = {
-    "requests": {"net.client"},
+    "requests": {"net.proxy"},
+    "certifi": {"net.proxy"},
     "h11": {"net.http11"},
     "apscheduler": {"service.daemon"},
     "watchdog": {"service.watcher"},

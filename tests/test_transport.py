@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import os
 import selectors
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -136,15 +139,34 @@ def test_http_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert proxy.received[0].startswith(b"GET http://ocsp.example.invalid/abc HTTP/1.1")
 
 
-def test_no_proxy_goes_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("no_proxy", ["127.0.0.1", "127.0.0.0/8", "localhost,127.0.0.0/24"])
+def test_no_proxy_goes_direct(monkeypatch: pytest.MonkeyPatch, no_proxy: str) -> None:
     with (
         rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"proxy")) as proxy,
         rawhttp.RawServer(rawhttp.respond("200 OK", {}, b"direct")) as server,
     ):
         monkeypatch.setenv("http_proxy", proxy.url)
-        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", no_proxy)
         assert Transport(timeout=5).get(server.url).body == b"direct"
     assert proxy.received == []
+
+
+def test_without_proxy_variables_requests_is_not_imported() -> None:
+    script = (
+        "import sys\n"
+        "from stapled.net.client import Transport\n"
+        "from stapled.errors import FetchError\n"
+        "try:\n"
+        "    Transport(timeout=2).get('http://127.0.0.1:9/')\n"
+        "except FetchError:\n"
+        "    pass\n"
+        "print('requests' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
 
 
 def test_a_chunked_body_is_put_together() -> None:

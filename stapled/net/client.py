@@ -20,10 +20,8 @@ A blocking caller (the daemon's refresh jobs, the caIssuers fetch) uses
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
 import ipaddress
-import os
 import re
 import socket
 import ssl
@@ -33,13 +31,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, unquote, urljoin, urlsplit
-
-import requests.utils
+from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 from ..errors import FetchError
 from .http11 import ClientConnection, ProtocolError
+from .proxy import Proxy, ProxyError, ca_bundle, proxy_for
 
 # Apache keeps at most 10,239 bytes of a response; a real OCSP response is 1-3 KiB.
 MAX_RESPONSE_SIZE = 64 * 1024
@@ -75,12 +72,6 @@ class _Failed(Exception):
 
 
 @dataclass(frozen=True)
-class _Proxy:
-    url: SplitResult
-    authorization: str | None  # the Proxy-Authorization value, from the URL's user:password
-
-
-@dataclass(frozen=True)
 class _Target:
     """Where one request goes: the server, the request line's target, and how."""
 
@@ -89,7 +80,7 @@ class _Target:
     port: int
     path: str  # origin-form ("/x?y"), or absolute-form through an http proxy
     host_header: str
-    proxy: _Proxy | None
+    proxy: Proxy | None
 
     @property
     def key(self) -> _Key:
@@ -137,14 +128,10 @@ class Transport:
         self.timeout = timeout
         self.max_size = max_size
         self._pool_size = pool_size
-        self._ca_bundle = (
-            os.environ.get("REQUESTS_CA_BUNDLE")
-            or os.environ.get("CURL_CA_BUNDLE")
-            or requests.utils.DEFAULT_CA_BUNDLE_PATH
-        )
+        self._ca_bundle = ca_bundle()
         self._tls: ssl.SSLContext | None = None
         # Proxy settings are read once per responder scheme and host, not per request.
-        self._proxies: dict[str, _Proxy | None] = {}
+        self._proxies: dict[str, Proxy | None] = {}
         # Idle connections of each running event loop, closed when its run ends.
         self._idle: dict[asyncio.AbstractEventLoop, dict[_Key, list[_Connection]]] = {}
         self._lock = threading.Lock()
@@ -315,7 +302,7 @@ class Transport:
             await self._tunnel(conn, target, proxy)
         return conn
 
-    async def _tunnel(self, conn: _Connection, target: _Target, proxy: _Proxy) -> None:
+    async def _tunnel(self, conn: _Connection, target: _Target, proxy: Proxy) -> None:
         """CONNECT through the proxy, then TLS with the responder inside the tunnel."""
         authority = target.host_header if ":" in target.host_header else f"{target.host}:443"
         headers = [("Host", authority)]
@@ -329,7 +316,7 @@ class Transport:
                 status = 0
             if not 200 <= status < 300:
                 shown = str(status) if status else "not HTTP"
-                raise _Failed(f"the proxy {_shown(proxy.url)} refused the tunnel ({shown})")
+                raise _Failed(f"the proxy {proxy.shown} refused the tunnel ({shown})")
             await conn.writer.start_tls(self._context(), server_hostname=target.host)
             conn.http = ClientConnection()  # HTTP starts afresh inside the tunnel
         except BaseException:
@@ -373,22 +360,15 @@ class Transport:
             path = f"http://{shown}{path}"  # absolute-form, for the proxy to forward
         return _Target(scheme, host, port, path, shown, proxy)
 
-    def _proxy(self, scheme: str, netloc: str, url: str) -> _Proxy | None:
+    def _proxy(self, scheme: str, netloc: str, url: str) -> Proxy | None:
         key = f"{scheme}://{netloc}"
         with self._lock:
             if key in self._proxies:
                 return self._proxies[key]
-        choice = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
-        proxy = None
-        if choice:
-            parts = urlsplit(choice if "://" in choice else f"http://{choice}")
-            if parts.scheme not in _DEFAULT_PORTS:
-                raise _Failed(f"the proxy {_shown(parts)} is not an http or https proxy")
-            authorization = None
-            if parts.username is not None:
-                user_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                authorization = "Basic " + base64.b64encode(user_password.encode()).decode()
-            proxy = _Proxy(parts, authorization)
+        try:
+            proxy = proxy_for(url)
+        except ProxyError as e:
+            raise _Failed(e.reason) from None
         with self._lock:
             self._proxies[key] = proxy
         return proxy
@@ -441,11 +421,6 @@ def _in_words(error: OSError, progress: _Progress) -> str:
     if not progress.connected:
         return f"cannot connect ({detail})"
     return f"request failed ({detail})"
-
-
-def _shown(url: SplitResult) -> str:
-    """A proxy URL as it may be logged: without its password."""
-    return f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else "")
 
 
 def _max_age(value: str | None) -> float | None:
