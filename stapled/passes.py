@@ -64,8 +64,10 @@ class Stapler:
         clock: Clock = utc_now,
         reloader: Reloader = run_command,
         pusher: Pusher = haproxy_set_ocsp,
+        new_batch: Callable[[], store.Batch] = store.Batch,
     ) -> None:
         self.config = config
+        self.new_batch = new_batch
         self.transport = transport
         self.clock = clock
         self.fetcher = Fetcher(
@@ -100,7 +102,7 @@ class Stapler:
         if only is not None:
             records, groups = _limited(records, groups, only)
         self.remove_temp_files(groups)
-        batch = store.Batch()
+        batch = self.new_batch()
         try:
             self.settle(records, batch)
             due: list[_Checked] = []

@@ -102,15 +102,12 @@ def test_without_key_identifiers_the_signature_decides(tmp_path: Path, ca: testc
     assert found.chain is not None and found.chain.issuer is None
 
 
-def test_rescan_with_a_cache_reads_only_what_changed(
-    tmp_path: Path, ca: testca.CA, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(discovery, "RECENT_NS", -(10**12))  # trust even fresh files
+def test_rescan_with_a_cache_reads_only_what_changed(tmp_path: Path, ca: testca.CA) -> None:
     a, b = ca.issue("a.example"), ca.issue("b.example")
     testca.write(tmp_path / "a.pem", _pem(a), _pem(ca))
     testca.write(tmp_path / "b.pem", _pem(b), _pem(ca))
     sources = (Source(path=str(tmp_path)),)
-    cache = discovery.Cache()
+    cache = discovery.Cache(recent_ns=-(10**12))  # trust even fresh files
     first = {f.name: f.chain for f in discovery.discover(sources, cache)}
     assert first["a"] and first["b"]
     # One object for the issuer both bundles end with.

@@ -91,9 +91,7 @@ def test_a_full_disk_keeps_the_old_staples_and_is_retried(site: Site) -> None:
         assert site.staple("a.example") != before
 
 
-def test_a_disk_failing_write_back_keeps_the_old_staples(
-    site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_disk_failing_write_back_keeps_the_old_staples(site: Site) -> None:
     """syncfs reporting EIO: no staple of the batch is renamed into place."""
     site.bundle("a.example", site.issue("a.example"))
     site.config()
@@ -104,8 +102,11 @@ def test_a_disk_failing_write_back_keeps_the_old_staples(
     def failing(fd: int) -> bool:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(store, "_syncfs", failing)
-    result = Stapler(config.load(site.config_path), transport=Transport(timeout=5)).once(force=True)
+    result = Stapler(
+        config.load(site.config_path),
+        transport=Transport(timeout=5),
+        new_batch=lambda: store.Batch(sync=failing),
+    ).once(force=True)
     assert result.exit_code() == 1
     (record,) = [r for r in result.records if r.name == "a.example"]
     assert record.last_error is not None

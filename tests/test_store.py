@@ -78,18 +78,15 @@ def test_a_batch_flushes_by_itself_at_its_limit(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.der", "1.der", "2.der"]
 
 
-def test_a_failed_sync_renames_nothing_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_sync_renames_nothing_and_says_so(tmp_path: Path) -> None:
     """A disk that fails write-back (EIO from syncfs) must not get the renames."""
 
     def broken(fd: int) -> bool:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(store, "_syncfs", broken)
     (tmp_path / "a.der").write_bytes(b"old")
     lost: list[StoreError] = []
-    batch = store.Batch()
+    batch = store.Batch(sync=broken)
     batch.write(tmp_path / "a.der", b"new", lost=lost.append)
     batch.flush()
     assert (tmp_path / "a.der").read_bytes() == b"old"
@@ -99,9 +96,7 @@ def test_a_failed_sync_renames_nothing_and_says_so(
     ]
 
 
-def test_without_syncfs_each_file_is_fsynced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_without_syncfs_each_file_is_fsynced(tmp_path: Path) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
 
@@ -109,9 +104,8 @@ def test_without_syncfs_each_file_is_fsynced(
         synced.append(fd)
         real_fsync(fd)
 
-    monkeypatch.setattr(store, "_syncfs", lambda fd: False)  # not Linux, or filtered out
-    monkeypatch.setattr(os, "fsync", counting)
-    batch = store.Batch()
+    # No syncfs (not Linux, or filtered out): each file is fsynced.
+    batch = store.Batch(sync=lambda fd: False, fsync=counting)
     for i in range(4):
         batch.write(tmp_path / f"{i}.der", b"x")
     batch.flush()

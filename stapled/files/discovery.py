@@ -64,6 +64,8 @@ class Cache:
 
     files: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]] = field(default_factory=dict)
     shared: dict[bytes, x509.Certificate] = field(default_factory=dict)
+    # Files changed within this many nanoseconds are not kept (a test may trust all).
+    recent_ns: int = RECENT_NS
 
 
 def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Found]:
@@ -185,7 +187,7 @@ def _loaded(
         cache.files[key] = earlier
         return earlier[1]
     loaded = _load(files, shown, lineage, named, cache.shared)
-    if time.time_ns() - max(signature[3::5] + signature[4::5]) > RECENT_NS:
+    if time.time_ns() - max(signature[3::5] + signature[4::5]) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
     return loaded
 

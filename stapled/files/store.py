@@ -125,9 +125,19 @@ class Batch:
     ``lost`` with the error, at :meth:`flush`; its target is untouched.
     """
 
-    def __init__(self, limit: int = 512) -> None:
+    def __init__(
+        self,
+        limit: int = 512,
+        *,
+        sync: Callable[[int], bool] | None = None,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
+        """``sync(fd)`` makes the filesystem of ``fd`` durable (False: not available, so
+        ``fsync`` each file instead); syncfs(2) by default.  Both are seams for tests."""
         # Bounds the temporary files waiting at once, and how long a write waits.
         self.limit = limit
+        self._sync = sync or syncfs
+        self._fsync = fsync
         self._pending: list[tuple[str, Path, Lost | None]] = []
 
     def write(
@@ -153,7 +163,9 @@ class Batch:
         failures: dict[Path, StoreError] = {}
         for directory in sorted({path.parent for _, path, _ in pending}):
             try:
-                _sync_filesystem_of(directory, [t for t, p, _ in pending if p.parent == directory])
+                self._sync_filesystem_of(
+                    directory, [t for t, p, _ in pending if p.parent == directory]
+                )
             except OSError as e:
                 failures[directory] = StoreError(str(directory), f"cannot sync ({e.strerror})")
         renamed: set[Path] = set()
@@ -172,7 +184,22 @@ class Batch:
             if lost is not None:
                 lost(StoreError(str(path), f"not written: {error.reason}"))
         for directory in sorted(renamed):
-            fsync_dir(directory)
+            fsync_dir(directory, self._fsync)
+
+    def _sync_filesystem_of(self, directory: Path, files: list[str]) -> None:
+        """Make ``files`` (in ``directory``) durable: syncfs(2) once, else fsync each."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if self._sync(fd):
+                return
+        finally:
+            os.close(fd)
+        for name in files:  # no syncfs here (not Linux, or filtered out): one fsync each
+            file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                self._fsync(file_fd)
+            finally:
+                os.close(file_fd)
 
     def discard(self) -> None:
         """Drop the waiting writes (their targets stay as they were)."""
@@ -243,23 +270,7 @@ def _create_temp(directory: Path) -> tuple[int, str]:
             return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
 
 
-def _sync_filesystem_of(directory: Path, files: list[str]) -> None:
-    """Make ``files`` (in ``directory``) durable: syncfs(2) once, else fsync each."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _syncfs(fd):
-            return
-    finally:
-        os.close(fd)
-    for name in files:  # no syncfs here (not Linux, or filtered out): one fsync each
-        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(file_fd)
-        finally:
-            os.close(file_fd)
-
-
-def _syncfs(fd: int) -> bool:
+def syncfs(fd: int) -> bool:
     """syncfs(2) on the filesystem of ``fd``; False where the call is not available.
 
     Raises OSError when it fails: since Linux 5.8 it reports write-back errors.
@@ -286,14 +297,14 @@ def _libc_syncfs() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], function)
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     """Make a rename in ``directory`` durable (POSIX needs the directory synced too)."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return
     try:
-        os.fsync(fd)
+        fsync(fd)
     except OSError:
         pass  # some filesystems refuse fsync on directories; the rename itself is atomic
     finally:
