@@ -25,7 +25,7 @@ def units(tmp_path: Path) -> list[Path]:
     stapled = Path(sys.executable).parent / "stapled"
     copies = []
     for unit in UNITS:
-        text = unit.read_text().replace("/usr/local/bin/stapled", str(stapled))
+        text = unit.read_text().replace("/opt/stapled/bin/stapled", str(stapled))
         text = text.replace("/usr/sbin/nginx", shutil.which("true") or "/bin/true")
         text = text.replace("/usr/bin/systemctl", shutil.which("true") or "/bin/true")
         copy = tmp_path / unit.name

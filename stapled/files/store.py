@@ -115,9 +115,8 @@ class Batch:
     """Atomic writes made durable together, for a pass that writes thousands of files.
 
     Each file goes to a temporary file as with :func:`write_atomic`, but instead of an
-    fsync per file (a flush of the disk's cache each time: 0.3-0.7 ms of the machine's
-    CPU per file on a virtual disk), the batch is made durable by one syncfs(2) per
-    filesystem.  Only then is each temporary file renamed over its target, and each
+    fsync per file (a flush of the disk's cache each time), the batch is made durable by
+    one syncfs(2) per filesystem.  Only then is each temporary file renamed over its target, and each
     directory fsynced once.  So, as with write_atomic, a reader sees the old or the new
     file whole, and no rename is ever durable before the data it names.
 

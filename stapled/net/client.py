@@ -1,20 +1,16 @@
-"""HTTP for OCSP responders and caIssuers URLs: a small HTTP/1.1 client on asyncio.
+"""HTTP for OCSP responders and caIssuers URLs: connections, redirects, proxies, TLS.
 
 OCSP over HTTP is a narrow use of the protocol: one small GET or POST, one small answer,
-usually over plain http, to a handful of responder hosts.  At thousands of certificates
-a general client (urllib3) was the largest CPU cost of a pass, about 0.3 ms per
-exchange, and its blocking sockets needed a thread per concurrent fetch, whose GIL
-hand-offs cost as much again.  Here every fetch of a pass runs as a task in one event
-loop in one thread, over kept-alive connections, for about 0.06 ms an exchange.
+usually over plain http, to a handful of responder hosts.  Every fetch runs as a task
+on the caller's event loop, over connections kept alive per responder host, so a pass
+of thousands of certificates needs no thread per fetch (docs/performance.md).  The
+framing is h11's (:mod:`.http11`); what is ours is the pool, at most three redirects
+(http and https only), proxies (:mod:`.proxy`), https verified against the same CA
+bundle as requests, a size cap, and a deadline over the WHOLE fetch, which a responder
+dripping a byte a second cannot stretch.
 
-What a general client did that matters here is kept: redirects (at most three, http and
-https only), proxies and NO_PROXY read from the environment the way requests reads
-them, https verified against the same CA bundle as requests (REQUESTS_CA_BUNDLE,
-CURL_CA_BUNDLE, or certifi's), a size cap, and a deadline over the WHOLE fetch, which a
-responder dripping a byte a second cannot stretch.
-
-A blocking caller (the daemon's refresh jobs, the caIssuers fetch) uses
-:meth:`Transport.request`, which runs the same code on an event loop kept for its thread.
+A blocking caller uses :meth:`Transport.request`, which runs the same code on an event
+loop of its own.
 """
 
 from __future__ import annotations
