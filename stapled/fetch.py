@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from datetime import datetime
 from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from .core import ocsp
 from .core.certs import CertChain
 from .core.model import Fetched
+from .core.times import Clock
 from .errors import FetchError, InvalidResponseError, OCSPStatusError
 from .net.client import Reply
 
@@ -40,7 +40,7 @@ class Fetcher:
         *,
         hash_name: str,
         per_host: int,
-        clock: Callable[[], datetime],
+        clock: Clock,
     ) -> None:
         self.client = client
         self.hash = ocsp.hash_algorithm(hash_name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from .core import certs
 from .core.certs import CertChain
 from .core.plan import NO_ISSUER
+from .core.times import Clock
 from .errors import CertificateError, StapledError, StoreError
 from .files import store
 from .net.client import Transport
@@ -35,7 +35,7 @@ class Issuers:
         self,
         cache_dir: Path,
         transport: Transport | None,
-        clock: Callable[[], datetime],
+        clock: Clock,
         retry_after: timedelta = RETRY_AFTER,
     ) -> None:
         self.cache_dir = cache_dir

@@ -22,6 +22,7 @@ from .core.certs import CertChain
 from .core.model import Fetched, Found, PassResult, Record
 from .core.ocsp import Staple
 from .core.policy import State
+from .core.times import Clock
 from .errors import StapledError
 from .fetch import Fetcher, each
 from .files import discovery, state, store
@@ -31,8 +32,6 @@ from .net.client import Transport
 from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
 
 log = logging.getLogger("stapled")
-
-Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:

@@ -8,10 +8,10 @@ import logging
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
 from .config import Config
 from .core.model import Record
+from .core.times import Clock
 from .errors import ReloadError, StoreError
 from .files import store
 
@@ -122,7 +122,7 @@ class Servers:
     def __init__(
         self,
         config: Config,
-        clock: Callable[[], datetime],
+        clock: Clock,
         *,
         reloader: Reloader = run_command,
         pusher: Pusher = haproxy_set_ocsp,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+# Where "now" comes from: a parameter everywhere, so tests can set it.
+Clock = Callable[[], datetime]
 
 
 def iso(t: datetime | None) -> str:

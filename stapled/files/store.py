@@ -116,9 +116,9 @@ class Batch:
 
     Each file goes to a temporary file as with :func:`write_atomic`, but instead of an
     fsync per file (a flush of the disk's cache each time), the batch is made durable by
-    one syncfs(2) per filesystem.  Only then is each temporary file renamed over its target, and each
-    directory fsynced once.  So, as with write_atomic, a reader sees the old or the new
-    file whole, and no rename is ever durable before the data it names.
+    one syncfs(2) per filesystem.  Only then is each temporary file renamed over its
+    target, and each directory fsynced once.  So, as with write_atomic, a reader sees
+    the old or the new file whole, and no rename is ever durable before its data.
 
     A write whose rename cannot be made (the sync or the rename failed) calls its
     ``lost`` with the error, at :meth:`flush`; its target is untouched.

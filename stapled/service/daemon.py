@@ -36,11 +36,11 @@ from .. import report
 from ..config import Config
 from ..core.model import Found, Record
 from ..core.policy import State
-from ..core.times import iso
+from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
 from ..net.client import Transport
-from ..passes import Clock, Stapler, utc_now
+from ..passes import Stapler, utc_now
 from .responder import Index, Responder
 from .schedule import Timing, next_run
 from .sdnotify import Notifier

@@ -29,12 +29,12 @@ import email.utils
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
 from ..core.ocsp import CertID, Staple, parse_request
+from ..core.times import Clock
 from ..errors import InvalidRequestError
 from ..net.http11 import ProtocolError, ServerConnection
 
@@ -51,8 +51,6 @@ MAX_SEGMENTS = 32
 MALFORMED_REQUEST = bytes.fromhex("3003 0a01 01")
 UNAUTHORIZED = bytes.fromhex("3003 0a01 06")
 OCSP_RESPONSE = "application/ocsp-response"
-
-Clock = Callable[[], datetime]
 
 
 class Index:
@@ -110,7 +108,7 @@ class Index:
 
 
 @dataclass(frozen=True)
-class Reply:
+class Answer:
     """An answer of the responder's, before HTTP framing."""
 
     status: int
@@ -236,10 +234,10 @@ class Responder:
         return True
 
     async def _send(
-        self, writer: asyncio.StreamWriter, http: ServerConnection, reply: Reply, *, close: bool
+        self, writer: asyncio.StreamWriter, http: ServerConnection, answer: Answer, *, close: bool
     ) -> bool:
-        headers = [*reply.headers.items(), ("Server", "stapled")]
-        data = http.response(reply.status, headers, reply.body, close=close)
+        headers = [*answer.headers.items(), ("Server", "stapled")]
+        data = http.response(answer.status, headers, answer.body, close=close)
         if not data:
             return False
         writer.write(data)
@@ -252,14 +250,14 @@ class Responder:
             return False
         return True
 
-    def answer(self, method: str, target: str, body: bytes) -> Reply:
+    def answer(self, method: str, target: str, body: bytes) -> Answer:
         """The reply to one HTTP request (no I/O: the protocol part is above)."""
         if method == "POST":
             candidates = [body]
         elif method == "GET":
             candidates = _from_path(target)
         else:
-            return Reply(405, {"Allow": "GET, POST"})
+            return Answer(405, {"Allow": "GET, POST"})
         cert_id = _first_request(candidates)
         if cert_id is None:
             log.debug("%s %s: not an OCSP request", method, target[:80])
@@ -271,7 +269,7 @@ class Responder:
             return _ocsp(UNAUTHORIZED)
         if found is True:
             log.info("asked about serial %X, for which no valid staple is held", cert_id.serial)
-            return Reply(503, {"Retry-After": str(RETRY_AFTER), "Cache-Control": "no-store"})
+            return Answer(503, {"Retry-After": str(RETRY_AFTER), "Cache-Control": "no-store"})
         assert isinstance(found, Staple)
         self.served += 1
         return _ocsp(found.der, _caching(found, now))
@@ -318,12 +316,12 @@ def _caching(staple: Staple, now: datetime) -> dict[str, str]:
     }
 
 
-def _ocsp(body: bytes, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(200, {"Content-Type": OCSP_RESPONSE, **(headers or {})}, body)
+def _ocsp(body: bytes, headers: dict[str, str] | None = None) -> Answer:
+    return Answer(200, {"Content-Type": OCSP_RESPONSE, **(headers or {})}, body)
 
 
-def _busy() -> Reply:
-    return Reply(503, {"Retry-After": "1"})
+def _busy() -> Answer:
+    return Answer(503, {"Retry-After": "1"})
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
