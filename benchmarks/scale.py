@@ -7,6 +7,11 @@ run: wall time, CPU time, peak memory and the requests the responder counted.
     .venv/bin/python benchmarks/scale.py                       # N = 100, 1000, 10000
     .venv/bin/python benchmarks/scale.py --sizes 1000 --responder openssl
     .venv/bin/python benchmarks/scale.py --sizes 10000 --daemon --idle 60
+    .venv/bin/python benchmarks/scale.py --sizes 1000,10000 --compare HEAD~5 --daemon
+
+``--compare REV`` also runs the same commands with the package as it was at git
+revision REV (an export of it, in a temporary directory), one version after the other on
+the same certificates and responder, so a change can be judged on one machine.
 
 Nothing here is asserted: it prints figures.  Run it on an otherwise idle machine.
 """
@@ -23,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -40,6 +46,38 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Version:
+    """A copy of the package to run: its label and the directory holding ``stapled/``."""
+
+    label: str
+    src: Path
+
+    def argv(self, *args: str) -> list[str]:
+        # -S: no site processing, so the editable install's finder cannot pick the
+        # working tree's package over ``src``; the dependencies come from PYTHONPATH.
+        return [PYTHON, "-S", "-m", "stapled", *args]
+
+    def env(self) -> dict[str, str]:
+        paths = dict.fromkeys([str(self.src), *sysconfig.get_paths().values()])
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def export(rev: str, into: Path) -> Version:
+    """The package as it was at git revision ``rev``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "stapled"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    label = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return Version(label, into)
 
 
 # ---- certificates -------------------------------------------------------------------
@@ -321,13 +359,19 @@ def stapled_config(world: World, out: Path, url: str, extra: str = "") -> Path:
 
 
 def stapled_once(
-    world: World, out: Path, responder: FastResponder | OpenSSLResponder, label: str
+    world: World,
+    out: Path,
+    responder: FastResponder | OpenSSLResponder,
+    label: str,
+    version: Version,
 ) -> Row:
     cfg = stapled_config(world, out, responder.url)
     before = responder.requests
     wall, cpu, peak, code = measure(
-        [PYTHON, "-m", "stapled", "once", "--quiet", "--config", str(cfg)],
+        version.argv("once", "--quiet", "--config", str(cfg)),
         stdout=subprocess.DEVNULL,
+        env=version.env(),
+        cwd=version.src,  # python -m puts the working directory first on sys.path
     )
     if code != 0:
         print(f"  ({label}: exit status {code})", file=sys.stderr)
@@ -351,15 +395,19 @@ def openssl_loop(world: World, out: Path, url: str) -> Row:
     return Row("openssl ocsp loop", len(world.leaves), wall, cpu, peak, len(world.leaves))
 
 
-def daemon_figures(world: World, out: Path, responder: FastResponder, idle: float) -> list[str]:
+def daemon_figures(
+    world: World, out: Path, responder: FastResponder, idle: float, version: Version
+) -> list[str]:
     """`stapled run` at this scale: ready time, memory, idle CPU, a renewal picked up."""
     cfg = stapled_config(world, out, responder.url, "debounce = 0.5\n")
     started = time.monotonic()
     log = world.top / "daemon.log"
     proc = subprocess.Popen(
-        [PYTHON, "-m", "stapled", "run", "--config", str(cfg)],
+        version.argv("run", "--config", str(cfg)),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        env=version.env(),
+        cwd=version.src,
     )
     state = out / ".stapled" / "state.json"
     while not (state.exists() and b'"daemon"' in state.read_bytes()):
@@ -396,11 +444,11 @@ def daemon_figures(world: World, out: Path, responder: FastResponder, idle: floa
     pickup = time.monotonic() - t0
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
-    n = len(world.leaves)
+    n, who = len(world.leaves), f"daemon ({version.label})"
     return [
-        f"daemon, N={n}: ready after {ready:.1f} s, resident memory {rss / 1024:.0f} MiB",
-        f"daemon, N={n}: CPU over {idle:.0f} idle seconds: {idle_cpu:.2f} s",
-        f"daemon, N={n}: a renewed certificate stapled {pickup:.2f} s after certbot's swap",
+        f"{who}, N={n}: ready after {ready:.1f} s, resident memory {rss / 1024:.0f} MiB",
+        f"{who}, N={n}: CPU over {idle:.0f} idle seconds: {idle_cpu:.2f} s",
+        f"{who}, N={n}: a renewed certificate stapled {pickup:.2f} s after certbot's swap",
     ]
 
 
@@ -420,17 +468,34 @@ def _cpu(pid: int) -> float:
 
 
 def run_size(
-    world: World, top: Path, responder: FastResponder | OpenSSLResponder, args: argparse.Namespace
+    world: World,
+    top: Path,
+    responder: FastResponder | OpenSSLResponder,
+    args: argparse.Namespace,
+    versions: list[Version],
 ) -> list[str]:
     """Print the table rows for one N; the daemon's figures, as notes for the end."""
-    out = top / "staples"
-    print(stapled_once(world, out, responder, "stapled once (cold)").line(), flush=True)
-    print(stapled_once(world, out, responder, "stapled once (warm)").line(), flush=True)
+    notes: list[str] = []
+    for version in versions:
+        out = top / f"staples-{version.label}"
+        for kind in ("cold", "warm"):
+            label = f"stapled once ({kind}, {version.label})"
+            print(stapled_once(world, out, responder, label, version).line(), flush=True)
     if len(world.leaves) <= args.openssl_max:
         print(openssl_loop(world, top / "openssl-out", responder.url).line(), flush=True)
     if args.daemon and isinstance(responder, FastResponder):
-        return daemon_figures(world, top / "staples-daemon", responder, args.idle)
-    return []
+        for version in versions:
+            out = top / f"staples-daemon-{version.label}"
+            notes += daemon_figures(world, out, responder, args.idle, version)
+            _renew_back(world, top, responder)
+    return notes
+
+
+def _renew_back(world: World, top: Path, responder: FastResponder) -> None:
+    """Put the first lineage back as it was, so the next version renews the same way."""
+    leaf = world.leaves[0]
+    cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    write_lineage(top / "letsencrypt", str(cn), leaf, world.ca_pem.read_bytes(), b"", 3)
 
 
 def main() -> int:
@@ -445,6 +510,9 @@ def main() -> int:
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to build the certificates (default: TMPDIR)"
     )
+    parser.add_argument(
+        "--compare", metavar="REV", help="also run the package as it was at git revision REV"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"cores: {os.cpu_count()}, responder: {args.responder}, python: {sys.version.split()[0]}")
@@ -454,7 +522,11 @@ def main() -> int:
     # recently deleted inodes to create a file, so creating thousands of files right
     # after deleting thousands costs several times more, and that is not stapled's cost.
     tops: list[Path] = []
+    versions = [Version("this", ROOT)]
     try:
+        if args.compare:
+            tops.append(Path(tempfile.mkdtemp(prefix="stapled-bench-rev-", dir=args.dir)))
+            versions.append(export(args.compare, tops[-1]))
         for n in sizes:
             top = Path(tempfile.mkdtemp(prefix=f"stapled-bench-{n}-", dir=args.dir))
             tops.append(top)
@@ -466,7 +538,7 @@ def main() -> int:
                     responder = OpenSSLResponder(world)
                 else:
                     fast.sign_all(world)
-                notes += run_size(world, top, responder, args)
+                notes += run_size(world, top, responder, args, versions)
             finally:
                 if responder is not fast:
                     responder.stop()
