@@ -8,7 +8,6 @@ certificate at a time on its one loop.  The clock and the network are parameters
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .fetch import Fetcher, each
 from .files import discovery, state, store
 from .files.publish import Publisher, Seen
 from .issuers import Issuers
+from .net import client
 from .net.client import Transport
 from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
 
@@ -90,7 +90,7 @@ class Stapler:
         Raises StoreError when the output directory is unusable (nothing is written).
         """
         if self.transport is None:
-            return asyncio.run(self.run_pass(force=force, only=only))
+            return client.run(self.run_pass(force=force, only=only))
         return self.transport.run(self.run_pass(force=force, only=only))
 
     async def run_pass(self, *, force: bool = False, only: Path | None = None) -> PassResult:

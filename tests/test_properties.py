@@ -153,7 +153,7 @@ _HEAD_BYTES = (
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(deadline=None)
 @given(
     st.sampled_from([200, 301, 302, 303, 307, 308, 404, 503]),
     st.lists(

@@ -4,8 +4,8 @@ Per-file problems are values (``Found.error``), never exceptions, so one broken 
 never stops the others from being served.  Private key files are never opened.
 """
 
-# Paths are plain strings here: at ten thousand certificates, a pathlib object per file
-# and per directory entry was a measurable part of every scan.
+# Paths are plain strings here: a pathlib object per file and per directory entry is a
+# measurable part of a scan of ten thousand certificates.
 # ruff: noqa: PTH112, PTH116, PTH118, PTH119, PTH122
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
     """Certificate files and certbot lineages below ``directory``, in name order.
 
     A lineage is recognised by two lstats and not listed; any other directory is listed
-    once, with no stat per plain file: at ten thousand lineages the walk was most of a
-    scan.  Symbolic links are followed; a loop is cut where a directory comes round again.
+    once, with no stat per plain file, since at ten thousand lineages the walk is most of
+    a scan.  Symbolic links are followed; a loop is cut where a directory comes round again.
     """
     if _is_lineage(directory):
         # Two lstats instead of listing it: live/ holds one such directory per certificate.

@@ -254,8 +254,8 @@ def _rename(tmp: str, path: Path) -> None:
 
 # Temporary names: a counter makes them unique within this process, the pid and a random
 # tag drawn at start across processes; O_EXCL refuses a clash all the same.  (tempfile's
-# mkstemp draws a random name and wraps the file in Python objects: at thousands of
-# staples a pass, that was a tenth of the cost of a write.)
+# mkstemp draws a random name and wraps the file in Python objects, a tenth of the cost
+# of a write at thousands of staples a pass.)
 _temp_counter = itertools.count()
 _TEMP_TAG = secrets.token_hex(4)
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

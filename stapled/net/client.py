@@ -144,11 +144,9 @@ class Transport:
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` (fetches, and whatever else a pass does) on an event loop of its own.
 
-        Connections are kept alive for the fetches of that run and closed at its end: a
-        pass reuses one connection per responder for thousands of certificates, while
-        the daemon's refreshes, hours apart, would find theirs closed by the server.
+        Connections are kept alive for the fetches of that run and closed at its end.
         """
-        return asyncio.run(self._scoped(coro))
+        return run(self._scoped(coro))
 
     async def _scoped(self, coro: Coroutine[Any, Any, _T]) -> _T:
         try:
@@ -368,6 +366,22 @@ class Transport:
         with self._lock:
             self._proxies[key] = proxy
         return proxy
+
+
+def run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(coro)``, with the result passed out through a box.
+
+    asyncio.run's SIGINT handling may render the main task, result and all, with repr()
+    as it ends; a pass's result holds every certificate, which made that a large, slow
+    string.
+    """
+    box: list[_T] = []
+
+    async def main() -> None:
+        box.append(await coro)
+
+    asyncio.run(main())
+    return box[0]
 
 
 async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:

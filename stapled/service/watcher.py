@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 # Event types that mean something changed (watchdog 7 also reports opens and reads).
 _CHANGES = {"created", "deleted", "modified", "moved", "closed"}
 # ... and only those are asked of the kernel.  Left to itself, watchdog 7 asks inotify
-# for opens and reads too: a rescan opening ten thousand certificates then overflowed
-# the kernel's queue, and watchdog's recovery (listing every directory again) made more
-# events than it read, a loop that kept a CPU busy.
+# for opens and reads too, so a rescan opening ten thousand certificates overflows the
+# kernel's queue, and watchdog's recovery (listing every directory again) makes more
+# events than it reads: a loop that keeps a CPU busy.
 _EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
     FileDeletedEvent,

@@ -13,7 +13,7 @@ from stapled.core import certs, ocsp
 from stapled.demo.ca import CA
 from stapled.errors import InvalidResponseError, OCSPStatusError
 
-from .pki import CASES, NOW, World
+from ..pki import CASES, NOW, World
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from stapled.core import certs, ocsp
 from stapled.demo import ca as testca
 from stapled.demo.ca import CA
 
-from .conftest import require_binary
+from ..conftest import require_binary
 
 pytestmark = pytest.mark.servers
 

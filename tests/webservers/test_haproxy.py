@@ -12,8 +12,8 @@ import pytest
 
 from stapled.demo import ca as testca
 
-from .conftest import Site
-from .servers import HAProxy, example, free_port, s_client
+from ..conftest import Site
+from ..servers import HAProxy, example, free_port, s_client
 
 pytestmark = pytest.mark.servers
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Site, require_binary
+from ..conftest import Site, require_binary
 
-TOP = Path(__file__).parent.parent
+TOP = Path(__file__).parents[2]
 UNITS = sorted(
     p for p in (TOP / "systemd").iterdir() if p.suffix in (".service", ".timer", ".path")
 )

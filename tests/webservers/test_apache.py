@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from .conftest import Site
-from .daemonproc import DaemonProcess
-from .servers import Apache, example, free_port, s_client, wait_until
+from ..conftest import Site
+from ..daemonproc import DaemonProcess
+from ..servers import Apache, example, free_port, s_client, wait_until
 
 pytestmark = pytest.mark.servers
 

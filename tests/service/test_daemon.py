@@ -21,9 +21,9 @@ import requests
 from stapled.core import certs, ocsp
 from stapled.demo import ca as testca
 
-from .conftest import Site
-from .daemonproc import wait_for
-from .servers import FakeHAProxySocket, free_port
+from ..conftest import Site
+from ..daemonproc import wait_for
+from ..servers import FakeHAProxySocket, free_port
 
 FAST = "debounce = 0.3\nretry_min = 1\nretry_max = 2\nmin_refresh_interval = 1\n"
 

@@ -20,7 +20,7 @@ from stapled.demo import ca as testca
 from stapled.errors import FetchError
 from stapled.net.client import USER_AGENT, Transport
 
-from . import rawhttp
+from .. import rawhttp
 
 pytestmark = pytest.mark.hostile
 

@@ -20,8 +20,8 @@ from stapled.net.client import Transport
 from stapled.passes import Stapler
 from stapled.servers import HAPROXY_UPDATED
 
-from .conftest import Site
-from .servers import FakeHAProxySocket
+from ..conftest import Site
+from ..servers import FakeHAProxySocket
 
 
 def _staple(site: Site, name: str, issued: testca.Issued) -> ocsp.Staple:

@@ -14,7 +14,7 @@ from stapled.core.model import Fetched, Found, Record
 from stapled.core.policy import State
 from stapled.service.schedule import Timing, next_run
 
-from .pki import World
+from ..pki import World
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 WORLD = World()

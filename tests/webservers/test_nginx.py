@@ -17,9 +17,9 @@ from stapled.demo import ca as testca
 from stapled.net.client import Transport
 from stapled.passes import Stapler
 
-from .conftest import Site
-from .daemonproc import DaemonProcess
-from .servers import Handshake, Nginx, example, free_port, s_client, wait_until
+from ..conftest import Site
+from ..daemonproc import DaemonProcess
+from ..servers import Handshake, Nginx, example, free_port, s_client, wait_until
 
 pytestmark = pytest.mark.servers
 
