@@ -78,6 +78,13 @@ class Record:
     # The CertIDs clients may ask about (the local responder's index).
     cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
 
+    @property
+    def servable(self) -> Staple | None:
+        """The staple a server may be handed for this name: a valid good or revoked one."""
+        if self.current is not None and self.state in (State.GOOD, State.REVOKED):
+            return self.current
+        return None
+
     def failed(self, error: str) -> None:
         """Note that this pass could not do what it should have for this name."""
         self.last_error, self.failed_now = error, True

@@ -130,8 +130,7 @@ class Publisher:
         """The nginx snippet for ``rec``: stapling on only while its staple is valid."""
         if not self.nginx_snippets:
             return
-        valid = rec.current is not None and rec.state in (State.GOOD, State.REVOKED)
-        text = snippet.render(rec.path, rec.staple if valid else None, rec.state)
+        text = snippet.render(rec.path, rec.staple if rec.servable else None, rec.state)
         path = self.output_dir / f"{rec.name}{snippet.SUFFIX}"
         try:
             rec.changed |= _write(batch, path, text, lost=partial(_note_lost, rec))

@@ -226,8 +226,7 @@ class Daemon:
         if not records:
             return
         rec = records[0]
-        valid = rec.current if rec.state in (State.GOOD, State.REVOKED) else None
-        self.index.update(fingerprint, rec.cert_ids, valid)
+        self.index.update(fingerprint, rec.cert_ids, rec.servable)
 
     def _start_watcher(self) -> None:
         self.watcher = Watcher(
