@@ -28,7 +28,13 @@ from stapled.errors import (
     OCSPStatusError,
 )
 from stapled.net.client import Transport
-from stapled.net.http11 import ClientConnection, ProtocolError, ServerConnection
+from stapled.net.http11 import (
+    ClientConnection,
+    ProtocolError,
+    ServerConnection,
+    max_age,
+    retry_after,
+)
 from stapled.service.responder import MAX_BODY, Index, Responder
 
 from . import rawhttp
@@ -137,6 +143,15 @@ def test_the_clients_http_reader_fails_only_in_known_ways(data: bytes) -> None:
             await http.response(_fed(data), 65536, answered=[False])
 
     asyncio.run(read())
+
+
+@given(
+    st.text(max_size=80) | st.sampled_from(["1\u00b2", "\u0661", " 5 ", "Wed, 32 Oct", "9" * 40])
+)
+def test_header_values_are_read_or_ignored_never_raised(value: str) -> None:
+    for read in (max_age, retry_after):
+        seconds = read(value)
+        assert seconds is None or seconds >= 0
 
 
 # One server for every example: what it answers is set by each.

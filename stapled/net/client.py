@@ -16,7 +16,6 @@ loop of its own.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import ipaddress
 import re
 import socket
@@ -24,14 +23,13 @@ import ssl
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 from ..errors import FetchError
-from .http11 import ClientConnection, ProtocolError
+from .http11 import ClientConnection, ProtocolError, max_age, retry_after
 from .proxy import Proxy, ProxyError, ca_bundle, proxy_for
 
 # Apache keeps at most 10,239 bytes of a response; a real OCSP response is 1-3 KiB.
@@ -209,16 +207,16 @@ class Transport:
                     method, body = "GET", None
                 progress.answered = False
                 continue
-            retry_after = _retry_after(headers.get("retry-after"))
+            wait = retry_after(headers.get("retry-after"))
             if status != 200:
-                raise _Failed(f"HTTP {status}", retry_after=retry_after)
+                raise _Failed(f"HTTP {status}", retry_after=wait)
             assert data is not None
             return Reply(
                 url=url,
                 body=data,
                 content_type=headers.get("content-type", ""),
-                max_age=_max_age(headers.get("cache-control")),
-                retry_after=retry_after,
+                max_age=max_age(headers.get("cache-control")),
+                retry_after=wait,
             )
         raise _Failed("too many redirects")
 
@@ -431,25 +429,3 @@ def _in_words(error: OSError, progress: _Progress) -> str:
     if not progress.connected:
         return f"cannot connect ({detail})"
     return f"request failed ({detail})"
-
-
-def _max_age(value: str | None) -> float | None:
-    if not value:
-        return None
-    match = re.search(r"(?:^|,)\s*max-age\s*=\s*([0-9]{1,10})\s*(?:,|$)", value, re.IGNORECASE)
-    return float(match.group(1)) if match else None
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After value (RFC 9110 10.2.3); None for anything else."""
-    if not value:
-        return None
-    if re.fullmatch(r"\s*[0-9]{1,10}\s*", value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())

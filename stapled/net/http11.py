@@ -10,9 +10,11 @@ end whose words name what was wrong.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 import h11
@@ -246,3 +248,26 @@ class ServerConnection:
 
 def _text(value: bytes) -> str:
     return value.decode("latin-1")
+
+
+def max_age(value: str | None) -> float | None:
+    """Seconds from a Cache-Control value's max-age (RFC 9111 5.2.2.1); None without one."""
+    if not value:
+        return None
+    match = re.search(r"(?:^|,)\s*max-age\s*=\s*([0-9]{1,10})\s*(?:,|$)", value, re.IGNORECASE)
+    return float(match.group(1)) if match else None
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After value (RFC 9110 10.2.3); None for anything else."""
+    if not value:
+        return None
+    if re.fullmatch(r"\s*[0-9]{1,10}\s*", value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
