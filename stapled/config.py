@@ -14,8 +14,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from .core.urls import problem as url_problem
 from .errors import ConfigError
 
 DEFAULT_REFRESH_AT = 0.5
@@ -330,8 +330,8 @@ class _Checker:
         if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
             raise self.error(f"{key}.ocsp_url", "must be a URL or a list of URLs")
         for url in urls:
-            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-                raise self.error(f"{key}.ocsp_url", f"{url!r} is not an http(s) URL")
+            if (why := url_problem(url)) is not None:
+                raise self.error(f"{key}.ocsp_url", why)
         name = entry.get("name")
         if name is not None and (
             not isinstance(name, str) or not name or "/" in name or name.startswith(".")

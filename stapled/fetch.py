@@ -10,9 +10,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
-from urllib.parse import urlsplit
 
-from .core import ocsp
+from .core import ocsp, urls
 from .core.certs import CertChain
 from .core.model import Fetched
 from .core.times import Clock
@@ -86,14 +85,14 @@ class Fetcher:
         hosts: set[str] = set()
         for chain in chains:
             count += 1
-            hosts.update(urlsplit(url).netloc for url in chain.ocsp_urls)
+            hosts.update(urls.host(url) for url in chain.ocsp_urls)
         return max(1, min(concurrency, count, self.per_host * max(1, len(hosts))))
 
     def _limit(self, url: str) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # semaphores belong to one loop
             self._loop, self._limits = loop, {}
-        host = urlsplit(url).netloc
+        host = urls.host(url)
         if host not in self._limits:
             self._limits[host] = asyncio.Semaphore(self.per_host)
         return self._limits[host]

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parent.parent / "stapled"
 LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "errors": ({"errors", "__init__"}, set()),
     "core": ({"core.*"}, {"errors"}),
-    "config": ({"config"}, {"errors"}),
+    "config": ({"config"}, {"core", "errors"}),
     "report": ({"report"}, {"core", "errors"}),
     "files": ({"files.*"}, {"core", "config", "errors"}),
     "net": ({"net.*"}, {"errors"}),

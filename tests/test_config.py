@@ -74,6 +74,14 @@ BAD = {
         'output_dir = "out"\ncertificates = [{ path = "certs", ocsp_url = "ldap://x" }]\n',
         "certificates[0].ocsp_url",
     ),
+    "source-malformed-url": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", ocsp_url = "http://[::1/" }]\n',
+        "certificates[0].ocsp_url",
+    ),
+    "source-url-bad-port": (
+        'output_dir = "out"\ncertificates = [{ path = "certs", ocsp_url = ["http://a/", "http://a:0x/"] }]\n',
+        "certificates[0].ocsp_url",
+    ),
     "source-missing-issuer": (
         'output_dir = "out"\ncertificates = [{ path = "certs", issuer = "ca.pem" }]\n',
         "certificates[0].issuer",

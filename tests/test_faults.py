@@ -274,10 +274,23 @@ def _pem_junk(site: Site) -> dict[str, bytes | None]:
         "expired-leaf": expired.cert_pem() + site.ca.cert_pem(),
         "ldap-ocsp-url": site.issue("ldap.example", ocsp_urls=["ldap://ocsp.example/"]).cert_pem()
         + site.ca.cert_pem(),
+        **{
+            name: site.issue(f"{name}.example", ocsp_urls=[url]).cert_pem() + site.ca.cert_pem()
+            for name, url in MALFORMED_URLS.items()
+        },
         "ten-megabytes": b"-----BEGIN CERTIFICATE-----\n" + b"A" * (10 * 1024 * 1024),
         "binary-junk": bytes((i * 131 + 7) % 256 for i in range(4096)),
     }
 
+
+# AIA OCSP URLs that cannot be parsed or asked: each is that certificate's own error.
+MALFORMED_URLS = {
+    "bracket-url": "http://[::1/",
+    "port-url": "http://ocsp.example:99999/",
+    "bad-ipv6-url": "http://[zz]/",
+    "space-url": "http://ocsp example/",
+    "no-host-url": "http:///ocsp",
+}
 
 EXPECTED = {
     "not-pem": ("error", "no certificate found"),
@@ -288,6 +301,11 @@ EXPECTED = {
     "self-signed": ("error", "self-signed"),
     "expired-leaf": ("expired", "the certificate expired on"),
     "ldap-ocsp-url": ("error", "not http or https"),
+    "bracket-url": ("error", "http://[::1/ is not a valid URL (Invalid IPv6 URL)"),
+    "port-url": ("error", "is not a valid URL (Port out of range"),
+    "bad-ipv6-url": ("error", "is not a valid URL"),
+    "space-url": ("error", "holds spaces, control or non-ASCII characters"),
+    "no-host-url": ("error", "names no host"),
     "ten-megabytes": ("error", "larger than"),
     "binary-junk": ("error", "no certificate found"),
     "symlink-loop": ("error", "Too many levels of symbolic links"),

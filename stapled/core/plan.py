@@ -8,9 +8,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
-from urllib.parse import urlsplit
 
-from . import policy
+from . import policy, urls
 from .certs import CertChain
 from .model import Fetched, Found, Record, Settled
 from .ocsp import CertStatus, Staple
@@ -45,13 +44,14 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
             must_staple=chain.must_staple,
             ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
         )
-        usable = tuple(u for u in chain.ocsp_urls if urlsplit(u).scheme in ("http", "https"))
+        problems = [urls.problem(u) for u in chain.ocsp_urls]
+        usable = tuple(u for u, p in zip(chain.ocsp_urls, problems, strict=True) if p is None)
         if not chain.ocsp_urls:
             records.append(base)
         elif not usable:
             base.state = State.ERROR
             base.last_error = (
-                f"the certificate's OCSP URL {chain.ocsp_urls[0]} is not http or https; "
+                f"the certificate's OCSP URL {problems[0]}; "
                 "set ocsp_url for this source to use another responder"
             )
             records.append(base)

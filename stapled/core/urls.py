@@ -1,0 +1,39 @@
+"""Responder URLs from certificates and the configuration, checked before any use.
+
+A certificate is outside input: its AIA URLs may be anything, and one that cannot be
+parsed must be that certificate's error, never an exception in the middle of a pass.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+SCHEMES = ("http", "https")
+
+
+def shown(url: str) -> str:
+    """``url`` as a log line may hold it: quoted when it has spaces or control characters."""
+    printable = url.isascii() and url.isprintable() and " " not in url
+    return url if printable and url else repr(url)
+
+
+def problem(url: str) -> str | None:
+    """Why ``url`` cannot be asked over HTTP (a clause naming it), or None when it can."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        host = parts.hostname
+    except ValueError as e:
+        return f"{shown(url)} is not a valid URL ({e})"
+    if parts.scheme.lower() not in SCHEMES:
+        return f"{shown(url)} is not http or https"
+    if not host:
+        return f"{shown(url)} names no host"
+    if shown(url) != url:
+        return f"{shown(url)} holds spaces, control or non-ASCII characters"
+    return None
+
+
+def host(url: str) -> str:
+    """The ``host:port`` part of a URL that has no :func:`problem`."""
+    return urlsplit(url).netloc
