@@ -125,6 +125,25 @@ def test_older_response_is_refused(site: Site) -> None:
     assert "older than the staple on disk" in _status_json(site)["a.example"]["last_error"]
 
 
+def test_an_older_revoked_answer_replaces_a_good_staple(site: Site) -> None:
+    """Revocation is final: replay protection must not keep a good staple serving."""
+    leaf = site.issue("r.example")
+    site.bundle("r.example", leaf)
+    assert site.once() == 0
+    site.ca.revoke(leaf.cert, datetime.now(UTC) - timedelta(hours=6))
+    old = site.ca.sign_response(leaf.cert, this_update=datetime.now(UTC) - timedelta(hours=5))
+    site.responder.answer = lambda der: (200, {}, old)
+    assert site.once("--force") == 2
+    assert site.staple("r.example") == old
+    assert _status_json(site)["r.example"]["status"] == "revoked"
+    # And a good answer after that, however new, is refused.
+    site.ca.revoked.clear()
+    site.responder.answer = lambda der: (200, {}, site.ca.sign_response(leaf.cert))
+    assert site.once("--force") == 2
+    assert site.staple("r.example") == old
+    assert "revocation is final" in _status_json(site)["r.example"]["last_error"]
+
+
 def test_unknown_without_staple_exits_2(site: Site) -> None:
     leaf = site.issue("u.example")
     site.ca.unknown.add(leaf.cert.serial_number)

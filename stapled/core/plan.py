@@ -16,6 +16,9 @@ from .ocsp import CertStatus, Staple
 from .policy import State
 from .times import iso
 
+# The one revocation reason a CA may take back (RFC 5280 5.3.1, removeFromCRL).
+HOLD = "certificateHold"
+
 NO_ISSUER = (
     "the issuer certificate is not in the file, no issuer is configured, "
     "and the certificate has no caIssuers URL"
@@ -88,7 +91,8 @@ def newest(staples: Iterable[Staple]) -> Staple | None:
 
 def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
     """What to publish: the fetched answer, unless it says unknown or is older than what
-    is held (a replay never wins).  ``fetched=None``: nothing was due."""
+    is held (a replay never wins), except that a valid "revoked" replaces a "good" however
+    old it is.  ``fetched=None``: nothing was due."""
     if fetched is None:
         return Settled(current)
     answer, url = fetched.staple, fetched.url
@@ -96,10 +100,26 @@ def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
         return Settled(current, fetched.error)
     if answer.cert_status is CertStatus.UNKNOWN:
         return Settled(current, f"{url}: the responder says the certificate is unknown", True)
+    revokes = answer.cert_status is CertStatus.REVOKED
+    if current is not None and _finally_revoked(current) and not revokes:
+        error = (
+            f"{url}: says {answer.cert_status} after the CA said revoked on "
+            f"{iso(current.revocation_time)}; refused (revocation is final, RFC 5280 3.3)"
+        )
+        return Settled(current, error)
     if current is not None and answer.is_older_than(current):
+        # Replay protection keeps an old "good" from coming back; an old "revoked" cannot
+        # un-revoke anything, so the CA's signed word that it is revoked always wins.
+        if revokes and current.cert_status is not CertStatus.REVOKED:
+            return Settled(answer)
         error = f"{url}: response of {iso(answer.this_update)} is older than the staple on disk"
         return Settled(current, error + "; refused")
     return Settled(answer)
+
+
+def _finally_revoked(staple: Staple) -> bool:
+    """Revoked for good: every reason but certificateHold, which a CA may lift."""
+    return staple.cert_status is CertStatus.REVOKED and staple.revocation_reason != HOLD
 
 
 def record(

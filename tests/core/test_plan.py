@@ -148,6 +148,47 @@ def test_an_older_answer_never_replaces_a_newer_staple(held_min: int, fetched_mi
     assert kept.this_update == max(held.this_update, answer.this_update)
 
 
+STATUSES = st.sampled_from(list(ocsp.CertStatus))
+
+
+@given(
+    st.integers(min_value=-5000, max_value=5000),
+    st.integers(min_value=-5000, max_value=5000),
+    STATUSES,
+    STATUSES,
+)
+def test_revocation_is_final(held_min: int, fetched_min: int, held_status, answer_status) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the times, a revoked answer or staple is never followed by a good one."""
+    held = _staple(NOW + timedelta(minutes=held_min), status=held_status)
+    answer = _staple(NOW + timedelta(minutes=fetched_min), status=answer_status)
+    kept = plan.settle(held, Fetched(answer, "http://r/")).current
+    assert kept is not None
+    if ocsp.CertStatus.REVOKED in (held_status, answer_status) and held_status is not (
+        ocsp.CertStatus.UNKNOWN
+    ):
+        assert kept.cert_status is ocsp.CertStatus.REVOKED
+
+
+def test_a_lifted_certificate_hold_may_be_followed_by_good() -> None:
+    hold = replace(
+        _staple(NOW - timedelta(hours=2), status=ocsp.CertStatus.REVOKED),
+        revocation_reason="certificateHold",
+    )
+    good = _staple(NOW - timedelta(hours=1))
+    assert plan.settle(hold, Fetched(good, "http://r/")).current is good
+    final = replace(hold, revocation_reason="keyCompromise")
+    settled = plan.settle(final, Fetched(good, "http://r/"))
+    assert settled.current is final
+    assert settled.error is not None and "revocation is final" in settled.error
+
+
+def test_an_older_revoked_answer_replaces_a_good_staple() -> None:
+    good = _staple(NOW - timedelta(hours=1))
+    revoked = _staple(NOW - timedelta(days=2), status=ocsp.CertStatus.REVOKED)
+    settled = plan.settle(good, Fetched(revoked, "http://r/"))
+    assert settled.current is revoked and settled.error is None
+
+
 # ---- the record ----------------------------------------------------------------------------
 
 
