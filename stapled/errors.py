@@ -70,11 +70,19 @@ class CertificateError(StapledError):
 class FetchError(StapledError):
     """Talking to an OCSP responder (or a caIssuers URL) failed."""
 
-    def __init__(self, url: str, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         self.url = url
         self.reason = reason
         # Seconds the responder asked us to wait (HTTP Retry-After), when it said so.
         self.retry_after = retry_after
+        # The HTTP status of an answer other than 200, when there was an answer.
+        self.status = status
         super().__init__(f"{url}: {reason}")
 
 

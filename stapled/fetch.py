@@ -61,11 +61,16 @@ class Fetcher:
         for url in chain.ocsp_urls:
             http = ocsp.http_request(url, request)
             try:
-                async with self._limit(url):
-                    reply = await self.client.fetch(http.method, http.url, http.body)
-                if reply.content_type and reply.content_type != "application/ocsp-response":
-                    log.debug("%s: unexpected Content-Type %r", url, reply.content_type)
-                staple = ocsp.validate(reply.body, chain, self.clock())
+                try:
+                    reply = await self._ask(url, http.method, http.url, http.body)
+                    staple = self._validate(url, reply, chain)
+                except (FetchError, OCSPStatusError) as e:
+                    if http.method != "GET" or not _refuses_get(e):
+                        raise
+                    # Every responder must take POST (RFC 6960 A.1.1); some refuse GET.
+                    log.info("%s: GET refused (%s); asking again with POST", url, _why(e))
+                    reply = await self._ask(url, "POST", url, request)
+                    staple = self._validate(url, reply, chain)
             except (InvalidResponseError, OCSPStatusError) as e:
                 errors.append(str(e.at(url)))
                 continue
@@ -77,6 +82,16 @@ class Fetcher:
                 continue
             return Fetched(staple, url, max_age=reply.max_age)
         return Fetched(error="; ".join(errors), retry_after=retry_after)
+
+    async def _ask(self, url: str, method: str, target: str, body: bytes | None) -> Reply:
+        assert self.client is not None
+        async with self._limit(url):
+            return await self.client.fetch(method, target, body)
+
+    def _validate(self, url: str, reply: Reply, chain: CertChain) -> ocsp.Staple:
+        if reply.content_type and reply.content_type != "application/ocsp-response":
+            log.debug("%s: unexpected Content-Type %r", url, reply.content_type)
+        return ocsp.validate(reply.body, chain, self.clock())
 
     def workers(self, chains: Iterable[CertChain], concurrency: int) -> int:
         """Tasks worth running for these fetches: no more than ``per_host`` lets run for
@@ -96,6 +111,18 @@ class Fetcher:
         if host not in self._limits:
             self._limits[host] = asyncio.Semaphore(self.per_host)
         return self._limits[host]
+
+
+def _refuses_get(error: FetchError | OCSPStatusError) -> bool:
+    """A GET answered with a client error (429 aside: that is "slow down") or with OCSP
+    malformedRequest: the responder may well take the same request by POST."""
+    if isinstance(error, OCSPStatusError):
+        return error.status == "malformedRequest"
+    return error.status is not None and 400 <= error.status < 500 and error.status != 429
+
+
+def _why(error: FetchError | OCSPStatusError) -> str:
+    return error.reason if isinstance(error, FetchError) else error.status
 
 
 async def each(

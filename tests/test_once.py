@@ -144,6 +144,15 @@ def test_an_older_revoked_answer_replaces_a_good_staple(site: Site) -> None:
     assert "revocation is final" in _status_json(site)["r.example"]["last_error"]
 
 
+def test_a_responder_refusing_get_is_asked_with_post(site: Site) -> None:
+    leaf = site.issue("post.example")
+    site.bundle("post.example", leaf)
+    site.responder.refuse_get = True
+    assert site.once() == 0
+    assert site.staple("post.example") is not None
+    assert [p.split()[0] for p in site.responder.paths] == ["GET", "POST"]
+
+
 def test_unknown_without_staple_exits_2(site: Site) -> None:
     leaf = site.issue("u.example")
     site.ca.unknown.add(leaf.cert.serial_number)

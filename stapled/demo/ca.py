@@ -279,6 +279,8 @@ class ResponderServer:
         self.connections = 0
         self.paths: list[str] = []
         self.files: dict[str, bytes] = {}
+        # Answer every OCSP GET with HTTP 400, as some responder software does.
+        self.refuse_get = False
         self._lock = threading.Lock()
         self.answer: Answer = self._default_answer
         server = self
@@ -303,6 +305,13 @@ class ResponderServer:
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
+                    return
+                if server.refuse_get:
+                    with server._lock:
+                        server.paths.append(f"GET {self.path}")
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
                 encoded = unquote(self.path.rsplit("/", 1)[-1])
                 try:

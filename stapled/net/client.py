@@ -59,10 +59,13 @@ class Reply:
 class _Failed(Exception):
     """A failure of one exchange, in words; ``fetch`` turns it into a FetchError naming the URL."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,7 @@ class Transport:
                 reason = f"response not complete within {self.timeout:g} s"
             raise FetchError(url, reason) from None
         except _Failed as e:
-            raise FetchError(url, e.reason, retry_after=e.retry_after) from None
+            raise FetchError(url, e.reason, retry_after=e.retry_after, status=e.status) from None
         except ssl.SSLCertVerificationError as e:
             reason = f"TLS error (certificate verify failed: {e.verify_message})"
             raise FetchError(url, reason) from e
@@ -209,7 +212,7 @@ class Transport:
                 continue
             wait = retry_after(headers.get("retry-after"))
             if status != 200:
-                raise _Failed(f"HTTP {status}", retry_after=wait)
+                raise _Failed(f"HTTP {status}", retry_after=wait, status=status)
             assert data is not None
             return Reply(
                 url=url,
