@@ -93,6 +93,15 @@ CASES: dict[str, tuple[Case, str]] = {
         "expired or about to",
     ),
     "no-next-update": (_sign(next_update=None), "no nextUpdate"),
+    # A window of minutes (private CAs, test responders): a tenth of it is the margin.
+    "ten-minute-window": (
+        _sign(this_update=NOW - timedelta(minutes=2), validity=timedelta(minutes=10)),
+        "good",
+    ),
+    "ten-minute-window-last-minute": (
+        _sign(this_update=NOW - timedelta(minutes=9, seconds=30), validity=timedelta(minutes=10)),
+        "expired or about to",
+    ),
     "garbage": (lambda w: b"\x30\x03garbage", "not a DER OCSP response"),
     "empty": (lambda w: b"", "empty body"),
     "html": (lambda w: b"<html><body>502 Bad Gateway</body></html>", "not a DER"),

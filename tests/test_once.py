@@ -153,6 +153,17 @@ def test_a_responder_refusing_get_is_asked_with_post(site: Site) -> None:
     assert [p.split()[0] for p in site.responder.paths] == ["GET", "POST"]
 
 
+def test_responses_valid_for_minutes_are_stapled(site: Site) -> None:
+    """A private CA's five-minute responses: the margin is a tenth of the window."""
+    site.responder.validity = timedelta(minutes=5)
+    leaf = site.issue("short.example")
+    site.bundle("short.example", leaf)
+    assert site.once() == 0
+    assert site.staple("short.example") is not None
+    entry = _status_json(site)["short.example"]
+    assert entry["status"] == "good" and entry["last_error"] is None
+
+
 def test_unknown_without_staple_exits_2(site: Site) -> None:
     leaf = site.issue("u.example")
     site.ca.unknown.add(leaf.cert.serial_number)

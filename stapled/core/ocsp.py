@@ -35,8 +35,16 @@ MAX_GET_URL = 255
 # Clocks disagree; a thisUpdate this far in the future is still accepted.
 DEFAULT_SKEW = timedelta(minutes=5)
 # HAProxy stops stapling 300 s before nextUpdate; a response closer than that to its end
-# is of no use to any server.
+# is of no use to any server.  A response valid for minutes only (private CAs, test
+# responders) gets a tenth of its window instead, so that it can be stapled at all.
 DEFAULT_MARGIN = timedelta(minutes=5)
+MARGIN_FRACTION = 0.1
+
+
+def margin_for(lifetime: timedelta) -> timedelta:
+    """How long before its nextUpdate a response stops being worth handing out."""
+    return min(DEFAULT_MARGIN, lifetime * MARGIN_FRACTION)
+
 
 _PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _SHA1 = hashes.SHA1()
@@ -125,9 +133,18 @@ class Staple:
             return f"its CertID uses {self.cert_id.hash_name} and HAProxy matches only SHA-1"
         return None
 
-    def valid_at(self, now: datetime, margin: timedelta = DEFAULT_MARGIN) -> bool:
-        """Still fit to hand to a server at ``now`` (not within ``margin`` of nextUpdate)."""
-        return now + margin < self.next_update
+    def valid_at(self, now: datetime) -> bool:
+        """Still fit to hand to a server at ``now`` (not within its margin of nextUpdate)."""
+        return now + self.margin < self.next_update
+
+    @property
+    def margin(self) -> timedelta:
+        return margin_for(self.lifetime)
+
+    @property
+    def usable_until(self) -> datetime:
+        """When it stops being fit to hand to a server."""
+        return self.next_update - self.margin
 
     @property
     def lifetime(self) -> timedelta:
@@ -188,7 +205,7 @@ def validate(
     now: datetime,
     *,
     skew: timedelta = DEFAULT_SKEW,
-    margin: timedelta = DEFAULT_MARGIN,
+    margin: timedelta | None = None,
 ) -> Staple:
     """Check ``der`` completely as the OCSP response for the chain's leaf at time ``now``.
 
@@ -217,6 +234,8 @@ def validate(
         raise InvalidResponseError(f"producedAt {iso(produced_at)} is in the future")
     if next_update <= this_update:
         raise InvalidResponseError("nextUpdate is not after thisUpdate")
+    if margin is None:
+        margin = margin_for(next_update - this_update)
     if next_update <= now + margin:
         raise InvalidResponseError(f"expired or about to: nextUpdate {iso(next_update)}")
     status = _STATUS[single.certificate_status]

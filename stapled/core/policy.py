@@ -98,8 +98,10 @@ def severity(
 # Refreshes of certificates issued together are spread over this fraction of the window
 # (either side of the refresh point), so that they do not reach the responder as a burst.
 JITTER_FRACTION = 0.05
-# Retries keep at least this many attempts inside what is left of a staple's validity.
+# Retries keep at least this many attempts inside what is left of a staple's validity,
+# however short, but never come closer together than this.
 ATTEMPTS_BEFORE_EXPIRY = 4
+MIN_RETRY_SECONDS = 1.0
 
 
 def scheduled_refresh(
@@ -145,12 +147,14 @@ def retry_delay(
 
     Exponential from ``retry_min`` to ``retry_max``; a responder's Retry-After is
     honoured when longer.  While a valid staple exists (``valid_until``), the delay never
-    exceeds a share of what is left, so several attempts remain before it expires.
+    exceeds a quarter of what is left (down to MIN_RETRY_SECONDS, below ``retry_min`` if
+    need be), so several attempts remain before it expires.
     """
     delay = min(retry_min * 2 ** max(0, attempts - 1), retry_max)
     if retry_after is not None:
         delay = max(delay, min(retry_after, retry_max))
-    if valid_until is not None:
+    if valid_until is not None and valid_until > now:
+        # Keeping a staple beats pacing: near its end, retry_min gives way too.
         left = (valid_until - now).total_seconds()
-        delay = min(delay, max(retry_min, left / ATTEMPTS_BEFORE_EXPIRY))
+        delay = min(delay, max(MIN_RETRY_SECONDS, left / ATTEMPTS_BEFORE_EXPIRY))
     return timedelta(seconds=delay)

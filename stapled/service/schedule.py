@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..core import ocsp, policy
+from ..core import policy
 from ..core.model import Record
 
 
@@ -40,7 +40,7 @@ def next_run(rec: Record, attempts: int, timing: Timing, now: datetime, jitter: 
     current = rec.current
     if rec.failed_now or current is None:
         attempts += 1
-        valid_until = current.next_update - ocsp.DEFAULT_MARGIN if current else None
+        valid_until = current.usable_until if current else None
         delay = policy.retry_delay(
             attempts,
             now=now,
@@ -55,7 +55,7 @@ def next_run(rec: Record, attempts: int, timing: Timing, now: datetime, jitter: 
         refresh_at=timing.refresh_at,
         now=now,
         jitter=jitter,
-        margin=ocsp.DEFAULT_MARGIN,
+        margin=current.margin,
         min_interval=timedelta(seconds=timing.min_refresh_interval),
         max_age=rec.max_age,
     )

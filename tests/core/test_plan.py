@@ -238,7 +238,7 @@ def test_a_retry_honours_retry_after_but_stays_within_the_valid_staple() -> None
     step = next_run(_record(staple, failed=True, retry_after=3000.0), 0, TIMING, NOW, jitter=0.0)
     assert (step.when - NOW).total_seconds() == 3000
     step = next_run(_record(staple, failed=True, retry_after=90000.0), 0, TIMING, NOW, jitter=0.0)
-    assert step.when < staple.next_update - ocsp.DEFAULT_MARGIN
+    assert step.when < staple.usable_until
 
 
 @given(st.floats(min_value=-1, max_value=1), st.integers(min_value=1, max_value=7 * 24 * 60))
@@ -248,4 +248,4 @@ def test_a_scheduled_refresh_is_ahead_and_before_the_staple_ends(
     staple = _staple(NOW - timedelta(minutes=lifetime_min // 3), timedelta(minutes=lifetime_min))
     step = next_run(_record(staple), 0, TIMING, NOW, jitter)
     assert step.when >= NOW
-    assert step.when <= max(NOW, staple.next_update - ocsp.DEFAULT_MARGIN)
+    assert step.when <= max(NOW, staple.usable_until)

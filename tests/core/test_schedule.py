@@ -132,8 +132,29 @@ def test_a_late_job_still_runs() -> None:
 
 
 @pytest.mark.parametrize("attempts", [1, 3, 8])
-def test_retry_is_never_below_the_minimum(attempts: int) -> None:
+def test_without_a_staple_a_retry_is_never_below_the_minimum(attempts: int) -> None:
+    delay = policy.retry_delay(attempts, now=NOW, retry_min=60, retry_max=3600, valid_until=None)
+    assert delay >= timedelta(seconds=60)
+
+
+@given(
+    st.integers(min_value=1, max_value=20),
+    st.floats(min_value=1, max_value=7 * 86400),
+    st.floats(min_value=1, max_value=3600),
+    st.none() | st.floats(min_value=0, max_value=10**6),
+)
+def test_retries_leave_attempts_before_the_staple_ends(
+    attempts: int, left: float, retry_min: float, retry_after: float | None
+) -> None:
+    """With a valid staple, the next try comes within a quarter of the time it has left."""
     delay = policy.retry_delay(
-        attempts, now=NOW, retry_min=60, retry_max=3600, valid_until=NOW + timedelta(seconds=10)
+        attempts,
+        now=NOW,
+        retry_min=retry_min,
+        retry_max=max(retry_min, 3600),
+        valid_until=NOW + timedelta(seconds=left),
+        retry_after=retry_after,
     )
-    assert delay == timedelta(seconds=60)
+    tick = timedelta(microseconds=1)  # timedelta rounds to whole microseconds
+    assert delay <= timedelta(seconds=max(policy.MIN_RETRY_SECONDS, left / 4)) + tick
+    assert delay >= timedelta(seconds=min(policy.MIN_RETRY_SECONDS, retry_min))
