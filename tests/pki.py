@@ -17,6 +17,8 @@ from stapled.core import certs
 from stapled.core.certs import CertChain
 from stapled.demo.ca import CA, Issued, unsuccessful
 
+from . import reshape
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 URL = "http://127.0.0.1:9/"
 
@@ -41,6 +43,10 @@ class World:
 
 # expected: "good" | "revoked" | "unknown" for a valid Staple, or a fragment of the error.
 Case = Callable[[World], bytes]
+
+
+def _reshaped(change: reshape.Change) -> Case:
+    return lambda w: reshape.reshape(w.ca.sign_response(w.leaf.cert), w.ca.issued, change)
 
 
 def _sign(**kw: object) -> Case:
@@ -93,6 +99,46 @@ CASES: dict[str, tuple[Case, str]] = {
         "expired or about to",
     ),
     "no-next-update": (_sign(next_update=None), "no nextUpdate"),
+    # Extensions: a critical one stapled does not recognise makes the response unusable.
+    "critical-single-extension": (
+        _reshaped(reshape.single_extension("1.2.3.4", critical=True)),
+        "unrecognised critical single extension 1.2.3.4",
+    ),
+    "critical-response-extension": (
+        _reshaped(reshape.response_extension("1.2.3.4", critical=True)),
+        "unrecognised critical response extension 1.2.3.4",
+    ),
+    "noncritical-single-extension": (
+        _reshaped(reshape.single_extension("1.2.3.4", critical=False)),
+        "good",
+    ),
+    "critical-nonce": (
+        _reshaped(
+            reshape.response_extension("1.3.6.1.5.5.7.48.1.2", critical=True, value=b"\x04\x04nnce")
+        ),
+        "good",
+    ),
+    "critical-invalidity-date": (
+        _reshaped(
+            reshape.single_extension("2.5.29.24", critical=True, value=b"\x18\x0f20260101000000Z")
+        ),
+        "good",
+    ),
+    "critical-certificate-issuer": (
+        _reshaped(
+            reshape.single_extension(
+                "2.5.29.29", critical=True, value=b"\x30\x0b\x82\x09ca.example"
+            )
+        ),
+        "unrecognised critical single extension 2.5.29.29",
+    ),
+    # Several SingleResponses for the leaf that disagree: the gravest answer counts.
+    "good-and-revoked": (_reshaped(reshape.twin("revoked", "key_compromise")), "revoked"),
+    "good-and-unknown": (_reshaped(reshape.twin("unknown")), "unknown"),
+    "good-and-good": (_reshaped(reshape.twin("good")), "good"),
+    # CRLReason numbers the parser does not name are still the CA's signed "revoked".
+    "revoked-reason-7": (_reshaped(reshape.reason_code(7)), "revoked"),
+    "revoked-reason-99": (_reshaped(reshape.reason_code(99)), "revoked"),
     # A window of minutes (private CAs, test responders): a tenth of it is the margin.
     "ten-minute-window": (
         _sign(this_update=NOW - timedelta(minutes=2), validity=timedelta(minutes=10)),

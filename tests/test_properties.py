@@ -14,11 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.x509 import ocsp as x509_ocsp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stapled import config
-from stapled.core import certs, ocsp, policy
+from stapled.core import certs, der, ocsp, policy
 from stapled.errors import (
     CertificateError,
     ConfigError,
@@ -38,11 +39,14 @@ from stapled.net.http11 import (
 from stapled.service.responder import MAX_BODY, Index, Responder
 
 from . import rawhttp
-from .pki import World
+from .pki import CASES, World
 
 pytestmark = pytest.mark.hostile
 
 WORLD = World()
+_TBS = x509_ocsp.load_der_ocsp_response(
+    CASES["critical-invalidity-date"][0](WORLD)
+).tbs_response_bytes
 
 
 @given(st.binary(max_size=2048))
@@ -123,6 +127,21 @@ def _fed(data: bytes) -> asyncio.StreamReader:
     reader.feed_data(data)
     reader.feed_eof()
     return reader
+
+
+@given(st.binary(max_size=2048))
+def test_the_der_reader_fails_only_with_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):
+        der.response_data(data)
+
+
+@given(st.integers(min_value=0, max_value=2000), st.binary(min_size=1, max_size=4))
+def test_a_mutated_response_data_fails_only_with_value_error(at: int, noise: bytes) -> None:
+    tbs = bytearray(_TBS)
+    at %= len(tbs)
+    tbs[at : at + len(noise)] = noise
+    with contextlib.suppress(ValueError):
+        der.response_data(bytes(tbs))
 
 
 @given(st.binary(max_size=4096))

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ..errors import CertificateError
+from .der import tlv
 
 # RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
 _TLS_FEATURE_STATUS_REQUEST = 5
@@ -194,14 +195,14 @@ def raw_names(cert: x509.Certificate) -> tuple[bytes, bytes]:
     objects per certificate was a fifth of the cost of reading one.
     """
     tbs = cert.tbs_certificate_bytes
-    offset = _der_tlv(tbs, 0, 0x30)[1][0]
+    offset = tlv(tbs, 0, 0x30)[1]
     if tbs[offset] == 0xA0:  # version, when not v1
-        offset = _der_tlv(tbs, offset, 0xA0)[1][1]
-    offset = _der_tlv(tbs, offset, 0x02)[1][1]  # serialNumber
-    offset = _der_tlv(tbs, offset, 0x30)[1][1]  # signature AlgorithmIdentifier
-    issuer_end = _der_tlv(tbs, offset, 0x30)[1][1]
-    validity_end = _der_tlv(tbs, issuer_end, 0x30)[1][1]
-    subject_end = _der_tlv(tbs, validity_end, 0x30)[1][1]
+        offset = tlv(tbs, offset, 0xA0)[2]
+    offset = tlv(tbs, offset, 0x02)[2]  # serialNumber
+    offset = tlv(tbs, offset, 0x30)[2]  # signature AlgorithmIdentifier
+    issuer_end = tlv(tbs, offset, 0x30)[2]
+    validity_end = tlv(tbs, issuer_end, 0x30)[2]
+    subject_end = tlv(tbs, validity_end, 0x30)[2]
     return tbs[offset:issuer_end], tbs[validity_end:subject_end]
 
 
@@ -214,25 +215,11 @@ def subject_public_key_bits(cert: x509.Certificate) -> bytes:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _, body = _der_tlv(spki, 0, 0x30)
-    start, _ = body
-    alg_end = _der_tlv(spki, start, 0x30)[1][1]
-    (bits_start, bits_end) = _der_tlv(spki, alg_end, 0x03)[1]
+    start = tlv(spki, 0, 0x30)[1]
+    alg_end = tlv(spki, start, 0x30)[2]
+    _, bits_start, bits_end = tlv(spki, alg_end, 0x03)
     # The first content octet of a BIT STRING counts unused bits; a key has none.
     return spki[bits_start + 1 : bits_end]
-
-
-def _der_tlv(der: bytes, offset: int, tag: int) -> tuple[int, tuple[int, int]]:
-    """Read one DER TLV at ``offset``: (tag, (content start, content end))."""
-    if der[offset] != tag:
-        raise ValueError(f"expected DER tag {tag:#x} at {offset}")
-    length = der[offset + 1]
-    start = offset + 2
-    if length & 0x80:
-        n = length & 0x7F
-        length = int.from_bytes(der[start : start + n], "big")
-        start += n
-    return tag, (start, start + length)
 
 
 @dataclass(frozen=True, slots=True)

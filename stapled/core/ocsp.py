@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from ..errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
 from . import certs
+from . import der as der_format
 from .certs import CertChain
 from .times import iso
 
@@ -46,6 +47,28 @@ def margin_for(lifetime: timedelta) -> timedelta:
     return min(DEFAULT_MARGIN, lifetime * MARGIN_FRACTION)
 
 
+# Extensions whose meaning stapled knows and may pass on unchanged, critical or not
+# (RFC 6960 4.4): nonce, extended revoke; archive cutoff, CRL references, and the CRL
+# entry extensions reasonCode and invalidityDate.  certificateIssuer is not among them:
+# it would make the answer about another issuer's certificate.
+RECOGNISED_RESPONSE_EXTENSIONS = frozenset({"1.3.6.1.5.5.7.48.1.2", "1.3.6.1.5.5.7.48.1.9"})
+RECOGNISED_SINGLE_EXTENSIONS = frozenset(
+    {"1.3.6.1.5.5.7.48.1.3", "1.3.6.1.5.5.7.48.1.6", "2.5.29.21", "2.5.29.24"}
+)
+# CRLReason names (RFC 5280 5.3.1); 7 is unused, and any other number is reported as one.
+REASONS = {
+    0: "unspecified",
+    1: "keyCompromise",
+    2: "cACompromise",
+    3: "affiliationChanged",
+    4: "superseded",
+    5: "cessationOfOperation",
+    6: "certificateHold",
+    8: "removeFromCRL",
+    9: "privilegeWithdrawn",
+    10: "aACompromise",
+}
+
 _PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _SHA1 = hashes.SHA1()
 _HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": _SHA1, "sha256": hashes.SHA256()}
@@ -62,6 +85,8 @@ _STATUS = {
     ocsp.OCSPCertStatus.REVOKED: CertStatus.REVOKED,
     ocsp.OCSPCertStatus.UNKNOWN: CertStatus.UNKNOWN,
 }
+# Among SingleResponses that disagree about one certificate, the gravest answer counts.
+_GRAVITY = {CertStatus.GOOD: 0, CertStatus.UNKNOWN: 1, CertStatus.REVOKED: 2}
 
 
 class CertID(NamedTuple):
@@ -220,7 +245,8 @@ def validate(
     resp = _parse(der)
     signer, signer_desc = _find_signer(resp, issuer, now)
     _verify_signature(resp, signer)
-    single, cert_id = _matching_single(resp, chain, issuer)
+    facts = _facts(resp)
+    single, index, cert_id = _matching_single(resp, chain, issuer)
     this_update = single.this_update_utc
     next_update = single.next_update_utc
     produced_at = resp.produced_at_utc
@@ -240,8 +266,9 @@ def validate(
         raise InvalidResponseError(f"expired or about to: nextUpdate {iso(next_update)}")
     status = _STATUS[single.certificate_status]
     reason = None
-    if status is CertStatus.REVOKED and single.revocation_reason is not None:
-        reason = single.revocation_reason.value
+    if status is CertStatus.REVOKED:
+        code = facts.singles[index].reason_code
+        reason = None if code is None else REASONS.get(code, f"reason {code}")
     return Staple(
         der=der,
         cert_status=status,
@@ -253,7 +280,7 @@ def validate(
         revocation_time=single.revocation_time_utc,
         revocation_reason=reason,
         cert_id=cert_id,
-        single_count=len(list(resp.responses)),
+        single_count=len(facts.singles),
     )
 
 
@@ -373,10 +400,17 @@ def _verify_pss(key: rsa.RSAPublicKey, sig: bytes, data: bytes) -> None:
 
 def _matching_single(
     resp: ocsp.OCSPResponse, chain: CertChain, issuer: x509.Certificate
-) -> tuple[ocsp.OCSPSingleResponse, CertID]:
-    """The SingleResponse whose CertID names the leaf, among all of them (RFC 6960 4.2.2.3)."""
+) -> tuple[ocsp.OCSPSingleResponse, int, CertID]:
+    """The SingleResponse that answers for the leaf, its index, and its CertID.
+
+    Every SingleResponse whose CertID names the leaf is considered (RFC 6960 4.2.2.3).
+    When they disagree, the answer is the gravest: revoked over unknown over good.  A
+    response that says both good and revoked is broken or hostile, and a CA's signed
+    "revoked" is never to be hidden behind a "good" (mozilla::pkix reads it the same way).
+    """
     expected: dict[str, tuple[bytes, bytes]] = {}
-    for single in resp.responses:
+    matches: list[tuple[int, int, ocsp.OCSPSingleResponse, CertID]] = []
+    for index, single in enumerate(resp.responses):
         algorithm = single.hash_algorithm
         if algorithm.name not in _HASHES:
             continue
@@ -391,5 +425,31 @@ def _matching_single(
             and single.issuer_name_hash == name_hash
             and single.issuer_key_hash == key_hash
         ):
-            return single, CertID(algorithm.name, name_hash, key_hash, chain.serial)
-    raise InvalidResponseError(f"no SingleResponse for serial {chain.serial:X} from this issuer")
+            gravity = _GRAVITY[_STATUS[single.certificate_status]]
+            matches.append(
+                (gravity, -index, single, CertID(algorithm.name, name_hash, key_hash, chain.serial))
+            )
+    if not matches:
+        raise InvalidResponseError(
+            f"no SingleResponse for serial {chain.serial:X} from this issuer"
+        )
+    _, negative_index, single, cert_id = max(matches, key=lambda m: (m[0], m[1]))
+    return single, -negative_index, cert_id
+
+
+def _facts(resp: ocsp.OCSPResponse) -> der_format.ResponseFacts:
+    """Extensions and CRLReasons from the ResponseData; InvalidResponseError for any
+    critical extension stapled does not recognise (RFC 5280 4.2, which RFC 6960 4.4
+    relies on: such a response must not be used, and Firefox refuses it)."""
+    try:
+        facts = der_format.response_data(resp.tbs_response_bytes)
+    except ValueError as e:
+        raise InvalidResponseError(f"the ResponseData cannot be read ({e})") from None
+    for ext in facts.extensions:
+        if ext.critical and ext.oid not in RECOGNISED_RESPONSE_EXTENSIONS:
+            raise InvalidResponseError(f"unrecognised critical response extension {ext.oid}")
+    for single in facts.singles:
+        for ext in single.extensions:
+            if ext.critical and ext.oid not in RECOGNISED_SINGLE_EXTENSIONS:
+                raise InvalidResponseError(f"unrecognised critical single extension {ext.oid}")
+    return facts

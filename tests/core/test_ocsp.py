@@ -35,6 +35,26 @@ def test_validation_matrix(world: World, case: str) -> None:
             ocsp.validate(der, world.chain, NOW)
 
 
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("revoked-reason-7", "reason 7"),
+        ("revoked-reason-99", "reason 99"),
+        ("revoked", "keyCompromise"),
+    ],
+)
+def test_every_crl_reason_is_reported(world: World, case: str, reason: str) -> None:
+    staple = ocsp.validate(CASES[case][0](world), world.chain, NOW)
+    assert staple.cert_status is ocsp.CertStatus.REVOKED
+    assert staple.revocation_reason == reason
+
+
+def test_disagreeing_single_responses_are_one_staple_with_two_answers(world: World) -> None:
+    staple = ocsp.validate(CASES["good-and-revoked"][0](world), world.chain, NOW)
+    assert staple.single_count == 2
+    assert staple.haproxy_problem is not None  # HAProxy takes one SingleResponse only
+
+
 @pytest.mark.parametrize("key_type", ["rsa", "ed25519"])
 def test_other_signature_algorithms(key_type: str) -> None:
     ca = CA("other key CA", key_type=key_type)
