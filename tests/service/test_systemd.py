@@ -68,6 +68,35 @@ def test_service_shape() -> None:
     assert "PathChanged=/var/lib/stapled/reload-request" in path_unit
 
 
+def _setting(unit: Path, key: str) -> list[str]:
+    return [
+        line.split("=", 1)[1].strip()
+        for line in unit.read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+@pytest.mark.parametrize("timer", [u for u in UNITS if u.suffix == ".timer"], ids=lambda u: u.name)
+def test_a_timer_starts_a_one_shot_pass(timer: Path) -> None:
+    """A timer without Unit= starts the service of its own name, which here is the daemon."""
+    target = (_setting(timer, "Unit") or [timer.with_suffix(".service").name])[0]
+    service = TOP / "systemd" / target
+    assert service.exists(), f"{timer.name} starts {target}, which is not shipped"
+    assert _setting(service, "Type") == ["oneshot"], f"{timer.name} starts {target}"
+
+
+@pytest.mark.parametrize(
+    "unit", [u for u in UNITS if _setting(u, "ExecStart")], ids=lambda u: u.name
+)
+def test_units_name_their_journal_and_never_fail_on_a_stopped_server(unit: Path) -> None:
+    commands = _setting(unit, "ExecStart")
+    if any("stapled" in c for c in commands):
+        assert _setting(unit, "SyslogIdentifier") == ["stapled"]
+    for command in commands:
+        # "systemctl reload" fails while the server is not running (at boot, at install).
+        assert " reload " not in f" {command} ", command
+
+
 def test_certbot_deploy_hook_refreshes_only_the_renewed_lineage(site: Site) -> None:
     one, two = site.issue("one.example"), site.issue("two.example")
     live = site.lineage("one.example", one)
