@@ -139,6 +139,11 @@ def setup_logging(level: int, *, service: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The scheduler's own complaints (a job skipped or failing) in the same form.
+    scheduler = logging.getLogger("apscheduler")
+    scheduler.handlers[:] = [handler]
+    scheduler.setLevel(max(level, logging.WARNING))
+    scheduler.propagate = False
 
 
 class _PriorityFormatter(logging.Formatter):
@@ -211,7 +216,9 @@ def _verify(args: argparse.Namespace) -> int:
     issuer = certs.parse_issuer_bytes(_read(args.issuer), str(args.issuer)) if args.issuer else None
     chain = certs.build_chain(leaf_certs, str(args.cert), issuer)
     if chain.issuer is None:
-        raise UsageError(f"{args.cert} does not include its issuer; name it with --issuer")
+        raise CertificateError(
+            str(args.cert), "the file does not include its issuer; name it with --issuer"
+        )
     try:
         # No margin: the question is whether it is valid now, not whether it is worth serving.
         staple = ocsp.validate(_read(args.staple), chain, datetime.now(UTC), margin=timedelta(0))

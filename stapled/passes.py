@@ -93,8 +93,11 @@ class Stapler:
             return client.run(self.run_pass(force=force, only=only))
         return self.transport.run(self.run_pass(force=force, only=only))
 
-    async def run_pass(self, *, force: bool = False, only: Path | None = None) -> PassResult:
-        """:meth:`once` on the running event loop."""
+    async def run_pass(
+        self, *, force: bool = False, only: Path | None = None, log_records: bool = True
+    ) -> PassResult:
+        """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
+        of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
         saved = state.load(self.config.state_path)
         records, groups = self.scan()
@@ -122,8 +125,9 @@ class Stapler:
             batch.flush()
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
-        for record in result.records:
-            report.log_record(record)
+        if log_records:
+            for record in result.records:
+                report.log_record(record)
         self._deliver(result, saved, only)
         return result
 

@@ -137,3 +137,4 @@ def daemon(site: Site) -> Iterator[Callable[..., DaemonProcess]]:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+        d.sock.close()  # closing twice is harmless; left open it warns in a later test

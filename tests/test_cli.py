@@ -13,7 +13,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from stapled import __version__
 from stapled.cli import main
 from stapled.demo import ca as testca
-from stapled.errors import EX_NOINPUT, EX_USAGE
+from stapled.errors import EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,8 +73,10 @@ def test_verify_without_issuer_asks_for_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = _verify_files(tmp_path)[:4]
-    assert main(argv) == EX_USAGE
-    assert "--issuer" in capsys.readouterr().err
+    assert main(argv) == EX_DATAERR  # bad input, not a usage error
+    err = capsys.readouterr().err
+    assert "--issuer" in err and argv[3] in err and "[" not in err
+    assert err.count("\n") == 1
 
 
 def test_verify_missing_file(tmp_path: Path) -> None:

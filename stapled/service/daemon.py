@@ -106,7 +106,7 @@ class Daemon:
             loop.add_signal_handler(signum, self._signal, signum)
         self.scheduler = make_scheduler(loop)
         try:
-            first = await self.stapler.run_pass()
+            first = await self.stapler.run_pass(log_records=False)
             self.reload_owed = first.reload_failed
             self.push_owed = set(first.haproxy_failed)
             self.groups = dict(first.groups)
@@ -116,6 +116,9 @@ class Daemon:
                 records = self._records_of(fingerprint)
                 self._schedule(fingerprint, records)
                 self._index(fingerprint, records)
+            # Logged once scheduled, so that each line gives the refresh time really set.
+            for rec in first.records:
+                report.log_record(rec)
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
             self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")

@@ -45,6 +45,9 @@ MAX_BODY = 16 * 1024
 # A request must arrive whole within this; an idle kept-alive connection is closed then.
 REQUEST_TIMEOUT = 10.0
 RETRY_AFTER = 60
+# Connections the kernel queues before they are accepted; asyncio's default of 100
+# dropped SYNs (second-long stalls) at a few hundred clients arriving at once.
+BACKLOG = 1024
 # Tails of a GET path tried as the request; a real one has a handful of '/'.
 MAX_SEGMENTS = 32
 # RFC 6960 section 4.2.1: unsigned OCSPResponse with only a responseStatus.
@@ -152,7 +155,9 @@ class Responder:
     def start(self) -> None:
         """Listen, then serve in a thread.  Raises OSError when the address is unusable."""
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._connection, self.host, self.port, reuse_address=True)
+            asyncio.start_server(
+                self._connection, self.host, self.port, reuse_address=True, backlog=BACKLOG
+            )
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._thread = threading.Thread(

@@ -236,3 +236,13 @@ def test_a_responder_port_in_use_fails_the_start_naming_the_key(site: Site) -> N
     assert done.returncode == 78
     assert "responder.listen" in done.stderr and "cannot listen" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_the_first_pass_logs_the_refresh_time_it_scheduled(site: Site, daemon) -> None:  # type: ignore[no-untyped-def]
+    site.bundle("first.example", site.issue("first.example"))
+    site.config()
+    d = daemon()
+    state = json.loads((site.out / ".stapled" / "state.json").read_text())
+    scheduled = state["certificates"]["first.example"]["next_refresh"]
+    assert "first.example: good staple written, valid until" in d.output()
+    assert f"refresh after {scheduled}" in d.output(), (scheduled, d.output())
