@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from stapled import config
+from stapled.cli import main
 from stapled.core import certs, ocsp
 from stapled.core.model import Found
 from stapled.demo import ca as testca
@@ -381,3 +382,76 @@ def _discover_as_nobody(source: config.Source) -> list[Found]:
         data = json.loads(f.read() or "[]")
     os.waitpid(pid, 0)
     return [Found(name, path, error=error) for name, path, error in data]
+
+
+def _as_nobody(run: Callable[[], object]) -> object:
+    """``run()`` in a child that is user nobody when we are root (root reads everything)."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(write, json.dumps(run()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_a_directory_that_cannot_be_listed_is_an_error_not_nothing(site: Site) -> None:
+    """Permissions hide a directory of certificates: `once` and `status` say so."""
+    top = Path(tempfile.mkdtemp(prefix="stapled-unlisted-"))
+    locked = top / "certs" / "locked"
+    try:
+        top.chmod(0o755)
+        locked.mkdir(parents=True)
+        (top / "certs").chmod(0o755)
+        testca.write(
+            top / "certs" / "open.pem", site.issue("open.example").cert_pem(), site.ca.cert_pem()
+        )
+        testca.write(
+            locked / "hidden.pem", site.issue("hidden.example").cert_pem(), site.ca.cert_pem()
+        )
+        locked.chmod(0)
+        out = top / "out"
+        out.mkdir(mode=0o755)
+        if os.geteuid() == 0:
+            os.chown(out, 65534, 65534)
+        cfg = top / "stapled.toml"
+        cfg.write_text(
+            f'output_dir = "{out}"\ncertificates = ["{top / "certs"}"]\nnginx_snippets = true\n'
+        )
+
+        def run() -> object:
+            import contextlib as _c
+            import io
+
+            err = io.StringIO()
+            with _c.redirect_stderr(err), _c.redirect_stdout(io.StringIO()) as status:
+                code = main(["once", "--config", str(cfg)])
+                main(["status", "--json", "--config", str(cfg)])
+            return [code, err.getvalue(), status.getvalue()]
+
+        code, err, status_text = _as_nobody(run)  # type: ignore[misc]
+        assert code == 2, err
+        assert f"{locked}: cannot list the directory (Permission denied)" in err, err
+        entries = {e["name"]: e for e in json.loads(status_text)["certificates"]}
+        assert entries["open"]["status"] == "good"
+        assert entries[str(locked)]["status"] == "error"
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "open.der",
+            "open.nginx.conf",
+        ]
+    finally:
+        locked.chmod(0o755)
+        for p in sorted(top.rglob("*"), reverse=True):
+            p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+        top.rmdir()

@@ -21,6 +21,9 @@ class Found:
     error: str | None = None
     # HAProxy reads the staple from <path>.ocsp, beside the certificate file it loads.
     haproxy: bool = False
+    # A directory of a source that could not be listed, not a certificate: it gets no
+    # staple and no snippet, only its error.
+    directory: bool = False
 
     @property
     def haproxy_staple(self) -> str | None:
@@ -77,6 +80,9 @@ class Record:
     haproxy_changed: bool = False
     # The CertIDs clients may ask about (the local responder's index).
     cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
+    # False for what is not a certificate (a directory that cannot be listed): no
+    # staple or snippet is ever written under its name.
+    files: bool = True
 
     @property
     def servable(self) -> Staple | None:

@@ -37,7 +37,15 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
     for item in found:
         chain = item.chain
         if chain is None:
-            records.append(Record(item.name, item.path, State.ERROR, last_error=item.error))
+            records.append(
+                Record(
+                    item.name,
+                    item.path,
+                    State.ERROR,
+                    last_error=item.error,
+                    files=not item.directory,
+                )
+            )
             continue
         base = Record(
             item.name,

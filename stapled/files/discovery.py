@@ -75,8 +75,9 @@ def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Fo
     issuers: dict[Path, x509.Certificate | str] = {}
     found: list[Found] = []
     seen: set[object] = set()
+    unlisted: list[tuple[str, str]] = []
     for source in sources:
-        for path, lineage, named in _expand(source):
+        for path, lineage, named in _expand(source, unlisted):
             loaded = _loaded(path, lineage, named, before, cache)
             if loaded.identity in seen:
                 continue  # one file reached by two sources or through a symlink
@@ -84,10 +85,13 @@ def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Fo
             item = _found(path, lineage, source, loaded, issuers)
             if item is not None:
                 found.append(item)
+    for directory, reason in unlisted:
+        # The certificates it may hold are unknown: that is an error, never "none".
+        found.append(Found(directory, directory, error=reason, directory=True))
     return _unique_names(found)
 
 
-def _expand(source: Source) -> Iterator[tuple[str, bool, bool]]:
+def _expand(source: Source, unlisted: list[tuple[str, str]]) -> Iterator[tuple[str, bool, bool]]:
     """(path, is a certbot lineage directory, named directly) for each match of a source.
 
     A file named directly must be a certificate; one met while scanning a directory may
@@ -101,17 +105,19 @@ def _expand(source: Source) -> Iterator[tuple[str, bool, bool]]:
         matches = [source.path]
     for match in matches:
         if os.path.isdir(match):
-            for found, lineage in _scan_dir(match, set()):
+            for found, lineage in _scan_dir(match, set(), unlisted):
                 yield found, lineage, False
         elif not is_key_file(Path(match)):
             yield match, False, not source.is_glob
 
 
-def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[str, bool]]:
+def _scan_dir(
+    directory: str, visited: set[tuple[int, int]], unlisted: list[tuple[str, str]]
+) -> Iterator[tuple[str, bool]]:
     """Certificate files and certbot lineages below ``directory``, in name order.
 
-    A lineage is recognised by two lstats and not listed; any other directory is listed
-    once, with no stat per plain file, since at ten thousand lineages the walk is most of
+    A directory that cannot be listed goes to ``unlisted`` with the reason.  A lineage is
+    recognised by two lstats and not listed; any other directory is listed once, with no stat per plain file, since at ten thousand lineages the walk is most of
     a scan.  Symbolic links are followed; a loop is cut where a directory comes round again.
     """
     if _is_lineage(directory):
@@ -123,7 +129,7 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
         with os.scandir(directory) as listing:
             entries = sorted(listing, key=lambda e: e.name)
     except OSError as e:
-        log.debug("%s: cannot list (%s)", directory, e.strerror)
+        unlisted.append((directory, f"cannot list the directory ({e.strerror or e})"))
         return
     if (st.st_dev, st.st_ino) in visited:
         return  # a symlink loop
@@ -144,7 +150,7 @@ def _scan_dir(directory: str, visited: set[tuple[int, int]]) -> Iterator[tuple[s
         # certbot's archive/ holds every old certificate too
         subdirs = [d for d in subdirs if os.path.basename(d) == "live"]
     for subdir in subdirs:
-        yield from _scan_dir(subdir, visited)
+        yield from _scan_dir(subdir, visited, unlisted)
 
 
 def _is_lineage(directory: str) -> bool:

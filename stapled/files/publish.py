@@ -128,7 +128,7 @@ class Publisher:
 
     def snippet(self, rec: Record, batch: store.Batch | None = None) -> None:
         """The nginx snippet for ``rec``: stapling on only while its staple is valid."""
-        if not self.nginx_snippets:
+        if not self.nginx_snippets or not rec.files:
             return
         text = snippet.render(rec.path, rec.staple if rec.servable else None, rec.state)
         path = self.output_dir / f"{rec.name}{snippet.SUFFIX}"
