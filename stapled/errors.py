@@ -11,6 +11,7 @@
     ├── InvalidResponseError          an OCSP response that fails validation
     ├── InvalidRequestError           an OCSP request to the local responder that is unusable
     ├── StoreError(path)              a staple or state file cannot be read or written
+    │   └── BusyError(path)           another stapled holds the output directory  (exit 75)
     └── ReloadError(argv)             config test, reload command or HAProxy push failed
 
 Every message is one sentence an operator can act on, built from the fields, so the CLI
@@ -28,6 +29,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
@@ -139,6 +141,12 @@ class StoreError(StapledError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class BusyError(StoreError):
+    """Another stapled process kept the output directory's lock past the wait."""
+
+    exit_code = EX_TEMPFAIL
 
 
 class ReloadError(StapledError):

@@ -8,23 +8,27 @@ certificate at a time on its one loop.  The clock and the network are parameters
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from . import report
 from .config import Config
-from .core import ocsp, plan, policy
+from .core import certs, ocsp, plan, policy
 from .core.certs import CertChain
 from .core.model import Fetched, Found, PassResult, Record
-from .core.ocsp import Staple
+from .core.ocsp import CertStatus, Staple
 from .core.policy import State
 from .core.times import Clock
 from .errors import StapledError
 from .fetch import Fetcher, each
 from .files import discovery, state, store
+from .files.lock import WAIT_SECONDS, DirectoryLock
 from .files.publish import Publisher, Seen
 from .issuers import Issuers
 from .net import client
@@ -64,6 +68,7 @@ class Stapler:
         reloader: Reloader = run_command,
         pusher: Pusher = haproxy_set_ocsp,
         new_batch: Callable[[], store.Batch] = store.Batch,
+        lock_wait: float = WAIT_SECONDS,
     ) -> None:
         self.config = config
         self.new_batch = new_batch
@@ -77,6 +82,7 @@ class Stapler:
             config.output_dir, nginx_snippets=config.nginx_snippets, refresh_at=config.refresh_at
         )
         self.servers = Servers(config, clock, reloader=reloader, pusher=pusher)
+        self.lock = DirectoryLock(config.state_path, lock_wait)
         # What earlier scans read: a rescan reads and parses only the files that changed.
         self._discovered = discovery.Cache()
 
@@ -99,6 +105,12 @@ class Stapler:
         """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
+        # One writer at a time: another pass, the daemon or certbot's hook wait for this.
+        async with self.lock.held():
+            return await self._locked_pass(force, only, log_records)
+
+    async def _locked_pass(self, force: bool, only: Path | None, log_records: bool) -> PassResult:
+        self._remove_leftovers()
         saved = state.load(self.config.state_path)
         records, groups = self.scan()
         if only is not None:
@@ -158,12 +170,13 @@ class Stapler:
         )
 
     def prepare(self) -> None:
-        """Make sure the output directory is usable; clear an interrupted run's leftovers.
+        """Make sure the output directory is usable.  Raises StoreError when it is not."""
+        store.prepare_dir(self.config.output_dir)
 
-        Raises StoreError when the output directory is unusable.
-        """
+    def _remove_leftovers(self) -> None:
+        """An interrupted run's temporary files; only with the lock held, since another
+        writer's are in flight otherwise."""
         out = self.config.output_dir
-        store.prepare_dir(out)
         if removed := store.remove_temp_files(out):
             log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
 
@@ -209,15 +222,24 @@ class Stapler:
     async def refresh(self, members: list[Found], *, force: bool = False) -> list[Record]:
         """Refresh one certificate (all names it is found under) if due, or if ``force``.
 
-        For the daemon's jobs: each file is written (and made durable) at once.
+        For the daemon's jobs: the fetch runs unlocked, then, holding the directory's lock,
+        what is on disk is read again and the answer written (each file made durable at
+        once).  So a pass or another process that wrote meanwhile is never undone.
         """
         try:
-            return await self._finish(self._check(members, force), None)
+            checked = self._check(members, force)
         except Exception as e:  # the per-certificate boundary: a bug stays here
             return _internal_error(members, e)
+        return await self._finish(checked, None, locked=False)
 
-    async def _finish(self, checked: _Checked, batch: store.Batch | None) -> list[Record]:
-        """Fetch the issuer if needed, then the staple if due, and publish the result."""
+    async def _finish(
+        self, checked: _Checked, batch: store.Batch | None, *, locked: bool = True
+    ) -> list[Record]:
+        """Fetch the issuer if needed, then the staple if due, and publish the result.
+
+        ``locked``: the caller holds the directory's lock (a pass); else it is taken here
+        for the write.
+        """
         try:
             if checked.chain.issuer is None:
                 try:
@@ -229,9 +251,48 @@ class Stapler:
                     ]
                 checked = self._check(checked.members, checked.force)
             fetched = await self.fetcher.fetch(checked.chain) if checked.due else None
-            return self._complete(checked, fetched, batch)
+            if locked:
+                return self._complete(checked, fetched, batch)
+            try:
+                async with self.lock.held():
+                    return self._complete_afresh(checked, fetched)
+            except StapledError as e:
+                # The lock or the state directory: nothing was written; try again later.
+                records = [self.publisher.record(m, checked.current) for m in checked.members]
+                for rec in records:
+                    rec.failed(str(e))
+                return records
         except Exception as e:  # the per-certificate boundary: a bug stays here
             return _internal_error(checked.members, e)
+
+    def _complete_afresh(self, before: _Checked, fetched: Fetched | None) -> list[Record]:
+        """Publish ``fetched`` against what is on disk now, not when the fetch began."""
+        if changed := self._certificate_changed(before):
+            records = [self.publisher.record(m, before.current) for m in before.members]
+            for rec in records:
+                rec.failed(f"{changed}: the certificate changed while its staple was fetched")
+            return records
+        # Not forced: whether another writer refreshed it meanwhile is the question.
+        now = self._check(before.members, force=False)
+        answer = fetched.staple if fetched is not None else None
+        revokes = answer is not None and answer.cert_status is CertStatus.REVOKED
+        if now.current is not None and not now.due and not revokes:
+            fetched = None  # another writer refreshed it meanwhile: keep theirs
+        return self._complete(now, fetched, None)
+
+    def _certificate_changed(self, checked: _Checked) -> str | None:
+        """The path of a name whose certificate file no longer holds this certificate."""
+        for member in checked.members:
+            try:
+                with open(member.path, "rb") as f:  # noqa: PTH123 (a plain read of one file)
+                    leaf = certs.parse_certificates(f.read(), member.path)[0]
+            except (OSError, StapledError, IndexError):
+                return member.path
+            if hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest() != (
+                checked.chain.fingerprint
+            ):
+                return member.path
+        return None
 
     def _check(self, members: list[Found], force: bool) -> _Checked:
         """What is on disk for one certificate, and whether it is due: no network."""

@@ -117,8 +117,9 @@ def _scan_dir(
     """Certificate files and certbot lineages below ``directory``, in name order.
 
     A directory that cannot be listed goes to ``unlisted`` with the reason.  A lineage is
-    recognised by two lstats and not listed; any other directory is listed once, with no stat per plain file, since at ten thousand lineages the walk is most of
-    a scan.  Symbolic links are followed; a loop is cut where a directory comes round again.
+    recognised by two lstats and not listed; any other directory is listed once, with no
+    stat per plain file, since at ten thousand lineages the walk is most of a scan.
+    Symbolic links are followed; a loop is cut where a directory comes round again.
     """
     if _is_lineage(directory):
         # Two lstats instead of listing it: live/ holds one such directory per certificate.

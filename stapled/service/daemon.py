@@ -158,7 +158,8 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         if self.responder is not None:
             self.responder.stop()
-        store.remove_temp_files(self.config.output_dir)
+        # Temporary files are left to the next pass, which removes them with the lock
+        # held: another process's may be in flight now.
         await self._save_state(stopped=True)
         return 0
 
@@ -389,13 +390,17 @@ class Daemon:
         daemon: dict[str, Any] = {"pid": os.getpid(), "updated": iso(self.clock())}
         if stopped:
             daemon["stopped"] = True
-        state.save(
-            self.config.state_path,
-            list(self.records.values()),
-            reload_pending=self.reload_owed and self.stapler.servers.can_reload,
-            haproxy_pending=set(self.push_owed),
-            daemon=daemon,
-        )
+        try:
+            async with self.stapler.lock.held():
+                state.save(
+                    self.config.state_path,
+                    list(self.records.values()),
+                    reload_pending=self.reload_owed and self.stapler.servers.can_reload,
+                    haproxy_pending=set(self.push_owed),
+                    daemon=daemon,
+                )
+        except StoreError as e:
+            log.warning("cannot record state: %s", e)
         self.notifier.status(self.summary())
 
     # ---- reporting --------------------------------------------------------------------
