@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 Behaviour = Callable[[socket.socket], None]
@@ -105,5 +106,15 @@ def respond(status: str, headers: dict[str, str], body: bytes = b"") -> Behaviou
         fields = {"Content-Length": str(len(body)), "Connection": "close", **headers}
         lines = [f"HTTP/1.1 {status}"] + [f"{k}: {v}" for k, v in fields.items()]
         conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    return behaviour
+
+
+def silent(stop: Callable[[], bool]) -> Behaviour:
+    """Accept, read the request, and never answer, for as long as allowed."""
+
+    def behaviour(conn: socket.socket) -> None:
+        while not stop():
+            time.sleep(0.05)
 
     return behaviour

@@ -34,7 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .. import config as config_module
 from .. import report
 from ..config import Config
-from ..core.model import Found, Record
+from ..core.model import Found, PassResult, Record
 from ..core.policy import State
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
@@ -52,6 +52,9 @@ TICK_SECONDS = 30.0
 # Staples changing within this many seconds of each other share one reload.
 RELOAD_DELAY = 1.0
 STATE_DELAY = 1.0
+# While the first pass runs, systemd's start timeout is pushed this far ahead, again and
+# again: a slow pass must not put the unit into a restart loop.
+START_EXTENSION = 60.0
 JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
 
 
@@ -88,6 +91,7 @@ class Daemon:
         self.responder: Responder | None = None
         self._stop = False
         self._hup = False
+        self._pass: asyncio.Future[PassResult] | None = None
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -106,7 +110,9 @@ class Daemon:
             loop.add_signal_handler(signum, self._signal, signum)
         self.scheduler = make_scheduler(loop)
         try:
-            first = await self.stapler.run_pass(log_records=False)
+            first = await self._first_pass()
+            if first is None:
+                return await self._shutdown(save=False)
             self.reload_owed = first.reload_failed
             self.push_owed = set(first.haproxy_failed)
             self.groups = dict(first.groups)
@@ -140,27 +146,61 @@ class Daemon:
         finally:
             await self.transport.close_idle()
 
+    async def _first_pass(self) -> PassResult | None:
+        """The first pass; None when SIGTERM or SIGINT ended it.
+
+        Until READY=1 only the unit's start timeout bounds it, and a slow responder or
+        thousands of certificates can take longer: systemd is told to extend it while the
+        pass goes on, and what the pass is doing.  A stop signal cancels it at once; the
+        staples already written stay, and nothing half-written does.
+        """
+        self._pass = asyncio.ensure_future(self.stapler.run_pass(log_records=False))
+        keepalive = asyncio.ensure_future(self._extend_start())
+        try:
+            return await self._pass
+        except asyncio.CancelledError:
+            if not self._stop:
+                raise
+            log.info("stopped during the first pass")
+            return None
+        finally:
+            keepalive.cancel()
+
+    async def _extend_start(self) -> None:
+        while True:
+            self.notifier.send(
+                EXTEND_TIMEOUT_USEC=int(START_EXTENSION * 1e6),
+                STATUS="first pass: fetching and checking staples",
+            )
+            await asyncio.sleep(START_EXTENSION / 3)
+
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self._hup = True
         else:
             self._stop = True
+            if self._pass is not None and not self._pass.done():
+                self._pass.cancel()
         self._wake.set()
 
-    async def _shutdown(self) -> int:
+    async def _shutdown(self, *, save: bool = True) -> int:
+        """Stop everything; ``save=False`` leaves the state file as the last run left it
+        (the first pass was cut short and knows less than it)."""
         log.info("stopping")
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
-        self.scheduler.remove_all_jobs()
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.remove_all_jobs()
+            self.scheduler.shutdown(wait=False)
         if self.responder is not None:
             self.responder.stop()
         # Temporary files are left to the next pass, which removes them with the lock
         # held: another process's may be in flight now.
-        await self._save_state(stopped=True)
+        if save:
+            await self._save_state(stopped=True)
         return 0
 
     async def _reconfigure(self) -> None:

@@ -21,8 +21,9 @@ import requests
 from stapled.core import certs, ocsp
 from stapled.demo import ca as testca
 
+from .. import rawhttp
 from ..conftest import Site
-from ..daemonproc import wait_for
+from ..daemonproc import DaemonProcess, wait_for
 from ..servers import FakeHAProxySocket, free_port
 
 FAST = "debounce = 0.3\nretry_min = 1\nretry_max = 2\nmin_refresh_interval = 1\n"
@@ -246,3 +247,27 @@ def test_the_first_pass_logs_the_refresh_time_it_scheduled(site: Site, daemon) -
     scheduled = state["certificates"]["first.example"]["next_refresh"]
     assert "first.example: good staple written, valid until" in d.output()
     assert f"refresh after {scheduled}" in d.output(), (scheduled, d.output())
+
+
+def test_a_slow_first_pass_keeps_systemd_informed_and_stops_at_once(site: Site) -> None:
+    """A responder that never answers: the start timeout is extended while the first pass
+    runs, and SIGTERM ends it within seconds, not when the fetch times out."""
+    hung = rawhttp.RawServer.until_stopped(rawhttp.silent)
+    with hung:
+        site.bundle("slow.example", site.issue("slow.example", ocsp_urls=[hung.url]))
+        site.config(timeout=60)
+        d = DaemonProcess(site)
+        try:
+            wait_for("EXTEND_TIMEOUT_USEC", lambda: d.notified("EXTEND_TIMEOUT_USEC=60000000"))
+            assert d.notified("STATUS=first pass")
+            assert not d.notified("READY=1")
+            started = time.monotonic()
+            assert d.stop() == 0
+            assert time.monotonic() - started < 5
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait()
+            d.sock.close()
+    assert "stopped during the first pass" in d.output()
+    assert "Traceback" not in d.output()
