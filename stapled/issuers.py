@@ -5,7 +5,7 @@ a certificate file that holds only the leaf.  What is fetched is kept in a disk 
 (``status`` finds it without network) and must have signed the leaf: caIssuers is plain
 HTTP, so the signature decides, not copied names or key identifiers.  A failure is
 remembered for a while, so one broken URL is not fetched for each of many certificates,
-and then asked again.
+and then asked again, waiting twice as long after each failure in a row (up to an hour).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from .errors import CertificateError, StapledError, StoreError
 from .files import store
 from .net.client import Transport
 
-# How long a failed fetch is remembered before the URL is asked again.
-RETRY_AFTER = timedelta(minutes=5)
+# How long a failed fetch is remembered before the URL is asked again: this, doubled
+# for each failure in a row, up to RETRY_MAX.
+RETRY_AFTER = timedelta(minutes=1)
+RETRY_MAX = timedelta(hours=1)
 
 
 class Issuers:
@@ -43,7 +45,8 @@ class Issuers:
         self.clock = clock
         self.retry_after = retry_after
         self._known: dict[str, x509.Certificate] = {}
-        self._failed: dict[str, tuple[str, datetime]] = {}
+        # URL -> (why, when, failures in a row)
+        self._failed: dict[str, tuple[str, datetime, int]] = {}
         self._running: dict[str, asyncio.Task[x509.Certificate | str]] = {}
 
     def known(self, chain: CertChain) -> CertChain:
@@ -95,13 +98,21 @@ class Issuers:
         except (StoreError, CertificateError):
             pass  # a damaged cache entry is fetched again
         failed = self._failed.get(url)
-        if failed is not None and self.clock() < failed[1] + self.retry_after:
+        if failed is not None and self._waiting(failed):
             return failed[0]
         return f"{url}: not fetched yet"
 
+    def _waiting(self, failed: tuple[str, datetime, int]) -> bool:
+        """Whether a URL that failed is still to be left alone."""
+        _, when, count = failed
+        doubled = self.retry_after * 2 ** min(count - 1, 20)  # no overflow after days
+        wait: timedelta = min(doubled, max(self.retry_after, RETRY_MAX))
+        now: datetime = self.clock()
+        return now < when + wait
+
     async def _fetch(self, url: str) -> None:
         failed = self._failed.get(url)
-        if failed is not None and self.clock() < failed[1] + self.retry_after:
+        if failed is not None and self._waiting(failed):
             return
         task = self._running.get(url)
         if task is None:
@@ -109,7 +120,8 @@ class Issuers:
             task.add_done_callback(lambda _: self._running.pop(url, None))
         result = await task
         if isinstance(result, str):
-            self._failed[url] = (result, self.clock())
+            count = self._failed[url][2] + 1 if url in self._failed else 1
+            self._failed[url] = (result, self.clock(), count)
         else:
             self._known[url] = result
             self._failed.pop(url, None)

@@ -150,7 +150,7 @@ def retry_delay(
     exceeds a quarter of what is left (down to MIN_RETRY_SECONDS, below ``retry_min`` if
     need be), so several attempts remain before it expires.
     """
-    delay = min(retry_min * 2 ** max(0, attempts - 1), retry_max)
+    delay = min(retry_min * 2 ** min(max(0, attempts - 1), 64), retry_max)  # no overflow
     if retry_after is not None:
         delay = max(delay, min(retry_after, retry_max))
     if valid_until is not None and valid_until > now:
