@@ -210,7 +210,7 @@ class Stapler:
             for member in members:
                 rec = self.publisher.record(member, current)
                 entry = saved.get(member.name, {})
-                rec.last_error = entry.get("last_error")
+                rec.last_error = state.recorded_error(entry)
                 refresh, retry = state.recorded_times(entry)
                 # The daemon's own schedule (with jitter) wins over the computed one.
                 rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stapled import config
+from stapled.cli import main
 from stapled.core import certs, der, ocsp, policy
 from stapled.errors import (
     CertificateError,
@@ -236,3 +239,42 @@ def test_the_config_reader_raises_only_config_error(data: bytes) -> None:
         f.flush()
         with contextlib.suppress(ConfigError):
             config.load(f.name)
+
+
+# A site of one certificate, made once: only its state file changes between examples.
+_SITE = Path(tempfile.mkdtemp(prefix="stapled-state-"))
+(_SITE / "certs").mkdir()
+(_SITE / "certs" / "good.pem").write_bytes(WORLD.leaf.cert_pem() + WORLD.ca.cert_pem())
+_STATUS_CONFIG = _SITE / "stapled.toml"
+_STATUS_CONFIG.write_text(f'output_dir = "{_SITE / "out"}"\ncertificates = ["{_SITE / "certs"}"]\n')
+(_SITE / "out" / ".stapled").mkdir(parents=True)
+_STATE = _SITE / "out" / ".stapled" / "state.json"
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_STATE_KEYS = ["version", "reload_pending", "haproxy_pending", "certificates", "daemon"]
+_ENTRY_KEYS = ["last_error", "next_retry", "next_refresh"]
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    st.dictionaries(st.sampled_from(_STATE_KEYS), _JSON, max_size=5) | _JSON,
+    st.dictionaries(st.sampled_from(_ENTRY_KEYS), _JSON, max_size=3),
+)
+def test_status_reads_a_state_file_of_any_shape(state: object, entry: dict[str, object]) -> None:
+    """The state file is stapled's own, but disks and people damage files."""
+    if isinstance(state, dict) and isinstance(state.get("certificates"), dict):
+        state["certificates"]["good"] = entry  # type: ignore[index]
+    elif isinstance(state, dict):
+        state["certificates"] = {"good": entry}
+    _STATE.write_text(json.dumps(state))
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(["status", "--config", str(_STATUS_CONFIG)])
+        json_code = main(["status", "--json", "--config", str(_STATUS_CONFIG)])
+    assert code in (0, 1, 2) and json_code == code
+    assert "good" in out.getvalue()

@@ -51,6 +51,12 @@ def names(value: object) -> set[str]:
     return {v for v in value if isinstance(v, str)}
 
 
+def recorded_error(entry: dict[str, Any]) -> str | None:
+    """The last error recorded for one certificate; None for anything but text."""
+    error = entry.get("last_error")
+    return error if isinstance(error, str) and error else None
+
+
 def recorded_times(entry: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """(next refresh, next retry) as a daemon recorded them for one certificate."""
     return parse_iso(entry.get("next_refresh")), parse_iso(entry.get("next_retry"))
