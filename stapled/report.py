@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -127,3 +129,19 @@ def log_record(rec: Record) -> None:
             iso(rec.next_update),
             iso(rec.next_refresh),
         )
+
+
+def summary(records: Iterable[Record]) -> str:
+    """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
+    counts: Counter[State] = Counter()
+    upcoming = []
+    for r in records:
+        counts[r.state] += 1
+        upcoming.append(r.next_retry or r.next_refresh)
+    labels = {State.NO_OCSP: "without OCSP"}
+    parts = [f"{n} {labels.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
+    text = ", ".join(parts) or "no certificates"
+    times = [t for t in upcoming if t is not None]
+    if times:
+        text += f"; next refresh {min(times):%Y-%m-%d %H:%M} UTC"
+    return text

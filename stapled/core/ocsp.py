@@ -25,8 +25,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from ..errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
-from . import certs
-from . import der as der_format
+from . import certs, extensions
 from .certs import CertChain
 from .times import iso
 
@@ -46,28 +45,6 @@ def margin_for(lifetime: timedelta) -> timedelta:
     """How long before its nextUpdate a response stops being worth handing out."""
     return min(DEFAULT_MARGIN, lifetime * MARGIN_FRACTION)
 
-
-# Extensions whose meaning stapled knows and may pass on unchanged, critical or not
-# (RFC 6960 4.4): nonce, extended revoke; archive cutoff, CRL references, and the CRL
-# entry extensions reasonCode and invalidityDate.  certificateIssuer is not among them:
-# it would make the answer about another issuer's certificate.
-RECOGNISED_RESPONSE_EXTENSIONS = frozenset({"1.3.6.1.5.5.7.48.1.2", "1.3.6.1.5.5.7.48.1.9"})
-RECOGNISED_SINGLE_EXTENSIONS = frozenset(
-    {"1.3.6.1.5.5.7.48.1.3", "1.3.6.1.5.5.7.48.1.6", "2.5.29.21", "2.5.29.24"}
-)
-# CRLReason names (RFC 5280 5.3.1); 7 is unused, and any other number is reported as one.
-REASONS = {
-    0: "unspecified",
-    1: "keyCompromise",
-    2: "cACompromise",
-    3: "affiliationChanged",
-    4: "superseded",
-    5: "cessationOfOperation",
-    6: "certificateHold",
-    8: "removeFromCRL",
-    9: "privilegeWithdrawn",
-    10: "aACompromise",
-}
 
 _PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _SHA1 = hashes.SHA1()
@@ -245,7 +222,7 @@ def validate(
     resp = _parse(der)
     signer, signer_desc = _find_signer(resp, issuer, now)
     _verify_signature(resp, signer)
-    facts = _facts(resp)
+    facts = extensions.checked(resp.tbs_response_bytes)
     single, index, cert_id = _matching_single(resp, chain, issuer)
     this_update = single.this_update_utc
     next_update = single.next_update_utc
@@ -268,7 +245,7 @@ def validate(
     reason = None
     if status is CertStatus.REVOKED:
         code = facts.singles[index].reason_code
-        reason = None if code is None else REASONS.get(code, f"reason {code}")
+        reason = None if code is None else extensions.reason_name(code)
     return Staple(
         der=der,
         cert_status=status,
@@ -435,21 +412,3 @@ def _matching_single(
         )
     _, negative_index, single, cert_id = max(matches, key=lambda m: (m[0], m[1]))
     return single, -negative_index, cert_id
-
-
-def _facts(resp: ocsp.OCSPResponse) -> der_format.ResponseFacts:
-    """Extensions and CRLReasons from the ResponseData; InvalidResponseError for any
-    critical extension stapled does not recognise (RFC 5280 4.2, which RFC 6960 4.4
-    relies on: such a response must not be used, and Firefox refuses it)."""
-    try:
-        facts = der_format.response_data(resp.tbs_response_bytes)
-    except ValueError as e:
-        raise InvalidResponseError(f"the ResponseData cannot be read ({e})") from None
-    for ext in facts.extensions:
-        if ext.critical and ext.oid not in RECOGNISED_RESPONSE_EXTENSIONS:
-            raise InvalidResponseError(f"unrecognised critical response extension {ext.oid}")
-    for single in facts.singles:
-        for ext in single.extensions:
-            if ext.critical and ext.oid not in RECOGNISED_SINGLE_EXTENSIONS:
-                raise InvalidResponseError(f"unrecognised critical single extension {ext.oid}")
-    return facts

@@ -35,13 +35,12 @@ from .. import config as config_module
 from .. import report
 from ..config import Config
 from ..core.model import Found, PassResult, Record
-from ..core.policy import State
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
-from .responder import Index, Responder
+from .responder import Index, Responder, next_responder, start_responder
 from .schedule import Timing, next_run
 from .sdnotify import Notifier
 from .watcher import Watcher, roots_of
@@ -230,40 +229,11 @@ class Daemon:
         self.notifier.ready(self.summary())
 
     def _start_responder(self, config: Config) -> Responder | None:
-        """The local responder of ``config``, listening; ConfigError when it cannot."""
-        settings = config.responder
-        if settings is None:
-            return None
-        responder = Responder(
-            settings.host,
-            settings.port,
-            self.index,
-            self.clock,
-            max_clients=settings.max_clients,
-        )
-        try:
-            responder.start()
-        except OSError as e:
-            responder.stop()
-            raise ConfigError(
-                str(config.path),
-                f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e})",
-                "responder.listen",
-            ) from e
-        return responder
+        return start_responder(config, self.index, self.clock)
 
     def _next_responder(self, new: Config) -> Responder | None:
         """The responder for a re-read configuration: the running one when unchanged."""
-        old, wanted, running = self.config.responder, new.responder, self.responder
-        if (
-            running is not None
-            and old is not None
-            and wanted is not None
-            and (old.host, old.port) == (wanted.host, wanted.port)
-        ):
-            running.max_clients = wanted.max_clients
-            return running
-        return self._start_responder(new)
+        return next_responder(self.config, new, self.responder, self.index, self.clock)
 
     def _index(self, fingerprint: str, records: list[Record]) -> None:
         """Tell the local responder what is now valid for one certificate."""
@@ -452,13 +422,5 @@ class Daemon:
         return [self.records[name] for name in names if name in self.records]
 
     def summary(self) -> str:
-        """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
-        counts = Counter(r.state for r in self.records.values())
-        upcoming = [r.next_retry or r.next_refresh for r in self.records.values()]
-        labels = {State.NO_OCSP: "without OCSP"}
-        parts = [f"{n} {labels.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
-        text = ", ".join(parts) or "no certificates"
-        times = [t for t in upcoming if t is not None]
-        if times:
-            text += f"; next refresh {min(times):%Y-%m-%d %H:%M} UTC"
-        return text
+        """One line for systemd's STATUS=."""
+        return report.summary(self.records.values())

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import unquote
 
+from ..config import Config
 from ..core.ocsp import CertID, Staple, parse_request
 from ..core.times import Clock
-from ..errors import InvalidRequestError
+from ..errors import ConfigError, InvalidRequestError
 from ..net.http11 import ProtocolError, ServerConnection
 
 log = logging.getLogger("stapled.responder")
@@ -333,3 +334,40 @@ async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError):
         await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+
+def start_responder(config: Config, index: Index, clock: Clock) -> Responder | None:
+    """The local responder of ``config``, listening; ConfigError when it cannot."""
+    settings = config.responder
+    if settings is None:
+        return None
+    responder = Responder(
+        settings.host, settings.port, index, clock, max_clients=settings.max_clients
+    )
+    try:
+        responder.start()
+    except OSError as e:
+        responder.stop()
+        raise ConfigError(
+            str(config.path),
+            f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e})",
+            "responder.listen",
+        ) from e
+    return responder
+
+
+def next_responder(
+    old: Config, new: Config, running: Responder | None, index: Index, clock: Clock
+) -> Responder | None:
+    """The responder for a re-read configuration: the running one when its address is
+    unchanged, else a new one (ConfigError when it cannot listen)."""
+    before, wanted = old.responder, new.responder
+    if (
+        running is not None
+        and before is not None
+        and wanted is not None
+        and (before.host, before.port) == (wanted.host, wanted.port)
+    ):
+        running.max_clients = wanted.max_clients
+        return running
+    return start_responder(new, index, clock)
