@@ -171,6 +171,30 @@ def write_lineage(
 # ---- responders ---------------------------------------------------------------------
 
 
+def signed_response(
+    world: World,
+    leaf: x509.Certificate,
+    this_update: datetime,
+    validity: timedelta = timedelta(days=4),
+) -> bytes:
+    """A good answer for ``leaf``, signed by the world's CA."""
+    builder = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=leaf,
+            issuer=world.ca_cert,
+            algorithm=hashes.SHA1(),
+            cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=this_update,
+            next_update=this_update + validity,
+            revocation_time=None,
+            revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, world.ca_cert)
+    )
+    return builder.sign(world.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
 class FastResponder:
     """Pre-signed responses by serial, served from memory: measures the client, not us."""
 
@@ -218,22 +242,7 @@ class FastResponder:
             self.sign(world, leaf, now)
 
     def sign(self, world: World, leaf: x509.Certificate, this_update: datetime) -> None:
-        builder = (
-            ocsp.OCSPResponseBuilder()
-            .add_response(
-                cert=leaf,
-                issuer=world.ca_cert,
-                algorithm=hashes.SHA1(),
-                cert_status=ocsp.OCSPCertStatus.GOOD,
-                this_update=this_update,
-                next_update=this_update + timedelta(days=4),
-                revocation_time=None,
-                revocation_reason=None,
-            )
-            .responder_id(ocsp.OCSPResponderEncoding.HASH, world.ca_cert)
-        )
-        der = builder.sign(world.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
-        self.responses[leaf.serial_number] = der
+        self.responses[leaf.serial_number] = signed_response(world, leaf, this_update)
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -26,8 +26,6 @@ from pathlib import Path
 
 import scale
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509 import ocsp
 
 
 class FreshResponder(scale.FastResponder):
@@ -51,23 +49,8 @@ class _Signing(dict[int, bytes]):
 
 
 def _sign(responder: FreshResponder, leaf: x509.Certificate) -> bytes:
-    world = responder.world
     this_update = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    builder = (
-        ocsp.OCSPResponseBuilder()
-        .add_response(
-            cert=leaf,
-            issuer=world.ca_cert,
-            algorithm=hashes.SHA1(),
-            cert_status=ocsp.OCSPCertStatus.GOOD,
-            this_update=this_update,
-            next_update=this_update + responder.window,
-            revocation_time=None,
-            revocation_reason=None,
-        )
-        .responder_id(ocsp.OCSPResponderEncoding.HASH, world.ca_cert)
-    )
-    return builder.sign(world.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return scale.signed_response(responder.world, leaf, this_update, responder.window)
 
 
 def _sample(pid: int) -> tuple[float, int, int]:
