@@ -22,6 +22,10 @@ After=basic.target
 AllowIsolate=yes
 UNIT
 install -D -m 644 "$cert" "$root/etc/stapled/certs/site.pem"
+# The source goes into the container's own tree: other mounts (a tmpfs /tmp, say) are
+# not part of the overlay, and the checkout may live on one.
+mkdir -p "$root/opt/stapled-src"
+tar -C "$src" --exclude=./.venv --exclude=./.git -cf - . | tar -C "$root/opt/stapled-src" -xf -
 cat >"$root/etc/stapled/stapled.toml" <<CONF
 output_dir = "/var/lib/stapled"
 certificates = [{ path = "/etc/stapled/certs", ocsp_url = "$url" }]
@@ -53,7 +57,7 @@ echo "CHECK booted $state"
 
 # As the docs install it: a venv under /opt (PEP 668), the sysusers user, the units.
 inside /usr/bin/python3 -m venv /opt/stapled
-inside /opt/stapled/bin/pip install -q --disable-pip-version-check "$src" >/dev/null
+inside /opt/stapled/bin/pip install -q --disable-pip-version-check /opt/stapled-src >/dev/null
 inside systemd-sysusers
 inside systemctl daemon-reload
 
