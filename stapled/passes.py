@@ -8,18 +8,15 @@ certificate at a time on its one loop.  The clock and the network are parameters
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from . import report
 from .config import Config
-from .core import certs, ocsp, plan, policy
+from .core import ocsp, plan, policy
 from .core.certs import CertChain
 from .core.model import Fetched, Found, PassResult, Record
 from .core.ocsp import CertStatus, Staple
@@ -283,14 +280,7 @@ class Stapler:
     def _certificate_changed(self, checked: _Checked) -> str | None:
         """The path of a name whose certificate file no longer holds this certificate."""
         for member in checked.members:
-            try:
-                with open(member.path, "rb") as f:  # noqa: PTH123 (a plain read of one file)
-                    leaf = certs.parse_certificates(f.read(), member.path)[0]
-            except (OSError, StapledError, IndexError):
-                return member.path
-            if hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest() != (
-                checked.chain.fingerprint
-            ):
+            if discovery.leaf_fingerprint(member.path) != checked.chain.fingerprint:
                 return member.path
         return None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..config import Source
 from ..core import certs
@@ -303,6 +304,18 @@ def _issuer(source: Source, cache: dict[Path, x509.Certificate | str]) -> x509.C
     if isinstance(got, str):
         raise CertificateError(str(source.issuer), f"configured issuer unusable: {got}")
     return got
+
+
+def leaf_fingerprint(path: str) -> str | None:
+    """The SHA-256 fingerprint of the first certificate in ``path`` now (how a CertChain
+    names it); None when the file cannot be read as one.  Read as a scan reads it, so a
+    FIFO or a huge file planted there is refused, not waited on."""
+    try:
+        data, _ = _read(path)
+        leaf = certs.parse_certificates(data, path)[0]
+    except (CertificateError, IndexError):
+        return None
+    return hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
 
 
 def _read(path: str) -> tuple[bytes, os.stat_result]:

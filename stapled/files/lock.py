@@ -44,6 +44,7 @@ class DirectoryLock:
         directory is unusable.
         """
         deadline = self.monotonic() + self.wait
+        store.prepare_dir(self.path.parent)
         while (fd := self._try()) is None:
             if self.monotonic() >= deadline:
                 raise BusyError(
@@ -58,7 +59,6 @@ class DirectoryLock:
             os.close(fd)  # closing the descriptor releases the lock
 
     def _try(self) -> int | None:
-        store.prepare_dir(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as e:

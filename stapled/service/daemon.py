@@ -275,7 +275,9 @@ class Daemon:
             return
         try:
             records, groups = self.stapler.scan()
-            self.stapler.settle(records)
+            # Snippets are files of the output directory too: written with its lock held.
+            async with self.stapler.lock.held():
+                self.stapler.settle(records)
         except Exception as e:  # a rescan must never take the daemon down
             log.error("rescanning the certificate sources failed: %s", e)
             return
