@@ -265,3 +265,18 @@ def test_names_are_read_as_the_certificate_encodes_them() -> None:
     for cert in (leaf, ca.cert):
         assert certs.raw_names(cert) == (cert.issuer.public_bytes(), cert.subject.public_bytes())
     assert certs.raw_names(leaf)[0] == certs.raw_names(ca.cert)[1]
+
+
+def test_the_leaf_fingerprint_is_read_as_a_scan_reads(tmp_path: Path, ca: testca.CA) -> None:
+    """The daemon's renewal check: a FIFO planted in a certificate's place is refused at
+    once (a plain open would wait for a writer), junk gives None, a bundle its leaf."""
+    leaf = ca.issue("fp.example")
+    bundle = testca.write(tmp_path / "fp.pem", _pem(leaf), _pem(ca))
+    chain = certs.build_chain(certs.parse_certificates(bundle.read_bytes(), "fp"), "fp")
+    assert discovery.leaf_fingerprint(str(bundle)) == chain.fingerprint
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)
+    assert discovery.leaf_fingerprint(str(fifo)) is None
+    (tmp_path / "junk.pem").write_bytes(b"junk")
+    assert discovery.leaf_fingerprint(str(tmp_path / "junk.pem")) is None
+    assert discovery.leaf_fingerprint(str(tmp_path / "missing.pem")) is None
