@@ -10,11 +10,14 @@ import glob
 import ipaddress
 import math
 import shlex
+import socket
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from .core.fleet import redacted
 from .core.urls import problem as url_problem
 from .errors import ConfigError
 
@@ -65,6 +68,31 @@ class ResponderConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: share staples through Redis.  ``redis`` may hold a password: it is
+    never shown (``url`` is what messages use)."""
+
+    redis: str = field(repr=False)
+    host_id: str
+    key_prefix: str = "stapled:"
+    # Seconds: how long a lease lets its holder ask the CA alone (measured by Redis).
+    lease: float = 30.0
+    # How often the store's generation is read, and every certificate's digest.
+    poll_interval: float = 5.0
+    sweep_interval: float = 300.0
+    # With the store unreachable, a host asks the CA alone this long after the refresh
+    # time, plus its share (by a hash of its id) of ``spread``.
+    grace: float = 600.0
+    spread: float = 600.0
+    # Every Redis call; a failed one marks the store down for a few seconds.
+    timeout: float = 1.0
+
+    @property
+    def url(self) -> str:
+        return redacted(self.redis)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     output_dir: Path
@@ -87,6 +115,7 @@ class Config:
     config_test_command: tuple[str, ...] = ()
     haproxy_socket: str | None = None
     responder: ResponderConfig | None = None
+    fleet: FleetConfig | None = None
 
     @property
     def state_path(self) -> Path:
@@ -115,10 +144,23 @@ _TOP_KEYS = {
     "config_test_command",
     "haproxy",
     "responder",
+    "fleet",
 }
 _SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name", "haproxy"}
 _HAPROXY_KEYS = {"admin_socket"}
 _RESPONDER_KEYS = {"listen", "max_clients"}
+_FLEET_KEYS = {
+    "redis",
+    "host_id",
+    "key_prefix",
+    "lease",
+    "poll_interval",
+    "sweep_interval",
+    "grace",
+    "spread",
+    "timeout",
+}
+_FLEET_SCHEMES = ("redis", "rediss", "unix")
 
 
 def load(path: str | Path) -> Config:
@@ -175,6 +217,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         config_test_command=p.command(raw, "config_test_command"),
         haproxy_socket=_haproxy_socket(p, raw),
         responder=_responder(p, raw),
+        fleet=_fleet(p, raw),
         **_daemon_timing(p, raw),
     )
 
@@ -217,6 +260,54 @@ def _responder(p: _Checker, raw: dict[str, Any]) -> ResponderConfig | None:
     )
 
 
+def _fleet(p: _Checker, raw: dict[str, Any]) -> FleetConfig | None:
+    table = p.table(raw, "fleet", _FLEET_KEYS)
+    if table is None:
+        return None
+    url = table.get("redis")
+    if not isinstance(url, str) or not url:
+        raise p.error("fleet.redis", 'missing: a URL such as "redis://127.0.0.1:6379/0"')
+    if (why := _store_url_problem(url)) is not None:
+        raise p.error("fleet.redis", why)
+    host_id = table.get("host_id", socket.gethostname())
+    if not isinstance(host_id, str) or not 0 < len(host_id) <= 64 or not _plain(host_id):
+        raise p.error("fleet.host_id", "must be 1 to 64 printable ASCII characters, no spaces")
+    prefix = table.get("key_prefix", "stapled:")
+    if not isinstance(prefix, str) or len(prefix) > 64 or not _plain(prefix or "x"):
+        raise p.error("fleet.key_prefix", "must be at most 64 printable ASCII characters")
+    if "{" in prefix or "}" in prefix:
+        # Braces would change which part of a key Redis Cluster hashes.
+        raise p.error("fleet.key_prefix", "must not hold '{' or '}'")
+    times = {
+        key: p.duration(table, key, getattr(FleetConfig, key), "fleet.")
+        for key in ("lease", "poll_interval", "sweep_interval", "grace", "spread", "timeout")
+    }
+    return FleetConfig(url, host_id, prefix, **times)
+
+
+def _store_url_problem(url: str) -> str | None:
+    """Why ``url`` is no Redis URL (naming it without its password), or None."""
+    shown = redacted(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as e:
+        return f"{shown} is not a valid URL ({e})"
+    if parts.scheme not in _FLEET_SCHEMES:
+        return f"{shown} is not a redis://, rediss:// or unix:// URL"
+    if parts.scheme == "unix" and not parts.path:
+        return f"{shown} names no socket path"
+    if parts.scheme != "unix" and not parts.hostname:
+        return f"{shown} names no host"
+    if not _plain(url):
+        return f"{shown} holds spaces, control or non-ASCII characters"
+    return None
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and text.isprintable() and " " not in text
+
+
 def _daemon_timing(p: _Checker, raw: dict[str, Any]) -> dict[str, float]:
     timing = {
         "retry_min": p.duration(raw, "retry_min", DEFAULT_RETRY_MIN),
@@ -252,16 +343,16 @@ class _Checker:
             raise self.error(key, "must be a non-empty string path")
         return self.base / Path(value).expanduser()
 
-    def number(self, raw: dict[str, Any], key: str, default: float) -> float:
+    def number(self, raw: dict[str, Any], key: str, default: float, prefix: str = "") -> float:
         value = raw.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self.error(key, f"must be a number, not {value!r}")
+            raise self.error(prefix + key, f"must be a number, not {value!r}")
         return float(value)
 
-    def duration(self, raw: dict[str, Any], key: str, default: float) -> float:
-        value = self.number(raw, key, default)
+    def duration(self, raw: dict[str, Any], key: str, default: float, prefix: str = "") -> float:
+        value = self.number(raw, key, default, prefix)
         if not 0 < value < math.inf:
-            raise self.error(key, f"must be a positive number of seconds, not {value}")
+            raise self.error(prefix + key, f"must be a positive number of seconds, not {value}")
         return value
 
     def count(self, raw: dict[str, Any], key: str, default: int, prefix: str = "") -> int:

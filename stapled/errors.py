@@ -12,7 +12,8 @@
     ├── InvalidRequestError           an OCSP request to the local responder that is unusable
     ├── StoreError(path)              a staple or state file cannot be read or written
     │   └── BusyError(path)           another stapled holds the output directory  (exit 75)
-    └── ReloadError(argv)             config test, reload command or HAProxy push failed
+    ├── ReloadError(argv)             config test, reload command or HAProxy push failed
+    └── FleetError(url)               the fleet store is unreachable, slow or refusing
 
 Every message is one sentence an operator can act on, built from the fields, so the CLI
 prints ``str(error)`` and nothing else.  Foreign exceptions are wrapped with
@@ -167,6 +168,17 @@ class ReloadError(StapledError):
         line = _telling_line(self.output)
         detail = f": {line}" if line else ""
         super().__init__(f"{what} '{' '.join(self.argv)}' {reason}{detail}")
+
+
+class FleetError(StapledError):
+    """The fleet store cannot be used now.  ``url`` never holds a password."""
+
+    exit_code = EX_TEMPFAIL
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"the fleet store {url} {reason}")
 
 
 def _telling_line(output: str) -> str:

@@ -18,6 +18,7 @@ from . import report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
+from .core.fleet import digest
 from .core.model import Fetched, Found, PassResult, Record
 from .core.ocsp import CertStatus, Staple
 from .core.policy import State
@@ -27,6 +28,7 @@ from .fetch import Fetcher, each
 from .files import discovery, state, store
 from .files.lock import WAIT_SECONDS, DirectoryLock
 from .files.publish import Publisher, Seen
+from .fleet.share import Fleet
 from .issuers import Issuers
 from .net import client
 from .net.client import Transport
@@ -66,6 +68,7 @@ class Stapler:
         pusher: Pusher = haproxy_set_ocsp,
         new_batch: Callable[[], store.Batch] = store.Batch,
         lock_wait: float = WAIT_SECONDS,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
         self.new_batch = new_batch
@@ -82,6 +85,11 @@ class Stapler:
         self.lock = DirectoryLock(config.state_path, lock_wait)
         # What earlier scans read: a rescan reads and parses only the files that changed.
         self._discovered = discovery.Cache()
+        # ``[fleet]``: staples shared through a store (None: this host alone).
+        self.fleet = fleet if fleet is not None else Fleet.of(config, clock)
+        # Where each staple held came from ("ca" or "fleet"), by the digest of its bytes;
+        # a staple not in here was found on disk.
+        self.sources: dict[str, str] = {}
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -93,8 +101,15 @@ class Stapler:
         Raises StoreError when the output directory is unusable (nothing is written).
         """
         if self.transport is None:
-            return client.run(self.run_pass(force=force, only=only))
-        return self.transport.run(self.run_pass(force=force, only=only))
+            return client.run(self._once(force, only))
+        return self.transport.run(self._once(force, only))
+
+    async def _once(self, force: bool, only: Path | None) -> PassResult:
+        try:
+            return await self.run_pass(force=force, only=only)
+        finally:
+            if self.fleet is not None:
+                await self.fleet.store.close()
 
     async def run_pass(
         self, *, force: bool = False, only: Path | None = None, log_records: bool = True
@@ -109,6 +124,7 @@ class Stapler:
     async def _locked_pass(self, force: bool, only: Path | None, log_records: bool) -> PassResult:
         self._remove_leftovers()
         saved = state.load(self.config.state_path)
+        self.sources.update(state.sources(state.entries(saved)))
         records, groups = self.scan()
         if only is not None:
             records, groups = _limited(records, groups, only)
@@ -117,15 +133,20 @@ class Stapler:
         try:
             self.settle(records, batch)
             due: list[_Checked] = []
+            fresh: list[_Checked] = []
             for members in groups.values():
                 try:
                     checked = self._check(members, force)
-                    if checked.due:
-                        due.append(checked)
-                    else:
-                        records.extend(self._complete(checked, None, batch))
+                    (due if checked.due else fresh).append(checked)
                 except Exception as e:  # the per-certificate boundary: a bug stays here
                     records.extend(_internal_error(members, e))
+            shared = await self._reconcile(fresh)
+            for checked in fresh:
+                try:
+                    adopted = shared.get(checked.chain.fingerprint)
+                    records.extend(self._complete(checked, adopted, batch))
+                except Exception as e:  # the per-certificate boundary: a bug stays here
+                    records.extend(_internal_error(checked.members, e))
             workers = self.fetcher.workers((c.chain for c in due), self.config.concurrency)
             async for _, done in each(due, lambda c: self._finish(c, batch), workers):
                 records.extend(done)
@@ -196,6 +217,7 @@ class Stapler:
     def status(self) -> PassResult:
         """The same records without any network request or write."""
         saved = state.entries(state.load(self.config.state_path))
+        self.sources.update(state.sources(saved))
         records, groups = self.scan()
         now = self.clock()
         for members in groups.values():
@@ -208,11 +230,32 @@ class Stapler:
                 rec = self.publisher.record(member, current)
                 entry = saved.get(member.name, {})
                 rec.last_error = state.recorded_error(entry)
+                rec.source = self.source_of(rec.current)
                 refresh, retry = state.recorded_times(entry)
                 # The daemon's own schedule (with jitter) wins over the computed one.
                 rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry
                 records.append(rec)
-        return PassResult(sorted(records, key=lambda r: r.name), now)
+        result = PassResult(sorted(records, key=lambda r: r.name), now)
+        result.fleet = self.fleet_status()
+        return result
+
+    def fleet_status(self) -> dict[str, object] | None:
+        """Whether the fleet store answers now (one ping, its short timeout)."""
+        fleet, settings = self.fleet, self.config.fleet
+        if fleet is None or settings is None:
+            return None
+
+        async def ping() -> bool:
+            try:
+                await fleet.store.ping()
+                return True
+            except StapledError:
+                return False
+            finally:
+                await fleet.store.close()
+
+        connected = client.run(ping())
+        return {"redis": settings.url, "host_id": settings.host_id, "connected": connected}
 
     # ---- one certificate --------------------------------------------------------------
 
@@ -247,7 +290,7 @@ class Stapler:
                         for m in checked.members
                     ]
                 checked = self._check(checked.members, checked.force)
-            fetched = await self.fetcher.fetch(checked.chain) if checked.due else None
+            fetched = await self._obtain(checked) if checked.due else None
             if locked:
                 return self._complete(checked, fetched, batch)
             try:
@@ -262,6 +305,49 @@ class Stapler:
         except Exception as e:  # the per-certificate boundary: a bug stays here
             return _internal_error(checked.members, e)
 
+    async def _obtain(self, checked: _Checked) -> Fetched:
+        """A due certificate's new staple: from the fleet when there is one, else the CA."""
+        if self.fleet is None:
+            return await self.fetcher.fetch(checked.chain)
+        return await self.fleet.obtain(checked.chain, checked.current, self.fetcher.fetch)
+
+    async def _reconcile(self, fresh: list[_Checked]) -> dict[str, Fetched]:
+        """Certificates that need no fetch, against the fleet store: what the fleet holds
+        that is valid and newer, to adopt; this host's staples where the store holds
+        nothing, something older or garbage (a store restarted empty is seeded again)."""
+        adopted: dict[str, Fetched] = {}
+        if self.fleet is None or not fresh:
+            return adopted
+        try:
+            stored = await self.fleet.store.digests(c.chain.fingerprint for c in fresh)
+            for checked in fresh:
+                fp = checked.chain.fingerprint
+                held = digest(checked.current.der) if checked.current is not None else None
+                if stored.get(fp) != held:
+                    got = await self.fleet.reconcile(checked.chain, checked.current)
+                    if got is not None:
+                        adopted[fp] = got
+        except StapledError as e:  # the store went away: what is on disk stays
+            log.debug("reconciling with the fleet store: %s", e)
+        return adopted
+
+    async def adopt(self, members: list[Found]) -> list[Record] | None:
+        """For the daemon, when the fleet store changed for this certificate: its
+        staple, validated and written if it wins over the one on disk; None when nothing
+        changed here."""
+        checked = self._check(members, force=False)
+        if self.fleet is None or checked.chain.issuer is None:
+            return None
+        try:
+            fetched = await self.fleet.reconcile(checked.chain, checked.current)
+        except StapledError as e:
+            log.debug("%s: %s", members[0].name, e)
+            return None
+        if fetched is None:
+            return None
+        async with self.lock.held():
+            return self._complete_afresh(checked, fetched)
+
     def _complete_afresh(self, before: _Checked, fetched: Fetched | None) -> list[Record]:
         """Publish ``fetched`` against what is on disk now, not when the fetch began."""
         if changed := self._certificate_changed(before):
@@ -273,7 +359,13 @@ class Stapler:
         now = self._check(before.members, force=False)
         answer = fetched.staple if fetched is not None else None
         revokes = answer is not None and answer.cert_status is CertStatus.REVOKED
-        if now.current is not None and not now.due and not revokes:
+        before_der = before.current.der if before.current is not None else None
+        if (
+            now.current is not None
+            and not now.due
+            and now.current.der != before_der
+            and not revokes
+        ):
             fetched = None  # another writer refreshed it meanwhile: keep theirs
         return self._complete(now, fetched, None)
 
@@ -302,6 +394,8 @@ class Stapler:
     ) -> list[Record]:
         """Publish what the fetch (if there was one) gave, for every name of the certificate."""
         settled = plan.settle(checked.current, fetched)
+        if fetched is not None and settled.current is fetched.staple is not None:
+            self.sources[digest(fetched.staple.der)] = fetched.source
         ids = ocsp.cert_ids(checked.chain)
         records = []
         for member in checked.members:
@@ -319,8 +413,15 @@ class Stapler:
             if fetched is not None:
                 rec.retry_after, rec.max_age = fetched.retry_after, fetched.max_age
             rec.cert_ids = ids
+            rec.source = self.source_of(rec.current)
             records.append(rec)
         return records
+
+    def source_of(self, staple: Staple | None) -> str | None:
+        """Where a staple held came from: "ca", "fleet" or "disk" (found there)."""
+        if staple is None:
+            return None
+        return self.sources.get(digest(staple.der), "disk")
 
 
 def _internal_error(members: list[Found], error: Exception) -> list[Record]:

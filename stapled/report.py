@@ -20,7 +20,10 @@ def rfc3339(t: datetime | None) -> str | None:
 
 
 def as_json(result: PassResult) -> dict[str, Any]:
-    return {"certificates": [_json_record(r) for r in result.records]}
+    out: dict[str, Any] = {"certificates": [_json_record(r) for r in result.records]}
+    if result.fleet is not None:
+        out["fleet"] = result.fleet
+    return out
 
 
 def _json_record(r: Record) -> dict[str, Any]:
@@ -37,12 +40,14 @@ def _json_record(r: Record) -> dict[str, Any]:
         "next_retry": rfc3339(r.next_retry),
         "last_error": r.last_error,
         "must_staple": r.must_staple,
+        "source": r.source,
     }
 
 
 _COLUMNS = (
     "NAME",
     "STATE",
+    "FROM",
     "SERIAL",
     "THIS UPDATE",
     "NEXT UPDATE",
@@ -60,6 +65,7 @@ def table(result: PassResult) -> str:
         (
             r.name + (" (must-staple)" if r.must_staple else ""),
             str(r.state),
+            _SOURCES.get(r.source or "", "-"),
             r.serial or "-",
             _short(r.this_update),
             _short(r.next_update),
@@ -78,7 +84,14 @@ def table(result: PassResult) -> str:
     ]
     if not result.records:
         lines.append("(no certificates found in the configured sources)")
+    if result.fleet is not None:
+        f = result.fleet
+        how = "connected" if f["connected"] else "NOT CONNECTED: staples on disk are served"
+        lines.append(f"fleet: {f['redis']} as host {f['host_id']}, {how}")
     return "\n".join(lines)
+
+
+_SOURCES = {"ca": "CA", "fleet": "fleet", "disk": "disk"}
 
 
 def _short(t: datetime | None) -> str:
@@ -122,6 +135,8 @@ def log_record(rec: Record) -> None:
         )
     else:
         verb = "written" if rec.changed else "kept"
+        if rec.changed and rec.source == "fleet":
+            verb = "written (from the fleet store)"
         log.info(
             "%s: good staple %s, valid until %s, refresh after %s",
             name,

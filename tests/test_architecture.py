@@ -1,6 +1,6 @@
 """The package's layering, read from its imports with `ast` (docs/design.md draws it).
 
-cli -> passes / service / demo -> fetch, issuers, servers -> files, net -> core -> errors.
+cli -> passes / service / demo -> fetch, issuers, servers, fleet -> files, net -> core -> errors.
 Every module of the package belongs to exactly one layer below, so a new module fails
 here until its place is decided.  The core does no I/O and never reads the clock, and
 each outside library is imported by one module only.
@@ -24,13 +24,14 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "files": ({"files.*"}, {"core", "config", "errors"}),
     "net": ({"net.*"}, {"errors"}),
     "edges": ({"fetch", "issuers", "servers"}, {"files", "net", "core", "config", "errors"}),
+    "fleet": ({"fleet.*"}, {"core", "config", "errors"}),
     "passes": (
         {"passes"},
-        {"edges", "files", "net", "core", "config", "report", "errors"},
+        {"edges", "fleet", "files", "net", "core", "config", "report", "errors"},
     ),
     "service": (
         {"service.*"},
-        {"passes", "edges", "files", "net", "core", "config", "report", "errors"},
+        {"passes", "edges", "fleet", "files", "net", "core", "config", "report", "errors"},
     ),
     "demo": ({"demo.*"}, {"passes", "net", "core", "config", "report", "errors"}),
     "cli": (
@@ -40,6 +41,7 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
             "demo",
             "passes",
             "edges",
+            "fleet",
             "files",
             "net",
             "core",
@@ -54,6 +56,7 @@ OWNERS = {
     "requests": {"net.proxy"},
     "certifi": {"net.proxy"},
     "h11": {"net.http11"},
+    "redis": {"fleet.redis"},
     "apscheduler": {"service.daemon"},
     "watchdog": {"service.watcher"},
     "systemd": {"service.sdnotify", "cli"},

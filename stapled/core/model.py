@@ -39,6 +39,8 @@ class Fetched:
     error: str | None = None
     retry_after: float | None = None
     max_age: float | None = None
+    # "ca": asked of the responders; "fleet": read from the fleet store and validated.
+    source: str = "ca"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class Record:
     # False for what is not a certificate (a directory that cannot be listed): no
     # staple or snippet is ever written under its name.
     files: bool = True
+    # Where the staple held came from: "ca", "fleet" (another host's, validated here) or
+    # "disk" (found there).
+    source: str | None = None
 
     @property
     def servable(self) -> Staple | None:
@@ -126,6 +131,8 @@ class PassResult:
     reload_failed: bool = False
     # Names whose new staple HAProxy did not take over its admin socket.
     haproxy_failed: set[str] = field(default_factory=set)
+    # ``status`` in fleet mode: {"redis": URL without password, "host_id", "connected"}.
+    fleet: dict[str, object] | None = None
 
     def exit_code(self) -> int:
         """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..core.fleet import digest
 from ..core.model import Record
 from ..core.times import iso, parse_iso
 from ..errors import StoreError
@@ -18,6 +19,7 @@ from . import store
 log = logging.getLogger("stapled")
 
 STATE_FILE = "state.json"
+SOURCES = ("ca", "fleet")
 
 
 def load(state_dir: Path) -> dict[str, Any]:
@@ -57,6 +59,16 @@ def recorded_error(entry: dict[str, Any]) -> str | None:
     return error if isinstance(error, str) and error else None
 
 
+def sources(found: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Where the staples recorded came from, by the digest of their bytes."""
+    known: dict[str, str] = {}
+    for entry in found.values():
+        source, staple = entry.get("source"), entry.get("staple_sha256")
+        if source in SOURCES and isinstance(staple, str):
+            known[staple] = source
+    return known
+
+
 def recorded_times(entry: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """(next refresh, next retry) as a daemon recorded them for one certificate."""
     return parse_iso(entry.get("next_refresh")), parse_iso(entry.get("next_retry"))
@@ -70,6 +82,7 @@ def save(
     haproxy_pending: set[str] | None = None,
     daemon: dict[str, Any] | None = None,
     others: dict[str, dict[str, Any]] | None = None,
+    fleet: dict[str, Any] | None = None,
 ) -> None:
     """Record the state of ``records``; a failure is logged, never raised.
 
@@ -84,6 +97,8 @@ def save(
             entry["next_retry"] = iso(rec.next_retry)
         if daemon is not None and rec.next_refresh:
             entry["next_refresh"] = iso(rec.next_refresh)
+        if rec.current is not None and rec.source in SOURCES:
+            entry["source"], entry["staple_sha256"] = rec.source, digest(rec.current.der)
         kept[rec.name] = entry
     state: dict[str, Any] = {
         "version": 1,
@@ -93,6 +108,8 @@ def save(
     }
     if daemon is not None:
         state["daemon"] = daemon
+    if fleet is not None:
+        state["fleet"] = fleet
     try:
         write(state_dir, state)
     except StoreError as e:

@@ -34,9 +34,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from .. import config as config_module
 from .. import report
 from ..config import Config
+from ..core.fleet import digest
 from ..core.model import Found, PassResult, Record
+from ..core.ocsp import Staple
 from ..core.times import Clock, iso
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, FleetError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
@@ -91,6 +93,11 @@ class Daemon:
         self._stop = False
         self._hup = False
         self._pass: asyncio.Future[PassResult] | None = None
+        # Fleet mode: the store's generation last seen, when every digest was last
+        # compared (the loop's clock), and the task reading announcements.
+        self._generation: int | None = None
+        self._swept = 0.0
+        self._listener: asyncio.Task[None] | None = None
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -130,6 +137,7 @@ class Daemon:
             self.scheduler.add_job(
                 self._rescan, IntervalTrigger(seconds=self.config.rescan_interval), id="rescan"
             )
+            self._start_fleet()
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
@@ -189,6 +197,7 @@ class Daemon:
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
+        self._stop_fleet()
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
         if self.scheduler.running:
@@ -200,6 +209,8 @@ class Daemon:
         # held: another process's may be in flight now.
         if save:
             await self._save_state(stopped=True)
+        if self.stapler.fleet is not None:
+            await self.stapler.fleet.store.close()
         return 0
 
     async def _reconfigure(self) -> None:
@@ -217,7 +228,12 @@ class Daemon:
             return
         log.info("configuration re-read from %s", self.config_path)
         old_responder, old_transport = self.responder, self.transport
+        self._stop_fleet()
+        if self.stapler.fleet is not None:
+            await self.stapler.fleet.store.close()
+        stapler.sources.update(self.stapler.sources)
         self.config, self.transport, self.stapler = new, transport, stapler
+        self._start_fleet()
         self.responder = responder
         await old_transport.close_idle()
         if old_responder is not None and old_responder is not responder:
@@ -313,6 +329,10 @@ class Daemon:
         if not members:
             return
         records = await self.stapler.refresh(members, force=force)
+        self._took(fingerprint, records)
+
+    def _took(self, fingerprint: str, records: list[Record]) -> None:
+        """A certificate's new records: schedule, index, log, and tell the server."""
         if fingerprint not in self.groups:
             return  # removed while it was being fetched
         self._schedule(fingerprint, records)
@@ -410,10 +430,80 @@ class Daemon:
                     reload_pending=self.reload_owed and self.stapler.servers.can_reload,
                     haproxy_pending=set(self.push_owed),
                     daemon=daemon,
+                    fleet=self.fleet_state(),
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
         self.notifier.status(self.summary())
+
+    # ---- fleet mode --------------------------------------------------------------------
+
+    def _start_fleet(self) -> None:
+        fleet = self.stapler.fleet
+        if fleet is None or self.config.fleet is None:
+            return
+        self._generation, self._swept = None, 0.0
+        self.scheduler.add_job(
+            self._fleet_poll,
+            IntervalTrigger(seconds=self.config.fleet.poll_interval),
+            id="fleet-poll",
+            replace_existing=True,
+        )
+        self._listener = asyncio.ensure_future(self._listen())
+
+    def _stop_fleet(self) -> None:
+        with contextlib.suppress(JobLookupError):
+            self.scheduler.remove_job("fleet-poll")
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    async def _listen(self) -> None:
+        """Adopt at once what another host announces (a speed-up: polling is the truth)."""
+        fleet = self.stapler.fleet
+        assert fleet is not None
+        async for fingerprint in fleet.store.announcements():
+            if fingerprint in self.groups and not self._stop:
+                await self._adopt(fingerprint)
+
+    async def _fleet_poll(self) -> None:
+        """Every poll interval, one read of the store's generation; when it changed (or
+        the sweep interval passed), every certificate's digest against the staple held."""
+        fleet, settings = self.stapler.fleet, self.config.fleet
+        if fleet is None or settings is None or self._stop:
+            return
+        try:
+            generation = await fleet.store.generation()
+        except FleetError:
+            return  # logged once by the store; what is on disk stays served
+        now = self._loop.time()
+        if generation == self._generation and now - self._swept < settings.sweep_interval:
+            return
+        try:
+            stored = await fleet.store.digests(list(self.groups))
+        except FleetError:
+            return
+        self._generation, self._swept = generation, now
+        for fingerprint, value in stored.items():
+            held = self._held(fingerprint)
+            if value != (digest(held.der) if held is not None else None):
+                await self._adopt(fingerprint)
+
+    async def _adopt(self, fingerprint: str) -> None:
+        members = self.groups.get(fingerprint)
+        if not members:
+            return
+        try:
+            records = await self.stapler.adopt(members)
+        except Exception as e:  # the per-certificate boundary: a bug stays here
+            log.error("%s: adopting the fleet's staple failed: %s", members[0].name, e)
+            return
+        if records is not None:
+            self._took(fingerprint, records)
+
+    def _held(self, fingerprint: str) -> Staple | None:
+        records = self._records_of(fingerprint)
+        return records[0].current if records else None
 
     # ---- reporting --------------------------------------------------------------------
 
@@ -423,6 +513,21 @@ class Daemon:
         names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))
         return [self.records[name] for name in names if name in self.records]
 
+    def fleet_state(self) -> dict[str, Any] | None:
+        """``status``'s "fleet" object as this daemon sees it; None outside fleet mode."""
+        fleet, settings = self.stapler.fleet, self.config.fleet
+        if fleet is None or settings is None:
+            return None
+        return {
+            "redis": settings.url,
+            "host_id": settings.host_id,
+            "connected": fleet.store.connected,
+        }
+
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
-        return report.summary(self.records.values())
+        line = report.summary(self.records.values())
+        fleet = self.fleet_state()
+        if fleet is not None and not fleet["connected"]:
+            line += f"; fleet store {fleet['redis']} unreachable"
+        return line
