@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
@@ -14,6 +15,9 @@ from stapled.cli import main
 from stapled.demo import ca as testca
 
 from .daemonproc import DaemonProcess
+
+if TYPE_CHECKING:
+    from .redisproc import RedisServer
 
 # CI sets this: a test that needs a real binary must then fail rather than skip.
 REQUIRE_SERVERS = os.environ.get("STAPLED_REQUIRE_SERVERS") == "1"
@@ -138,3 +142,16 @@ def daemon(site: Site) -> Iterator[Callable[..., DaemonProcess]]:
             d.proc.kill()
             d.proc.wait()
         d.sock.close()  # closing twice is harmless; left open it warns in a later test
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    from .redisproc import RedisServer  # it needs require_binary from here
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.client.close()

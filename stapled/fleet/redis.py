@@ -31,7 +31,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from ..core.fleet import Entry, redacted
+from ..core.fleet import Entry, digest, redacted
 from ..errors import FleetError
 from .store import UNREADABLE, Backoff, Held, Lease, Outcome, Shared
 
@@ -73,6 +73,8 @@ _PUBLISH = (
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[12] then return 'lease lost' end
 if redis.call('GET', KEYS[3]) ~= ARGV[13] then return 'fenced' end
+-- The holder is done either way: the lease goes, and with an answer the back-off.
+redis.call('DEL', KEYS[2], KEYS[4])
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   local old = redis.call('HMGET', KEYS[1], 'final', 'this_update', 'produced_at')
   for i = 1, 3 do
@@ -82,7 +84,6 @@ if redis.call('TYPE', KEYS[1]).ok == 'hash' then
   end
 end
 store(KEYS[1], ARGV)
-redis.call('DEL', KEYS[2], KEYS[4])
 return 'stored'
 """
 )
@@ -228,10 +229,10 @@ class RedisStore:
             try:
                 der, host = await self._redis.hmget(self._key(fingerprint, "staple"), "der", "host")
             except ResponseError:  # not a hash: garbage, for the caller to refuse
-                return Shared(b"", "?")
+                return Shared(b"", "?", UNREADABLE)
         if not isinstance(der, bytes):
             return None
-        return Shared(der, _text(host))
+        return Shared(der, _text(host), digest(der))
 
     async def acquire(self, fingerprint: str, ttl: float) -> Lease | Held | Backoff:
         token = f"{secrets.token_hex(16)} {self.host_id}"
@@ -289,11 +290,11 @@ class RedisStore:
         async with self._call():
             await self._on_this_loop().back_off(keys=keys, args=args)
 
-    async def heartbeat(self, fingerprint: str, digest: str, expire_at_ms: int) -> None:
+    async def heartbeat(self, fingerprint: str, staple_digest: str, expire_at_ms: int) -> None:
         key = self._key(fingerprint, "hosts")
         async with self._call():
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(key, self.host_id, f"{digest} {int(time.time())}")
+            pipe.hset(key, self.host_id, f"{staple_digest} {int(time.time())}")
             pipe.pexpireat(key, expire_at_ms)
             await pipe.execute()
 

@@ -24,14 +24,14 @@ from ..core.model import Fetched
 from ..core.ocsp import CertStatus, Staple
 from ..core.times import Clock, iso
 from ..errors import FleetError, StapledError
-from .store import Backoff, Held, Lease, Outcome, Store
+from .store import Backoff, Lease, Outcome, Store
 
 log = logging.getLogger("stapled")
 
 Fetch = Callable[[CertChain], Awaitable[Fetched]]
 
-# A holder's lease may expire and be taken over this many times within one request.
-ATTEMPTS = 3
+# A host waits for another's answer at most this many lease lengths.
+WAIT_LEASES = 2
 # How often a host waiting for the lease holder looks for its answer (seconds).
 WAIT_STEPS = (0.1, 0.2, 0.5, 1.0)
 
@@ -99,11 +99,14 @@ class Fleet:
 
     async def _obtain(self, chain: CertChain, current: Staple | None, fetch: Fetch) -> Fetched:
         fp = chain.fingerprint
-        holder = "another host"
-        for _ in range(ATTEMPTS):
-            seen, adopted = await self._look(chain, current)
-            if adopted is not None:
-                return adopted
+        seen, adopted = await self._look(chain, current)
+        if adopted is not None:
+            return adopted
+        loop = asyncio.get_running_loop()
+        # Long enough for a holder to fetch, and for a dead holder's lease to run out.
+        end = loop.time() + WAIT_LEASES * self.settings.lease
+        steps = iter(WAIT_STEPS)
+        while True:
             grant = await self.store.acquire(fp, self.settings.lease)
             if isinstance(grant, Lease):
                 return await self._ask(chain, current, grant, fetch)
@@ -114,13 +117,18 @@ class Fleet:
                     f"the fleet waits until {until} before asking again",
                     retry_after=grant.remaining,
                 )
-            holder = grant.host
-            if adopted := await self._await_holder(chain, current, seen, grant):
-                return adopted
-        return Fetched(
-            error=f"{holder} holds the fleet's lease for this certificate; trying again later",
-            retry_after=self.settings.lease,
-        )
+            if loop.time() >= end:
+                return Fetched(
+                    error=f"{grant.host} holds the fleet's lease for this certificate and "
+                    "published nothing yet; trying again later",
+                    retry_after=self.settings.lease,
+                )
+            # Another host is asking: wait for its answer, or for its lease to go.
+            await asyncio.sleep(next(steps, WAIT_STEPS[-1]))
+            if (await self.store.digests([fp]))[fp] != seen:
+                seen, adopted = await self._look(chain, current)
+                if adopted is not None:
+                    return adopted
 
     async def _ask(
         self, chain: CertChain, current: Staple | None, lease: Lease, fetch: Fetch
@@ -161,24 +169,6 @@ class Fleet:
         await self._offer(chain, seen, answer)
         return fetched
 
-    async def _await_holder(
-        self, chain: CertChain, current: Staple | None, seen: str | None, held: Held
-    ) -> Fetched | None:
-        """Wait while another host holds the lease: its answer, or None once the lease is
-        gone without one (the holder died, or failed and set the back-off)."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + held.remaining + 0.2
-        steps = iter(WAIT_STEPS)
-        step = WAIT_STEPS[0]
-        while loop.time() < end:
-            await asyncio.sleep(min(step, max(0.0, end - loop.time())))
-            step = next(steps, step)
-            digest = (await self.store.digests([chain.fingerprint]))[chain.fingerprint]
-            if digest != seen:
-                _, adopted = await self._look(chain, current)
-                return adopted
-        return None
-
     async def _alone(
         self, chain: CertChain, current: Staple | None, fetch: Fetch, error: FleetError
     ) -> Fetched:
@@ -218,7 +208,7 @@ class Fleet:
         shared = await self.store.read(fp)
         if shared is None:
             return None, None
-        seen = fleet.digest(shared.der)
+        seen = shared.digest
         if current is not None and shared.der == current.der:
             return seen, None
         try:

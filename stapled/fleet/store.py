@@ -58,10 +58,12 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """An entry as read back: bytes to validate, and who says they fetched them."""
+    """An entry as read back: bytes to validate, who says they fetched them, and the
+    digest to name this entry by in a compare-and-set (UNREADABLE for garbage)."""
 
     der: bytes
     host: str
+    digest: str
 
 
 class Store(Protocol):
@@ -98,7 +100,7 @@ class Store(Protocol):
         """Tell the fleet the CA failed; ``delay`` seconds from now (the store's clock)."""
         ...
 
-    async def heartbeat(self, fingerprint: str, digest: str, expire_at_ms: int) -> None: ...
+    async def heartbeat(self, fingerprint: str, staple_digest: str, expire_at_ms: int) -> None: ...
 
     def announcements(self) -> AsyncIterator[str]:
         """Fingerprints whose entry was just stored; lossy, a speed-up only."""

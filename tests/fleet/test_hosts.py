@@ -1,0 +1,373 @@
+"""Several hosts of one fleet, each a real Stapler with its own output directory, on one
+real redis-server and one counting responder: one CA request per certificate for the
+fleet, the same bytes everywhere, nothing invalid ever written, and a store that is down,
+empty or poisoned costs no staple."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.x509 import ocsp as x509_ocsp
+
+from stapled import config
+from stapled.core import certs, ocsp
+from stapled.core.fleet import Entry, digest
+from stapled.core.model import PassResult
+from stapled.core.policy import State
+from stapled.demo import ca as testca
+from stapled.fleet.store import Lease
+from stapled.net.client import Transport
+from stapled.passes import Stapler
+
+from ..conftest import Site
+from ..redisproc import RedisServer
+
+pytestmark = pytest.mark.servers
+
+CERTS = ("a.example", "b.example", "c.example")
+
+
+@dataclass
+class Host:
+    name: str
+    stapler: Stapler
+    out: Path
+
+    def staple(self, cert: str) -> bytes | None:
+        path = self.out / f"{cert}.der"
+        return path.read_bytes() if path.exists() else None
+
+
+class Fleet:
+    """Hosts sharing ``site``'s certificates through ``redis``; ``skew`` moves their clock."""
+
+    def __init__(self, site: Site, redis: RedisServer) -> None:
+        self.site, self.redis = site, redis
+        self.issued = {name: site.issue(name) for name in CERTS}
+        for name, leaf in self.issued.items():
+            site.bundle(name, leaf)
+        self.skew = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.skew
+
+    def host(self, name: str, extra: str = "", url: str | None = None) -> Host:
+        out = self.site.root / name
+        path = self.site.root / f"{name}.toml"
+        path.write_text(
+            f'output_dir = "{out}"\ncertificates = ["{self.site.certs}"]\ntimeout = 5\n'
+            f'[fleet]\nredis = "{url or self.redis.url}"\nhost_id = "{name}"\n{extra}\n'
+        )
+        cfg = config.load(path)
+        stapler = Stapler(cfg, transport=Transport(timeout=5), clock=self.now)
+        return Host(name, stapler, out)
+
+    def chain(self, cert: str) -> certs.CertChain:
+        return certs.build_chain([self.issued[cert].cert, self.site.ca.cert], cert)
+
+    def fingerprint(self, cert: str) -> str:
+        return self.chain(cert).fingerprint
+
+
+def together(*hosts: Host) -> list[PassResult]:
+    """One pass on every host at once, on one event loop."""
+
+    async def main() -> list[PassResult]:
+        try:
+            return list(await asyncio.gather(*(h.stapler.run_pass() for h in hosts)))
+        finally:
+            for h in hosts:
+                assert h.stapler.fleet is not None and h.stapler.transport is not None
+                await h.stapler.fleet.store.close()
+                await h.stapler.transport.close_idle()
+
+    return asyncio.run(main())
+
+
+def sources(results: list[PassResult]) -> list[str | None]:
+    return sorted(str(r.source) for result in results for r in result.records)
+
+
+@pytest.fixture
+def fleet(site: Site, redis_server: RedisServer) -> Fleet:
+    return Fleet(site, redis_server)
+
+
+def test_a_cold_fleet_asks_the_ca_once_per_certificate(fleet: Fleet) -> None:
+    hosts = [fleet.host(f"web-{i}") for i in range(5)]
+    results = together(*hosts)
+    assert fleet.site.responder.requests == len(CERTS)
+    assert all(r.exit_code() == 0 for r in results)
+    for cert in CERTS:
+        served = {h.staple(cert) for h in hosts}
+        assert len(served) == 1 and None not in served
+    # Each certificate fetched by one host, adopted by the four others.
+    assert sources(results) == ["ca"] * 3 + ["fleet"] * 12
+    # Every host says so in the state file too, and `status` reads it back.
+    status = hosts[1].stapler.status()
+    assert {r.source for r in status.records} <= {"ca", "fleet"}
+    assert status.fleet == {"redis": fleet.redis.url, "host_id": "web-1", "connected": True}
+
+
+def test_each_later_window_costs_one_request_per_certificate(fleet: Fleet) -> None:
+    hosts = [fleet.host(f"web-{i}") for i in range(3)]
+    together(*hosts)
+    for window in range(1, 3):
+        # Past the refresh point of the staples held (half of four days).
+        fleet.skew = timedelta(days=2, hours=window)
+        before = fleet.site.responder.requests
+        together(*hosts)
+        assert fleet.site.responder.requests - before == len(CERTS)
+        for cert in CERTS:
+            assert len({h.staple(cert) for h in hosts}) == 1
+
+
+def test_a_warm_pass_reads_the_store_and_adopts_a_newer_staple(fleet: Fleet) -> None:
+    first, second = fleet.host("web-1"), fleet.host("web-2")
+    together(first, second)
+    fleet.skew = timedelta(days=2, hours=1)
+    together(first)  # web-1 alone refreshes and shares
+    fleet.skew = timedelta(0)  # web-2's staples are not due by its clock
+    requests = fleet.site.responder.requests
+    (result,) = together(second)
+    assert fleet.site.responder.requests == requests
+    for cert in CERTS:
+        assert second.staple(cert) == first.staple(cert)
+    assert {r.source for r in result.records} == {"fleet"}
+    assert all(r.changed for r in result.records)
+
+
+def test_a_dead_holder_loses_its_lease_and_another_host_asks(fleet: Fleet) -> None:
+    host = fleet.host("web-2", extra="lease = 0.5")
+    assert host.stapler.fleet is not None
+    # web-1 took every lease, then died: nothing is ever published under them.
+    dead = fleet.host("web-1").stapler.fleet
+    assert dead is not None
+
+    async def take() -> None:
+        for cert in CERTS:
+            assert isinstance(await dead.store.acquire(fleet.fingerprint(cert), 0.5), Lease)
+        await dead.store.close()
+
+    asyncio.run(take())
+    (result,) = together(host)
+    assert result.exit_code() == 0
+    assert fleet.site.responder.requests == len(CERTS)
+    assert all(host.staple(c) is not None for c in CERTS)
+
+
+def test_a_failing_ca_is_backed_off_by_the_whole_fleet(fleet: Fleet) -> None:
+    fleet.site.responder.answer = lambda _: (503, {}, b"busy")
+    hosts = [fleet.host(f"web-{i}") for i in range(4)]
+    results = together(*hosts)
+    # One host asked (the back-off is shared), the others were told to wait.
+    assert fleet.site.responder.requests == len(CERTS)
+    errors = [r.last_error or "" for result in results for r in result.records]
+    assert sum("the fleet waits until" in e for e in errors) == 3 * len(CERTS)
+    assert all(r.exit_code() == 2 for r in results)  # no staple anywhere: critical
+
+
+# ---- a store that cannot be trusted ---------------------------------------------------
+
+
+def _poison(fleet: Fleet, kind: str) -> bytes | dict[bytes, bytes]:
+    """Something that must never be written to disk from the store, for a.example."""
+    ca, leaf = fleet.site.ca, fleet.issued["a.example"]
+    now = datetime.now(UTC)
+    if kind == "garbage":
+        return b"\x30\x03\x0a\x01\x00junk"
+    if kind == "another certificate's staple":
+        return ca.sign_response(fleet.issued["b.example"].cert)
+    if kind == "expired":
+        return ca.sign_response(leaf.cert, this_update=now - timedelta(days=5))
+    if kind == "older than the host's":
+        return ca.sign_response(leaf.cert, this_update=now - timedelta(hours=6))
+    if kind == "signed by a stranger":
+        return testca.CA().sign_response(leaf.cert, issuer=ca.cert)
+    if kind == "unknown":
+        return ca.sign_response(leaf.cert, status=x509_ocsp.OCSPCertStatus.UNKNOWN)
+    if kind == "tryLater":
+        return testca.unsuccessful(x509_ocsp.OCSPResponseStatus.TRY_LATER)
+    raise AssertionError(kind)
+
+
+POISONS = (
+    "garbage",
+    "another certificate's staple",
+    "expired",
+    "older than the host's",
+    "signed by a stranger",
+    "unknown",
+    "tryLater",
+)
+
+
+def _plant(fleet: Fleet, der: bytes, *, rank: int = 2**62) -> None:
+    """Stored as a well-formed entry that claims to outrank anything."""
+    key = f"stapled:{{{fleet.fingerprint('a.example')}}}:staple"
+    fleet.redis.client.delete(key)
+    fleet.redis.client.hset(
+        key,
+        mapping={
+            "der": der,
+            "digest": hashlib.sha256(der).hexdigest(),
+            "final": 1,
+            "this_update": rank,
+            "produced_at": rank,
+            "host": "evil",
+        },
+    )
+    fleet.redis.client.incr("stapled:generation")
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_a_poisoned_entry_is_never_written_and_gets_repaired(fleet: Fleet, kind: str) -> None:
+    warm = fleet.host("web-1")
+    together(warm)
+    good = warm.staple("a.example")
+    assert good is not None
+    _plant(fleet, _poison(fleet, kind))
+    cold = fleet.host("web-2")
+    requests = fleet.site.responder.requests
+    results = together(warm, cold)
+    assert warm.staple("a.example") == good  # kept: nothing valid and newer was offered
+    served = cold.staple("a.example")
+    assert served is not None
+    chain = fleet.chain("a.example")
+    assert ocsp.validate(served, chain, datetime.now(UTC)).cert_status == "good"
+    assert all(r.exit_code() == 0 for r in results)
+    # The store holds a valid staple again, for the others; at most one new request.
+    stored = fleet.redis.client.hget(f"stapled:{{{chain.fingerprint}}}:staple", "der")
+    assert stored is not None
+    ocsp.validate(stored, chain, datetime.now(UTC))
+    assert fleet.site.responder.requests - requests <= 1
+
+
+def test_a_key_of_the_wrong_type_is_repaired(fleet: Fleet) -> None:
+    warm = fleet.host("web-1")
+    together(warm)
+    key = f"stapled:{{{fleet.fingerprint('a.example')}}}:staple"
+    fleet.redis.client.delete(key)
+    fleet.redis.client.lpush(key, b"junk")
+    (result,) = together(warm)
+    assert result.exit_code() == 0
+    assert fleet.redis.client.type(key) == b"hash"
+
+
+def test_a_revoked_answer_is_shared_and_reported_on_every_host(fleet: Fleet) -> None:
+    hosts = [fleet.host(f"web-{i}") for i in range(3)]
+    together(*hosts)
+    fleet.site.ca.revoke(fleet.issued["b.example"].cert)
+    fleet.skew = timedelta(days=2, hours=1)
+    before = fleet.site.responder.requests
+    results = together(*hosts)
+    assert fleet.site.responder.requests - before == len(CERTS)
+    for result in results:
+        (b,) = [r for r in result.records if r.name == "b.example"]
+        assert b.state is State.REVOKED
+        assert result.exit_code() == 2
+
+
+# ---- a store that is down --------------------------------------------------------------
+
+
+def test_with_the_store_down_staples_stay_and_the_ca_waits_for_the_grace(fleet: Fleet) -> None:
+    host = fleet.host("web-1", extra="grace = 3600\nspread = 600\ntimeout = 0.2")
+    together(host)
+    held = {c: host.staple(c) for c in CERTS}
+    fleet.redis.stop()
+    requests = fleet.site.responder.requests
+    # Not due: nothing to ask; the store being gone changes nothing on disk.
+    (result,) = together(host)
+    assert result.exit_code() == 0 and {host.staple(c) for c in CERTS} == set(held.values())
+    assert host.stapler.status().fleet == {
+        "redis": fleet.redis.url,
+        "host_id": "web-1",
+        "connected": False,
+    }
+    # Due, within the grace: kept, reported, no request.
+    fleet.skew = timedelta(days=2, minutes=10)
+    (result,) = together(host)
+    assert fleet.site.responder.requests == requests
+    assert result.exit_code() == 1
+    assert all("asking the CA alone from" in (r.last_error or "") for r in result.records)
+    assert {host.staple(c) for c in CERTS} == set(held.values())
+    # Past the grace and this host's share of the spread: it asks alone.
+    fleet.skew = timedelta(days=2, hours=1, minutes=11)
+    (result,) = together(host)
+    assert fleet.site.responder.requests == requests + len(CERTS)
+    assert result.exit_code() == 0
+    assert all(host.staple(c) != held[c] for c in CERTS)
+
+
+def test_a_store_restarted_empty_is_seeded_without_asking_the_ca(fleet: Fleet) -> None:
+    hosts = [fleet.host(f"web-{i}") for i in range(3)]
+    together(*hosts)
+    fleet.redis.stop()
+    fleet.redis.start()
+    requests = fleet.site.responder.requests
+    together(*hosts)
+    assert fleet.site.responder.requests == requests
+    for cert in CERTS:
+        stored = fleet.redis.client.hget(f"stapled:{{{fleet.fingerprint(cert)}}}:staple", "der")
+        assert stored == hosts[0].staple(cert)
+
+
+def test_a_certificate_renewed_on_one_host_only_gets_its_own_staple(fleet: Fleet) -> None:
+    """Mid-rollout: keys are per certificate, so two certificates under one name never
+    share a staple."""
+    old_host = fleet.host("web-1")
+    together(old_host)
+    renewed = fleet.site.root / "renewed"
+    renewed.mkdir()
+    leaf = fleet.site.issue("a.example")
+    testca.write(renewed / "a.example.pem", leaf.cert_pem(), fleet.site.ca.cert_pem())
+    new_host_path = fleet.site.root / "web-2.toml"
+    new_host_path.write_text(
+        f'output_dir = "{fleet.site.root / "web-2"}"\ncertificates = ["{renewed}"]\n'
+        f'[fleet]\nredis = "{fleet.redis.url}"\nhost_id = "web-2"\n'
+    )
+    new_host = Host(
+        "web-2", Stapler(config.load(new_host_path), transport=Transport(timeout=5)), renewed
+    )
+    together(old_host, new_host)
+    served = (fleet.site.root / "web-2" / "a.example.der").read_bytes()
+    chain = certs.build_chain([leaf.cert, fleet.site.ca.cert], "a.example")
+    assert ocsp.validate(served, chain, datetime.now(UTC)).serial == leaf.cert.serial_number
+    assert served != old_host.staple("a.example")
+
+
+def test_entries_rank_like_settle() -> None:
+    """The store's cheap ordering never contradicts the validated one."""
+    ca = testca.CA()
+    leaf = ca.issue("r.example", ocsp_urls=["http://127.0.0.1:9/"])
+    chain = certs.build_chain([leaf.cert, ca.cert], "r.example")
+    now = datetime.now(UTC)
+    staples = [
+        ocsp.validate(
+            ca.sign_response(leaf.cert, this_update=now - timedelta(hours=h), status=status),
+            chain,
+            now,
+        )
+        for h in (1, 5, 9)
+        for status in (x509_ocsp.OCSPCertStatus.GOOD, x509_ocsp.OCSPCertStatus.REVOKED)
+    ]
+    from stapled.core import plan
+    from stapled.core.model import Fetched
+
+    for held in staples:
+        for offered in staples:
+            if held is offered:
+                continue
+            kept = plan.settle(held, Fetched(offered)).current is offered
+            assert kept == (Entry.of(offered).rank > Entry.of(held).rank), (held, offered)
+            assert digest(offered.der) != digest(held.der)
+
+
+Poison = Callable[[Fleet], bytes]
