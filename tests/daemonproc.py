@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,19 +31,32 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
 
 
 class DaemonProcess:
-    def __init__(self, site: Site, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.site = site
         self.name = f"stapled-test-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + self.name)
         self.sock.setblocking(False)
         self.messages: list[str] = []
-        self.log = site.root / "daemon.log"
+        self.log = log or site.root / "daemon.log"
         env = {**os.environ, "NOTIFY_SOCKET": "@" + self.name, **(env or {})}
         env.pop("JOURNAL_STREAM", None)
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stapled", "run", "--config", str(site.config_path)],
+                [
+                    sys.executable,
+                    "-m",
+                    "stapled",
+                    "run",
+                    "--config",
+                    str(config or site.config_path),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,

@@ -275,7 +275,7 @@ class RedisStore:
                 keys=[self._key(fingerprint, "lease")], args=[lease.token]
             )
 
-    async def back_off(self, fingerprint: str, lease: Lease, error: str, delay: float) -> None:
+    async def back_off(self, fingerprint: str, lease: Lease, error: str, delay: float) -> bool:
         keys = [self._key(fingerprint, "lease"), self._key(fingerprint, "backoff")]
         ms = max(1, int(delay * 1000))
         kept = ms + self.failures_kept_ms
@@ -288,7 +288,7 @@ class RedisStore:
             kept,
         ]
         async with self._call():
-            await self._on_this_loop().back_off(keys=keys, args=args)
+            return bool(await self._on_this_loop().back_off(keys=keys, args=args))
 
     async def heartbeat(self, fingerprint: str, staple_digest: str, expire_at_ms: int) -> None:
         key = self._key(fingerprint, "hosts")

@@ -151,7 +151,14 @@ class Fleet:
                 retry_after=fetched.retry_after,
             ).total_seconds()
             why = fetched.error or "the responder says unknown"
-            await _quietly(self.store.back_off(fp, lease, why, delay))
+            try:
+                held = await self.store.back_off(fp, lease, why, delay)
+            except FleetError:
+                return fetched
+            if not held:
+                # This host stalled past its lease and another asked meanwhile.
+                _, adopted = await self._look(chain, current)
+                return adopted or fetched
             return fetched
         if plan.settle(current, fetched).current is not answer:
             await _quietly(self.store.release(fp, lease))

@@ -96,8 +96,9 @@ class Store(Protocol):
 
     async def release(self, fingerprint: str, lease: Lease) -> None: ...
 
-    async def back_off(self, fingerprint: str, lease: Lease, error: str, delay: float) -> None:
-        """Tell the fleet the CA failed; ``delay`` seconds from now (the store's clock)."""
+    async def back_off(self, fingerprint: str, lease: Lease, error: str, delay: float) -> bool:
+        """Tell the fleet the CA failed; ``delay`` seconds from now (the store's clock).
+        False when the lease was no longer held (nothing is changed then)."""
         ...
 
     async def heartbeat(self, fingerprint: str, staple_digest: str, expire_at_ms: int) -> None: ...

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
 import signal
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,18 @@ STATE_DELAY = 1.0
 # again: a slow pass must not put the unit into a restart loop.
 START_EXTENSION = 60.0
 JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
+
+
+def quiet(job: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A job that ends quietly when stopping cancels it mid-await (APScheduler would log
+    the cancellation as a failure with a traceback)."""
+
+    @functools.wraps(job)
+    async def run(*args: Any) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await job(*args)
+
+    return run
 
 
 def make_scheduler(loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
@@ -133,9 +147,11 @@ class Daemon:
                 report.log_record(rec)
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
-            self.scheduler.add_job(self._tick, IntervalTrigger(seconds=tick), id="tick")
+            self.scheduler.add_job(quiet(self._tick), IntervalTrigger(seconds=tick), id="tick")
             self.scheduler.add_job(
-                self._rescan, IntervalTrigger(seconds=self.config.rescan_interval), id="rescan"
+                quiet(self._rescan),
+                IntervalTrigger(seconds=self.config.rescan_interval),
+                id="rescan",
             )
             self._start_fleet()
             self.scheduler.start()
@@ -279,7 +295,7 @@ class Daemon:
 
     def _rescan_soon(self) -> None:
         if not self._stop:
-            self.scheduler.add_job(self._rescan, id="rescan-now", replace_existing=True)
+            self.scheduler.add_job(quiet(self._rescan), id="rescan-now", replace_existing=True)
 
     async def _rescan(self) -> None:
         """Find certificates again: new ones are fetched now, removed ones unscheduled.
@@ -369,7 +385,7 @@ class Daemon:
 
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
         self.scheduler.add_job(
-            self._refresh_job,
+            quiet(self._refresh_job),
             DateTrigger(run_date=when),
             args=[fingerprint, force],
             id=fingerprint,
@@ -392,7 +408,7 @@ class Daemon:
             return
         when = self.clock() + timedelta(seconds=RELOAD_DELAY)
         self.scheduler.add_job(
-            self._deliver_job, DateTrigger(run_date=when), id="reload", replace_existing=True
+            quiet(self._deliver_job), DateTrigger(run_date=when), id="reload", replace_existing=True
         )
 
     async def _deliver_job(self) -> None:
@@ -415,7 +431,10 @@ class Daemon:
         when = self.clock() + timedelta(seconds=STATE_DELAY)
         if self.scheduler.running and self.scheduler.get_job("state") is None:
             self.scheduler.add_job(
-                self._save_state, DateTrigger(run_date=when), id="state", replace_existing=True
+                quiet(self._save_state),
+                DateTrigger(run_date=when),
+                id="state",
+                replace_existing=True,
             )
 
     async def _save_state(self, *, stopped: bool = False) -> None:
@@ -444,7 +463,7 @@ class Daemon:
             return
         self._generation, self._swept = None, 0.0
         self.scheduler.add_job(
-            self._fleet_poll,
+            quiet(self._fleet_poll),
             IntervalTrigger(seconds=self.config.fleet.poll_interval),
             id="fleet-poll",
             replace_existing=True,
@@ -472,10 +491,15 @@ class Daemon:
         fleet, settings = self.stapler.fleet, self.config.fleet
         if fleet is None or settings is None or self._stop:
             return
+        was = fleet.store.connected
         try:
             generation = await fleet.store.generation()
         except FleetError:
-            return  # logged once by the store; what is on disk stays served
+            if was:  # logged once by the store; what is on disk stays served
+                self._save_state_soon()
+            return
+        if not was:
+            self._save_state_soon()
         now = self._loop.time()
         if generation == self._generation and now - self._swept < settings.sweep_interval:
             return
