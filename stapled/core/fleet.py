@@ -112,4 +112,6 @@ def redacted(url: str) -> str:
         f"{name}=***" if name.lower() == "password" else f"{name}{sep}{value}"
         for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
+    if where == parts.netloc and query == parts.query:
+        return url  # nothing hidden (and unix:/// keeps its slashes)
     return urlunsplit((parts.scheme, where, parts.path, query, parts.fragment))
