@@ -135,6 +135,11 @@ class Fleet:
     ) -> Fetched:
         """Holding the lease: ask the CA, then share the answer (or the failure)."""
         fp = chain.fingerprint
+        # Another holder may have published between this host's look and its lease.
+        _, adopted = await self._look(chain, current)
+        if adopted is not None:
+            await _quietly(self.store.release(fp, lease))
+            return adopted
         try:
             fetched = await fetch(chain)
         except BaseException:
