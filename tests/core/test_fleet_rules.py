@@ -76,7 +76,9 @@ def test_host_shares_spread_out() -> None:
 
 
 _SECRET = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="@/:?#[]%&=+"),
+    alphabet=st.characters(
+        min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="@/:?#[]%&=+"
+    ),
     min_size=4,
     max_size=30,
 )

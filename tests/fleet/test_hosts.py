@@ -371,3 +371,67 @@ def test_entries_rank_like_settle() -> None:
 
 
 Poison = Callable[[Fleet], bytes]
+
+
+# ---- whatever the store holds ----------------------------------------------------------
+
+
+def test_whatever_the_store_holds_only_a_valid_newer_staple_is_taken(
+    fleet: Fleet,
+) -> None:
+    """A property over arbitrary entries: bytes, digests and rank fields of any kind, and
+    sometimes a real response (any status, any age, for this or another certificate)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from stapled.fleet.share import Fleet as Sharing
+
+    host = fleet.host("web-1")
+    together(host)
+    chain = fleet.chain("a.example")
+    held_der = host.staple("a.example")
+    assert held_der is not None
+    held = ocsp.validate(held_der, chain, datetime.now(UTC))
+    sharing = host.stapler.fleet
+    assert isinstance(sharing, Sharing)
+    key = f"stapled:{{{chain.fingerprint}}}:staple"
+    statuses = list(x509_ocsp.OCSPCertStatus)
+    real = st.builds(
+        lambda cert, status, hours: fleet.site.ca.sign_response(
+            fleet.issued[cert].cert,
+            status=status,
+            this_update=datetime.now(UTC) - timedelta(hours=hours),
+        ),
+        st.sampled_from(CERTS),
+        st.sampled_from(statuses),
+        st.floats(-1, 200),
+    )
+    field = st.one_of(st.binary(max_size=40), st.integers().map(lambda i: str(i).encode()))
+
+    @settings(max_examples=60, deadline=None)
+    @given(der=st.one_of(st.binary(max_size=300), real), digest_=field, rank=field)
+    def check(der: bytes, digest_: bytes, rank: bytes) -> None:
+        fleet.redis.client.delete(key)
+        fleet.redis.client.hset(
+            key, mapping={"der": der, "digest": digest_, "this_update": rank, "final": rank}
+        )
+
+        async def go() -> object:
+            try:
+                return await sharing.reconcile(chain, held)
+            finally:
+                await sharing.store.close()
+
+        taken = asyncio.run(go())
+        if taken is not None:
+            staple = taken.staple  # type: ignore[attr-defined]
+            # Taken only when it validates for this certificate and wins over the held one.
+            assert ocsp.validate(staple.der, chain, datetime.now(UTC)) is not None
+            assert staple.der == der and not staple.is_older_than(held)
+            assert staple.cert_status != "unknown"
+        else:
+            # Refused: the store gets this host's valid staple back (unless it held it).
+            stored = fleet.redis.client.hget(key, "der")
+            assert stored in (held_der, der)
+
+    check()
