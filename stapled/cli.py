@@ -18,6 +18,7 @@ from .core import certs, ocsp
 from .errors import (
     EX_NOINPUT,
     CertificateError,
+    ConfigError,
     InvalidResponseError,
     OCSPStatusError,
     StapledError,
@@ -27,6 +28,11 @@ from .net.client import Transport
 from .passes import Stapler
 
 log = logging.getLogger("stapled")
+
+DEFAULT_CONFIG = "/etc/stapled/stapled.toml"
+# nginx workers each hold their own staple: several handshakes see more of them.
+PROBE_CONNECTIONS = 3
+CONFIG_VARIABLE = "STAPLED_CONFIG"
 
 EXIT_HELP = """\
 exit status:
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--wide", action="store_true", help="every column: files, serials, URLs, whole errors"
+    )
 
     verify = sub.add_parser(
         "verify",
@@ -98,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
     run.add_argument("-v", "--verbose", action="store_true", help="log details")
 
+    probe = sub.add_parser(
+        "probe",
+        help="check what live TLS servers staple, against what stapled wrote",
+        description="Nagios exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  Without "
+        "TARGET, every [[probe]] of the configuration.",
+    )
+    probe.add_argument("target", nargs="?", metavar="HOST:PORT", help="one endpoint to probe")
+    probe.add_argument("--servername", metavar="NAME", help="the SNI name to ask TARGET for")
+    probe.add_argument(
+        "-c", "--config", type=Path, metavar="FILE", help="configuration file (TOML)"
+    )
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.add_argument(
+        "--connections",
+        type=int,
+        default=PROBE_CONNECTIONS,
+        metavar="N",
+        help=f"handshakes per target; the worst counts (default {PROBE_CONNECTIONS})",
+    )
+
     demo = sub.add_parser("demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1")
     demo.add_argument(
         "--keep", action="store_true", help="keep the demo directory and print its path"
@@ -110,10 +139,26 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         type=Path,
-        required=True,
         metavar="FILE",
-        help="configuration file (TOML)",
+        help=f"configuration file (TOML); default ${CONFIG_VARIABLE} or {DEFAULT_CONFIG}",
     )
+
+
+def config_path(given: Path | None) -> Path:
+    """--config, else $STAPLED_CONFIG, else the path the units and README use."""
+    return given or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG)
+
+
+def load_config(given: Path | None) -> config.Config:
+    """Raises ConfigError, in one line that says where the path came from when the
+    file is missing."""
+    path = config_path(given)
+    if given is None and not path.exists():
+        raise ConfigError(
+            str(path),
+            f"no configuration file here; give --config FILE or set ${CONFIG_VARIABLE}",
+        )
+    return config.load(path)
 
 
 def setup_logging(level: int, *, service: bool = False) -> None:
@@ -179,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _run,
             "status": _status,
             "verify": _verify,
+            "probe": _probe,
             "demo": _demo,
         }
         return command[args.command](args)
@@ -190,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _once(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config)
+    cfg = load_config(args.config)
     transport = Transport(timeout=cfg.timeout, pool_size=cfg.concurrency)
     result = Stapler(cfg, transport=transport).once(force=args.force, only=args.only)
     return result.exit_code()
@@ -199,16 +245,52 @@ def _once(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .service.daemon import Daemon  # the scheduler and the watcher are only needed here
 
-    return Daemon(args.config).run()
+    load_config(args.config)  # a missing default file is reported as such
+    return Daemon(config_path(args.config)).run()
 
 
 def _status(args: argparse.Namespace) -> int:
-    result = Stapler(config.load(args.config)).status()
+    result = Stapler(load_config(args.config)).status()
     if args.json:
         print(json.dumps(report.as_json(result), indent=2))
     else:
-        print(report.table(result))
+        print(report.table(result, wide=args.wide))
     return int(max((r.severity(result.now) for r in result.records), default=0))
+
+
+def _probe(args: argparse.Namespace) -> int:
+    # pyOpenSSL takes 40 ms to import: only the probe pays for it.
+    from .observe.probe import ProbeError, split_target
+    from .probes import Target, exit_code, probe_target
+
+    if args.connections < 1:
+        raise UsageError("stapled probe: --connections must be at least 1")
+    if args.target is not None:
+        if not args.servername:
+            raise UsageError("stapled probe: HOST:PORT needs --servername NAME")
+        try:
+            split_target(args.target)
+        except ProbeError as e:
+            raise UsageError(f"stapled probe: {e}") from e
+        cfg = config.load(args.config) if args.config else None
+        targets = [Target(args.target, args.servername)]
+    else:
+        cfg = load_config(args.config)
+        targets = [Target(p.target, p.servername) for p in cfg.probes]
+        if not targets:
+            raise ConfigError(str(cfg.path), "nothing to probe: add a [[probe]]", "probe")
+    held = Stapler(cfg).held() if cfg is not None else {}
+    timeout = cfg.timeout if cfg is not None else config.DEFAULT_TIMEOUT
+    now = datetime.now(UTC)
+    results = [
+        probe_target(t, held, now, timeout=timeout, connections=args.connections) for t in targets
+    ]
+    if args.json:
+        print(json.dumps({"probes": [p.as_json() for p in results]}, indent=2))
+    else:
+        for p in results:
+            print(p.line)
+    return exit_code(results)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ DEFAULT_MIN_REFRESH_INTERVAL = 60.0
 DEFAULT_RESCAN_INTERVAL = 600.0
 DEFAULT_DEBOUNCE = 2.0
 STATE_DIR_NAME = ".stapled"
+DEFAULT_PROBE_INTERVAL = 300.0
 # The local responder: connections served at once; more wait in the listen backlog.
 DEFAULT_MAX_CLIENTS = 256
 
@@ -93,6 +94,22 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """One ``[[probe]]``: a live TLS endpoint of this host and the name to ask it for."""
+
+    target: str
+    servername: str
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus text over HTTP (``run``) and/or a node_exporter textfile."""
+
+    listen: tuple[str, int] | None = None
+    textfile: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     output_dir: Path
@@ -116,6 +133,9 @@ class Config:
     haproxy_socket: str | None = None
     responder: ResponderConfig | None = None
     fleet: FleetConfig | None = None
+    probes: tuple[ProbeConfig, ...] = ()
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    metrics: MetricsConfig | None = None
 
     @property
     def state_path(self) -> Path:
@@ -145,6 +165,9 @@ _TOP_KEYS = {
     "haproxy",
     "responder",
     "fleet",
+    "probe",
+    "probe_interval",
+    "metrics",
 }
 _SOURCE_KEYS = {"path", "ocsp_url", "issuer", "name", "haproxy"}
 _HAPROXY_KEYS = {"admin_socket"}
@@ -161,6 +184,8 @@ _FLEET_KEYS = {
     "timeout",
 }
 _FLEET_SCHEMES = ("redis", "rediss", "unix")
+_PROBE_KEYS = {"target", "servername"}
+_METRICS_KEYS = {"listen", "textfile"}
 
 
 def load(path: str | Path) -> Config:
@@ -218,6 +243,9 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         haproxy_socket=_haproxy_socket(p, raw),
         responder=_responder(p, raw),
         fleet=_fleet(p, raw),
+        probes=_probes(p, raw),
+        probe_interval=p.duration(raw, "probe_interval", DEFAULT_PROBE_INTERVAL),
+        metrics=_metrics(p, raw),
         **_daemon_timing(p, raw),
     )
 
@@ -258,6 +286,54 @@ def _responder(p: _Checker, raw: dict[str, Any]) -> ResponderConfig | None:
     return ResponderConfig(
         host, int(port_text), p.count(table, "max_clients", DEFAULT_MAX_CLIENTS, "responder.")
     )
+
+
+def _probes(p: _Checker, raw: dict[str, Any]) -> tuple[ProbeConfig, ...]:
+    entries = raw.get("probe", [])
+    if not isinstance(entries, list):
+        raise p.error("probe", "must be an array of tables ([[probe]])")
+    probes = []
+    for i, entry in enumerate(entries):
+        key = f"probe[{i}]"
+        if not isinstance(entry, dict):
+            raise p.error(key, "must be a table with 'target' and 'servername'")
+        for unknown in sorted(set(entry) - _PROBE_KEYS):
+            raise p.error(f"{key}.{unknown}", "unknown key (known: servername, target)")
+        target = entry.get("target")
+        if not isinstance(target, str) or _host_port(target) is None:
+            raise p.error(f"{key}.target", f"{target!r} is not HOST:PORT with a port 1-65535")
+        name = entry.get("servername")
+        if not isinstance(name, str) or not 0 < len(name) <= 253 or not _plain(name):
+            raise p.error(f"{key}.servername", "must be a host name (the SNI to send)")
+        probes.append(ProbeConfig(target, name))
+    return tuple(probes)
+
+
+def _metrics(p: _Checker, raw: dict[str, Any]) -> MetricsConfig | None:
+    table = p.table(raw, "metrics", _METRICS_KEYS)
+    if table is None:
+        return None
+    listen = None
+    if "listen" in table:
+        value = table["listen"]
+        listen = _host_port(value) if isinstance(value, str) else None
+        if listen is None:
+            raise p.error("metrics.listen", f"{value!r} is not HOST:PORT with a port 1-65535")
+    textfile = p.path(table, "textfile")
+    if textfile is not None and textfile.suffix != ".prom":
+        # node_exporter's textfile collector reads *.prom only.
+        raise p.error("metrics.textfile", f"{textfile} must end in .prom")
+    return MetricsConfig(listen, textfile)
+
+
+def _host_port(value: str) -> tuple[str, int] | None:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not _plain(host) or not port.isdigit():
+        return None
+    if not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def _fleet(p: _Checker, raw: dict[str, Any]) -> FleetConfig | None:

@@ -239,6 +239,20 @@ class Stapler:
         result.fleet = self.fleet_status()
         return result
 
+    def held(self) -> dict[str, tuple[CertChain, Staple | None]]:
+        """By leaf fingerprint: each certificate's chain (with its issuer when known) and
+        its valid staple on disk.  No network."""
+        _, groups = self.scan()
+        now = self.clock()
+        held: dict[str, tuple[CertChain, Staple | None]] = {}
+        for fp, members in groups.items():
+            try:
+                chain = self.issuers.known(plan.best_chain(members))
+                held[fp] = chain, self.publisher.current(members, now, chain)
+            except StapledError:
+                continue
+        return held
+
     def fleet_status(self) -> dict[str, object] | None:
         """Whether the fleet store answers now (one ping, its short timeout)."""
         fleet, settings = self.fleet, self.config.fleet

@@ -59,8 +59,47 @@ _COLUMNS = (
 )
 
 
-def table(result: PassResult) -> str:
-    """An aligned text table, one certificate per line (the last error is not padded)."""
+WIDTH = 100
+_NARROW = ("NAME", "STATE", "FROM", "NEXT UPDATE", "NEXT ATTEMPT", "PROBLEM")
+_NAME_MAX = 32
+
+
+def table(result: PassResult, *, wide: bool = False) -> str:
+    """An aligned text table, one certificate per line.  It fits WIDTH columns; ``wide``
+    adds serials, files, URLs and whole errors (the last column is not padded)."""
+    lines = _wide(result) if wide else _narrow(result)
+    if not result.records:
+        lines.append("(no certificates found in the configured sources)")
+    if result.fleet is not None:
+        f = result.fleet
+        how = "connected" if f["connected"] else "NOT CONNECTED: staples on disk are served"
+        lines.append(f"fleet: {f['redis']} as host {f['host_id']}, {how}")
+    return "\n".join(lines)
+
+
+def _narrow(result: PassResult) -> list[str]:
+    rows = [_NARROW] + [
+        (
+            _cut(r.name + (" (must-staple)" if r.must_staple else ""), _NAME_MAX),
+            str(r.state),
+            _SOURCES.get(r.source or "", "-"),
+            _brief(r.next_update),
+            _brief(r.next_retry) + " retry" if r.next_retry else _brief(r.next_refresh),
+            r.last_error or "-",
+        )
+        for r in result.records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_NARROW) - 1)]
+    room = max(10, WIDTH - sum(widths) - 2 * (len(widths)))
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True))
+        + "  "
+        + _cut(row[-1], room)
+        for row in rows
+    ]
+
+
+def _wide(result: PassResult) -> list[str]:
     rows = [_COLUMNS] + [
         (
             r.name + (" (must-staple)" if r.must_staple else ""),
@@ -78,17 +117,20 @@ def table(result: PassResult) -> str:
         for r in result.records
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS) - 1)]
-    lines = [
+    return [
         "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
         for row in rows
     ]
-    if not result.records:
-        lines.append("(no certificates found in the configured sources)")
-    if result.fleet is not None:
-        f = result.fleet
-        how = "connected" if f["connected"] else "NOT CONNECTED: staples on disk are served"
-        lines.append(f"fleet: {f['redis']} as host {f['host_id']}, {how}")
-    return "\n".join(lines)
+
+
+def _cut(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, on one line."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _brief(t: datetime | None) -> str:
+    return t.strftime("%m-%d %H:%MZ") if t else "-"
 
 
 _SOURCES = {"ca": "CA", "fleet": "fleet", "disk": "disk"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,13 +34,41 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["frobnicate"], ["once"], ["once", "--config", "x", "--quiet", "--verbose"]],
-    ids=["nothing", "unknown", "no-config", "quiet-and-verbose"],
+    [
+        [],
+        ["frobnicate"],
+        ["once", "--config", "x", "--quiet", "--verbose"],
+        ["probe", "127.0.0.1:443"],
+        ["probe", "no-port", "--servername", "x"],
+        ["probe", "127.0.0.1:443", "--servername", "x", "--connections", "0"],
+    ],
+    ids=["nothing", "unknown", "quiet-and-verbose", "probe-no-name", "probe-bad", "probe-0"],
 )
 def test_usage_errors_exit_64(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EX_USAGE
     err = capsys.readouterr().err
     assert err.startswith("stapled: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["once", "status", "run", "probe"])
+def test_without_config_the_default_path_is_read(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "nowhere" / "stapled.toml"
+    monkeypatch.setenv("STAPLED_CONFIG", str(missing))
+    assert main([command]) == 78
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "--config" in err
+    # The variable, when the file is there, is the file read.
+    cfg = tmp_path / "stapled.toml"
+    cfg.write_text(f'output_dir = "{tmp_path / "out"}"\ncertificates = ["{tmp_path}"]\n')
+    monkeypatch.setenv("STAPLED_CONFIG", str(cfg))
+    if command == "status":
+        assert main(["status", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"certificates": []}
 
 
 def _verify_files(tmp_path: Path, status: x509_ocsp.OCSPCertStatus | None = None) -> list[str]:

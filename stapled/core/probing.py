@@ -1,0 +1,101 @@
+"""What a live server staples, judged: a value per handshake, Nagios codes.
+
+Pure: the handshake's result, the chain to validate against, stapled's own staple and the
+time are parameters.  The worst of several handshakes counts (nginx workers hold staples
+apart).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..errors import StapledError
+from . import ocsp
+from .certs import CertChain
+from .ocsp import CertStatus
+from .times import iso
+
+
+class Verdict(enum.IntEnum):
+    """Nagios plugin exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One handshake: the leaf served (None if none) and the stapled bytes (None if none)."""
+
+    chain: CertChain | None
+    staple: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    verdict: Verdict
+    why: str
+    present: bool = False
+    valid: bool = False
+    matches_disk: bool = False
+    this_update: datetime | None = None
+
+
+def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
+    """One handshake's staple against its certificate and against what stapled wrote.
+
+    ``served.chain`` must carry the issuer (from the served chain or from disk);
+    ``disk`` is stapled's valid staple for the same certificate, if any.
+    """
+    chain = served.chain
+    if chain is None:
+        return Judged(Verdict.UNKNOWN, "the server sent no certificate")
+    if not served.staple:
+        if chain.must_staple:
+            return Judged(Verdict.CRITICAL, "no staple for a must-staple certificate")
+        if disk is not None and disk.valid_at(now):
+            return Judged(
+                Verdict.WARNING,
+                f"no staple, while stapled holds a valid one (until {iso(disk.next_update)})",
+            )
+        return Judged(Verdict.OK, "no staple, and stapled holds none to serve")
+    if chain.issuer is None:
+        return Judged(Verdict.UNKNOWN, "the issuer of the served certificate is unknown", True)
+    try:
+        staple = ocsp.validate(served.staple, chain, now)
+    except StapledError as e:
+        return Judged(Verdict.CRITICAL, f"the staple served is not valid: {e}", True)
+    matches = disk is not None and staple.der == disk.der
+    facts = {"present": True, "valid": True, "matches_disk": matches}
+    when = staple.this_update
+    if staple.cert_status is CertStatus.REVOKED:
+        return Judged(Verdict.CRITICAL, "the staple served says REVOKED", **facts, this_update=when)
+    if staple.cert_status is not CertStatus.GOOD:
+        why = f"the staple served says {staple.cert_status}"
+        return Judged(Verdict.CRITICAL, why, **facts, this_update=when)
+    if disk is not None and not matches and staple.is_older_than(disk):
+        return Judged(
+            Verdict.WARNING,
+            f"serves a staple of {iso(staple.this_update)}, older than stapled's of "
+            f"{iso(disk.this_update)} (not reloaded?)",
+            **facts,
+            this_update=when,
+        )
+    same = "identical to stapled's" if matches else "not stapled's"
+    why = f"good staple, valid until {iso(staple.next_update)}, {same}"
+    return Judged(Verdict.OK, why, **facts, this_update=when)
+
+
+def worst(results: list[Judged]) -> Judged:
+    """The one to report of several handshakes: the gravest (UNKNOWN ranks below the rest
+    when at least one handshake got through)."""
+
+    def rank(j: Judged) -> int:
+        return -1 if j.verdict is Verdict.UNKNOWN else int(j.verdict)
+
+    reached = [j for j in results if j.verdict is not Verdict.UNKNOWN]
+    return max(reached or results, key=rank)

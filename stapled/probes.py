@@ -1,0 +1,98 @@
+"""``stapled probe``: what live servers staple, against what stapled wrote.
+
+Several handshakes per target (nginx workers hold staples apart); the worst counts.  The
+served certificate is matched to a managed one by its fingerprint, and validated with the
+issuer from the served chain, else from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from .core import certs, probing
+from .core.certs import CertChain
+from .core.ocsp import Staple
+from .core.probing import Judged, Served, Verdict
+from .errors import CertificateError
+from .observe import probe
+from .observe.probe import Handshake, ProbeError
+
+# What stapled holds, by leaf fingerprint: the chain (with its issuer) and the staple.
+Held = dict[str, tuple[CertChain, Staple | None]]
+Shake = Callable[[str, str, float], Handshake]
+
+CONNECTIONS = 3  # stapled.cli.PROBE_CONNECTIONS says the same for the command line
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    target: str
+    servername: str
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    target: Target
+    judged: Judged
+
+    @property
+    def line(self) -> str:
+        t = self.target
+        return f"{self.judged.verdict.name} - {t.target} ({t.servername}): {self.judged.why}"
+
+    def as_json(self) -> dict[str, object]:
+        j = self.judged
+        return {
+            "target": self.target.target,
+            "servername": self.target.servername,
+            "status": j.verdict.name,
+            "code": int(j.verdict),
+            "reason": j.why,
+            "staple_present": j.present,
+            "staple_valid": j.valid,
+            "staple_matches_disk": j.matches_disk,
+            "this_update": j.this_update.strftime("%Y-%m-%dT%H:%M:%SZ") if j.this_update else None,
+        }
+
+
+def probe_target(
+    target: Target,
+    held: Held,
+    now: datetime,
+    *,
+    timeout: float,
+    connections: int = CONNECTIONS,
+    shake: Shake = probe.handshake,
+) -> Probed:
+    """``connections`` handshakes with one endpoint, judged; the worst is reported."""
+    results: list[Judged] = []
+    for _ in range(connections):
+        try:
+            hs = shake(target.target, target.servername, timeout)
+        except ProbeError as e:
+            results.append(Judged(Verdict.UNKNOWN, e.reason))
+            continue
+        results.append(_judge(hs, held, now, target.target))
+    return Probed(target, probing.worst(results))
+
+
+def _judge(hs: Handshake, held: Held, now: datetime, where: str) -> Judged:
+    if not hs.chain:
+        return probing.judge(Served(None, hs.staple), None, now)
+    try:
+        chain = certs.build_chain(hs.chain, where)
+    except CertificateError as e:
+        return Judged(Verdict.UNKNOWN, f"the served certificate cannot be used ({e.reason})")
+    mine = held.get(chain.fingerprint)
+    disk = None
+    if mine is not None:
+        disk_chain, disk = mine
+        if chain.issuer is None:
+            chain = disk_chain
+    return probing.judge(Served(chain, hs.staple), disk, now)
+
+
+def exit_code(results: list[Probed]) -> int:
+    return max((int(p.judged.verdict) for p in results), default=0)
