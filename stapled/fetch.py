@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
@@ -40,8 +41,11 @@ class Fetcher:
         hash_name: str,
         per_host: int,
         clock: Clock,
+        timed: Callable[[str, float, bool], None] | None = None,
     ) -> None:
         self.client = client
+        # Told of every responder asked: (its host, seconds, whether a valid answer came).
+        self.timed = timed
         self.hash = ocsp.hash_algorithm(hash_name)
         self.per_host = per_host
         self.clock = clock
@@ -60,28 +64,39 @@ class Fetcher:
         retry_after: float | None = None
         for url in chain.ocsp_urls:
             http = ocsp.http_request(url, request)
+            started = time.monotonic()
             try:
-                try:
-                    reply = await self._ask(url, http.method, http.url, http.body)
-                    staple = self._validate(url, reply, chain)
-                except (FetchError, OCSPStatusError) as e:
-                    if http.method != "GET" or not _refuses_get(e):
-                        raise
-                    # Every responder must take POST (RFC 6960 A.1.1); some refuse GET.
-                    log.info("%s: GET refused (%s); asking again with POST", url, _why(e))
-                    reply = await self._ask(url, "POST", url, request)
-                    staple = self._validate(url, reply, chain)
+                reply, staple = await self._exchange(url, http, request, chain)
             except (InvalidResponseError, OCSPStatusError) as e:
                 errors.append(str(e.at(url)))
-                continue
             except FetchError as e:
                 # Name the responder, not the GET URL with the whole request in it.
                 errors.append(f"{url}: {e.reason}" if e.url == http.url else str(e))
                 if e.retry_after is not None:
                     retry_after = max(retry_after or 0.0, e.retry_after)
-                continue
-            return Fetched(staple, url, max_age=reply.max_age)
+            else:
+                self._timed(url, started, True)
+                return Fetched(staple, url, max_age=reply.max_age)
+            self._timed(url, started, False)
         return Fetched(error="; ".join(errors), retry_after=retry_after)
+
+    async def _exchange(
+        self, url: str, http: ocsp.HTTPRequest, request: bytes, chain: CertChain
+    ) -> tuple[Reply, ocsp.Staple]:
+        try:
+            reply = await self._ask(url, http.method, http.url, http.body)
+            return reply, self._validate(url, reply, chain)
+        except (FetchError, OCSPStatusError) as e:
+            if http.method != "GET" or not _refuses_get(e):
+                raise
+            # Every responder must take POST (RFC 6960 A.1.1); some refuse GET.
+            log.info("%s: GET refused (%s); asking again with POST", url, _why(e))
+            reply = await self._ask(url, "POST", url, request)
+            return reply, self._validate(url, reply, chain)
+
+    def _timed(self, url: str, started: float, ok: bool) -> None:
+        if self.timed is not None:
+            self.timed(urls.host(url), time.monotonic() - started, ok)
 
     async def _ask(self, url: str, method: str, target: str, body: bytes | None) -> Reply:
         assert self.client is not None

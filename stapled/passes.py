@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import report
+from . import __version__, report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
@@ -32,6 +32,7 @@ from .fleet.share import Fleet
 from .issuers import Issuers
 from .net import client
 from .net.client import Transport
+from .observe.tally import Tally
 from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
 
 log = logging.getLogger("stapled")
@@ -74,8 +75,14 @@ class Stapler:
         self.new_batch = new_batch
         self.transport = transport
         self.clock = clock
+        # What happened, for the metrics (kept whether or not they are exported).
+        self.tally = Tally()
         self.fetcher = Fetcher(
-            transport, hash_name=config.cert_id_hash, per_host=config.per_host, clock=clock
+            transport,
+            hash_name=config.cert_id_hash,
+            per_host=config.per_host,
+            clock=clock,
+            timed=self._timed,
         )
         self.issuers = Issuers(config.state_path / "issuers", transport, clock)
         self.publisher = Publisher(
@@ -86,7 +93,9 @@ class Stapler:
         # What earlier scans read: a rescan reads and parses only the files that changed.
         self._discovered = discovery.Cache()
         # ``[fleet]``: staples shared through a store (None: this host alone).
-        self.fleet = fleet if fleet is not None else Fleet.of(config, clock)
+        self.fleet = fleet if fleet is not None else Fleet.of(config, clock, self._rejected)
+        # Names by leaf fingerprint, as last scanned (metrics are labelled by name).
+        self._names: dict[str, list[str]] = {}
         # Where each staple held came from ("ca" or "fleet"), by the digest of its bytes;
         # a staple not in here was found on disk.
         self.sources: dict[str, str] = {}
@@ -101,8 +110,26 @@ class Stapler:
         Raises StoreError when the output directory is unusable (nothing is written).
         """
         if self.transport is None:
-            return client.run(self._once(force, only))
-        return self.transport.run(self._once(force, only))
+            result = client.run(self._once(force, only))
+        else:
+            result = self.transport.run(self._once(force, only))
+        self.write_metrics(result)
+        return result
+
+    def write_metrics(self, result: PassResult) -> None:
+        """``[metrics] textfile``: rewritten after each pass; a failure is logged."""
+        wanted = self.config.metrics
+        if wanted is None or wanted.textfile is None:
+            return
+        # prometheus_client is imported only where metrics are wanted.
+        from .observe.metrics import Metrics, Snapshot
+
+        up = self.fleet.store.connected if self.fleet is not None else None
+        snapshot = Snapshot(tuple(result.records), result.now, up)
+        try:
+            Metrics(__version__, self.tally, lambda: snapshot).write_textfile(wanted.textfile)
+        except StapledError as e:
+            log.error("%s", e)
 
     async def _once(self, force: bool, only: Path | None) -> PassResult:
         try:
@@ -171,6 +198,7 @@ class Stapler:
             if owed and not result.changed:
                 log.info("retrying the reload that failed in an earlier pass")
             reload_error = self.servers.reload()
+            self.tally.reloaded(reload_error is None)
         # HAProxy updates that failed last time are owed the same way.
         push_owed = state.names(saved.get("haproxy_pending"))
         failed = self.servers.push(
@@ -207,7 +235,9 @@ class Stapler:
     def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
         """Find every certificate: records for those needing no fetch, the rest grouped."""
         found = discovery.discover(self.config.certificates, self._discovered)
-        return plan.classify(found, self.clock())
+        records, groups = plan.classify(found, self.clock())
+        self._names = {fp: [m.name for m in members] for fp, members in groups.items()}
+        return records, groups
 
     def settle(self, records: list[Record], batch: store.Batch | None = None) -> None:
         """Publish what is known of certificates that need no fetch (their snippets)."""
@@ -321,9 +351,24 @@ class Stapler:
 
     async def _obtain(self, checked: _Checked) -> Fetched:
         """A due certificate's new staple: from the fleet when there is one, else the CA."""
+        names = [m.name for m in checked.members]
+
+        async def fetch(chain: CertChain) -> Fetched:
+            fetched = await self.fetcher.fetch(chain)
+            if chain.ocsp_urls:
+                self.tally.fetched(names, fetched.staple is not None)
+            return fetched
+
         if self.fleet is None:
-            return await self.fetcher.fetch(checked.chain)
-        return await self.fleet.obtain(checked.chain, checked.current, self.fetcher.fetch)
+            return await fetch(checked.chain)
+        return await self.fleet.obtain(checked.chain, checked.current, fetch)
+
+    def _timed(self, responder: str, seconds: float, ok: bool) -> None:
+        self.tally.timed(responder, seconds)
+
+    def _rejected(self, fingerprint: str, reason: str) -> None:
+        for name in self._names.get(fingerprint, [fingerprint[:16]]):
+            self.tally.rejected(name, reason)
 
     async def _reconcile(self, fresh: list[_Checked]) -> dict[str, Fetched]:
         """Certificates that need no fetch, against the fleet store: what the fleet holds
@@ -408,7 +453,9 @@ class Stapler:
     ) -> list[Record]:
         """Publish what the fetch (if there was one) gave, for every name of the certificate."""
         settled = plan.settle(checked.current, fetched)
-        if fetched is not None and settled.current is fetched.staple is not None:
+        taken = fetched is not None and settled.current is fetched.staple is not None
+        if taken:
+            assert fetched is not None and fetched.staple is not None
             self.sources[digest(fetched.staple.der)] = fetched.source
         ids = ocsp.cert_ids(checked.chain)
         records = []
@@ -428,6 +475,10 @@ class Stapler:
                 rec.retry_after, rec.max_age = fetched.retry_after, fetched.max_age
             rec.cert_ids = ids
             rec.source = self.source_of(rec.current)
+            if taken:
+                self.tally.refreshed(member.name, checked.now.timestamp())
+            if rec.changed and rec.source is not None:
+                self.tally.updated(member.name, rec.source)
             records.append(rec)
         return records
 

@@ -43,6 +43,8 @@ class Judged:
     valid: bool = False
     matches_disk: bool = False
     this_update: datetime | None = None
+    # The server serves an older staple than stapled wrote: it was not reloaded.
+    stale: bool = False
 
 
 def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
@@ -84,6 +86,7 @@ def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
             f"{iso(disk.this_update)} (not reloaded?)",
             **facts,
             this_update=when,
+            stale=True,
         )
     same = "identical to stapled's" if matches else "not stapled's"
     why = f"good staple, valid until {iso(staple.next_update)}, {same}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +28,7 @@ from .store import Backoff, Lease, Outcome, Store
 log = logging.getLogger("stapled")
 
 Fetch = Callable[[CertChain], Awaitable[Fetched]]
+Rejected = Callable[[str, str], None]
 
 # A host waits for another's answer at most this many lease lengths.
 WAIT_LEASES = 2
@@ -51,7 +51,7 @@ class Settings:
 
 class Fleet:
     @classmethod
-    def of(cls, config: Config, clock: Clock) -> Fleet | None:
+    def of(cls, config: Config, clock: Clock, rejected: Rejected | None = None) -> Fleet | None:
         """The fleet of ``config``'s ``[fleet]``; None without one.  Connects lazily."""
         f = config.fleet
         if f is None:
@@ -75,14 +75,16 @@ class Fleet:
             retry_min=config.retry_min,
             retry_max=config.retry_max,
         )
-        return cls(store, settings, clock)
+        return cls(store, settings, clock, rejected)
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, clock: Clock, rejected: Rejected | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
-        # Staples refused from the store, by certificate and reason (for the metrics).
-        self.rejected: Counter[tuple[str, str]] = Counter()
+        # Told of each staple refused from the store: (leaf fingerprint, reason).
+        self.on_rejected = rejected
         self._logged: set[tuple[str, str]] = set()
 
     # ---- a due certificate --------------------------------------------------------------
@@ -245,7 +247,8 @@ class Fleet:
             await _quietly(self.store.heartbeat(fp, fleet.digest(staple.der), _expiry(staple)))
 
     def _reject(self, chain: CertChain, digest: str, reason: str, why: str, host: str) -> None:
-        self.rejected[chain.fingerprint, reason] += 1
+        if self.on_rejected is not None:
+            self.on_rejected(chain.fingerprint, reason)
         if reason == "older":
             return  # the normal race of two answers: not worth a line
         # Once per stored value: a poisoned entry is polled again and again.

@@ -33,17 +33,21 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from .. import __version__, report
 from .. import config as config_module
-from .. import report
 from ..config import Config
+from ..core import plan
 from ..core.fleet import digest
 from ..core.model import Found, PassResult, Record
 from ..core.ocsp import Staple
+from ..core.probing import Verdict
 from ..core.times import Clock, iso
-from ..errors import ConfigError, FleetError, StoreError
+from ..errors import ConfigError, FleetError, StapledError, StoreError
 from ..files import state, store
 from ..net.client import Transport
+from ..observe.metrics import Metrics, Snapshot
 from ..passes import Stapler, utc_now
+from ..probes import Held, Target, probe_target
 from .responder import Index, Responder, next_responder, start_responder
 from .schedule import Timing, next_run
 from .sdnotify import Notifier
@@ -52,6 +56,14 @@ from .watcher import Watcher, roots_of
 log = logging.getLogger("stapled")
 
 TICK_SECONDS = 30.0
+# After a reload, the server is probed this many seconds later.
+PROBE_DELAY = 2.0
+_PROBE_LEVELS = {
+    Verdict.OK: logging.DEBUG,
+    Verdict.WARNING: logging.WARNING,
+    Verdict.CRITICAL: logging.ERROR,
+    Verdict.UNKNOWN: logging.WARNING,
+}
 # Staples changing within this many seconds of each other share one reload.
 RELOAD_DELAY = 1.0
 STATE_DELAY = 1.0
@@ -112,6 +124,11 @@ class Daemon:
         self._generation: int | None = None
         self._swept = 0.0
         self._listener: asyncio.Task[None] | None = None
+        # Records as the metrics last saw them (swapped whole: read from another thread).
+        self._published: tuple[Record, ...] = ()
+        self.metrics: Metrics | None = None
+        # A reload was followed by one more because a probe saw an older staple served.
+        self._reloaded_again = False
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -154,6 +171,8 @@ class Daemon:
                 id="rescan",
             )
             self._start_fleet()
+            self._start_metrics()
+            self._start_probes()
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
@@ -214,6 +233,8 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.stop()
         self._stop_fleet()
+        if self.metrics is not None:
+            self.metrics.stop()
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
         if self.scheduler.running:
@@ -417,8 +438,21 @@ class Daemon:
         self.push_owed = set()
         servers = self.stapler.servers
         # Whatever fails stays owed and is tried again with the next change.
-        if reload and servers.can_reload and await asyncio.to_thread(servers.reload) is not None:
-            self.reload_owed = True
+        if reload and servers.can_reload:
+            reload_failed = await asyncio.to_thread(servers.reload) is not None
+            self.stapler.tally.reloaded(not reload_failed)
+            if reload_failed:
+                self.reload_owed = True
+            elif self.config.probes:
+                # Did the server pick up what was written?  Look once it has settled.
+                when = self.clock() + timedelta(seconds=PROBE_DELAY)
+                self.scheduler.add_job(
+                    quiet(self._probe_job),
+                    DateTrigger(run_date=when),
+                    args=[True],
+                    id="probe-after-reload",
+                    replace_existing=True,
+                )
         if failed := await asyncio.to_thread(servers.push, push):
             self.push_owed |= failed
         self._save_state_soon()
@@ -437,6 +471,77 @@ class Daemon:
                 replace_existing=True,
             )
 
+    # ---- metrics and probes ------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        wanted = self.config.metrics
+        self._published = tuple(self.records.values())
+        if wanted is None:
+            return
+        self.metrics = Metrics(__version__, self.stapler.tally, self._snapshot)
+        if wanted.listen is not None:
+            try:
+                self.metrics.serve(*wanted.listen)
+            except StoreError as e:
+                log.error("%s; no metrics are served", e)
+        self._write_textfile()
+
+    def _snapshot(self) -> Snapshot:
+        fleet = self.stapler.fleet
+        up = fleet.store.connected if fleet is not None else None
+        return Snapshot(self._published, self.clock(), up)
+
+    def _write_textfile(self) -> None:
+        wanted = self.config.metrics
+        if self.metrics is None or wanted is None or wanted.textfile is None:
+            return
+        try:
+            self.metrics.write_textfile(wanted.textfile)
+        except StoreError as e:
+            log.error("%s", e)
+
+    def _start_probes(self) -> None:
+        if self.config.probes:
+            self.scheduler.add_job(
+                quiet(self._probe_job),
+                IntervalTrigger(seconds=self.config.probe_interval),
+                args=[False],
+                id="probe",
+                replace_existing=True,
+            )
+
+    async def _probe_job(self, after_reload: bool) -> None:
+        """Probe every [[probe]]; a server still serving an older staple after a reload
+        gets one more reload, then an error."""
+        held: Held = {}
+        for fingerprint, members in self.groups.items():
+            try:
+                chain = self.stapler.issuers.known(plan.best_chain(members))
+            except StapledError:
+                continue
+            records = self._records_of(fingerprint)
+            held[fingerprint] = chain, records[0].current if records else None
+        targets = [Target(p.target, p.servername) for p in self.config.probes]
+        now, timeout = self.clock(), self.config.timeout
+        results = await asyncio.to_thread(
+            lambda: [probe_target(t, held, now, timeout=timeout) for t in targets]
+        )
+        stale = False
+        for probed in results:
+            self.stapler.tally.probed(probed.target.target, probed.target.servername, probed.judged)
+            stale |= probed.judged.stale
+            level = _PROBE_LEVELS[probed.judged.verdict]
+            log.log(level, "probe: %s", probed.line)
+        if after_reload and stale and not self._reloaded_again:
+            self._reloaded_again = True
+            log.warning("probe: the server still serves an older staple; reloading once more")
+            self._deliver_soon(reload=True)
+            return
+        if after_reload and stale:
+            log.error("probe: the server serves an older staple even after a second reload")
+        self._reloaded_again = False
+        self._save_state_soon()
+
     async def _save_state(self, *, stopped: bool = False) -> None:
         daemon: dict[str, Any] = {"pid": os.getpid(), "updated": iso(self.clock())}
         if stopped:
@@ -453,6 +558,8 @@ class Daemon:
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
+        self._published = tuple(self.records.values())
+        self._write_textfile()
         self.notifier.status(self.summary())
 
     # ---- fleet mode --------------------------------------------------------------------

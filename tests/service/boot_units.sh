@@ -57,13 +57,17 @@ echo "CHECK booted $state"
 
 # As the docs install it: a venv under /opt (PEP 668), the sysusers user, the units.
 inside /usr/bin/python3 -m venv /opt/stapled
-inside /opt/stapled/bin/pip install -q --disable-pip-version-check /opt/stapled-src >/dev/null
+inside /opt/stapled/bin/pip install -q --disable-pip-version-check /opt/stapled-src >"$base/pip.log" 2>&1 \
+    || { echo "pip install failed"; tail -20 "$base/pip.log"; }
 inside systemd-sysusers
 inside systemctl daemon-reload
 
 start=$(date +%s%N)
 inside systemctl enable --now stapled.service stapled-reload.path >/dev/null 2>&1 || true
 echo "CHECK service $(inside systemctl is-active stapled.service || true)"
+if [ "$(inside systemctl is-active stapled.service || true)" != active ]; then
+    inside journalctl -u stapled.service --no-pager -q | tail -20
+fi
 echo "CHECK ready_ms $(( ($(date +%s%N) - start) / 1000000 ))"
 echo "CHECK staple $(test -s "$root/var/lib/stapled/site.der" && echo yes || echo no)"
 
