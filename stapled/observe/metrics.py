@@ -136,6 +136,8 @@ def _certificates(records: Iterable[Record], now: datetime | None) -> Iterator[M
                 "must_staple": str(r.must_staple).lower(),
             },
         )
+        if r.ocsp_url is None:
+            continue  # nothing to staple (no OCSP URL, or an unusable file): no staple series
         staple = r.servable
         usable = staple is not None and (now is None or staple.valid_at(now))
         valid.add_metric([r.name], 1.0 if usable else 0.0)
