@@ -172,7 +172,7 @@ class Daemon:
             )
             self._start_fleet()
             self._start_metrics()
-            self._start_probes()
+            self._start_probes(reloaded=bool(first.changed) and not first.reload_failed)
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
@@ -445,14 +445,7 @@ class Daemon:
                 self.reload_owed = True
             elif self.config.probes:
                 # Did the server pick up what was written?  Look once it has settled.
-                when = self.clock() + timedelta(seconds=PROBE_DELAY)
-                self.scheduler.add_job(
-                    quiet(self._probe_job),
-                    DateTrigger(run_date=when),
-                    args=[True],
-                    id="probe-after-reload",
-                    replace_existing=True,
-                )
+                self._probe_soon(after_reload=True)
         if failed := await asyncio.to_thread(servers.push, push):
             self.push_owed |= failed
         self._save_state_soon()
@@ -500,15 +493,29 @@ class Daemon:
         except StoreError as e:
             log.error("%s", e)
 
-    def _start_probes(self) -> None:
-        if self.config.probes:
-            self.scheduler.add_job(
-                quiet(self._probe_job),
-                IntervalTrigger(seconds=self.config.probe_interval),
-                args=[False],
-                id="probe",
-                replace_existing=True,
-            )
+    def _start_probes(self, *, reloaded: bool) -> None:
+        """Probe soon after the start (as after a reload when the first pass reloaded),
+        then every probe interval."""
+        if not self.config.probes:
+            return
+        self.scheduler.add_job(
+            quiet(self._probe_job),
+            IntervalTrigger(seconds=self.config.probe_interval),
+            args=[False],
+            id="probe",
+            replace_existing=True,
+        )
+        self._probe_soon(after_reload=reloaded and self.stapler.servers.can_reload)
+
+    def _probe_soon(self, *, after_reload: bool) -> None:
+        when = self.clock() + timedelta(seconds=PROBE_DELAY)
+        self.scheduler.add_job(
+            quiet(self._probe_job),
+            DateTrigger(run_date=when),
+            args=[after_reload],
+            id="probe-soon",
+            replace_existing=True,
+        )
 
     async def _probe_job(self, after_reload: bool) -> None:
         """Probe every [[probe]]; a server still serving an older staple after a reload
