@@ -73,7 +73,8 @@ def table(result: PassResult, *, wide: bool = False) -> str:
     if result.fleet is not None:
         f = result.fleet
         how = "connected" if f["connected"] else "NOT CONNECTED: staples on disk are served"
-        lines.append(f"fleet: {f['redis']} as host {f['host_id']}, {how}")
+        line = f"fleet: {f['redis']} as host {f['host_id']}, {how}"
+        lines.append(line if wide else _cut(line, WIDTH))
     return "\n".join(lines)
 
 

@@ -1,0 +1,61 @@
+"""`stapled status` fits 100 columns whatever it shows; --wide hides nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stapled import report
+from stapled.core.model import PassResult, Record
+from stapled.core.policy import State
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
+_records = st.builds(
+    lambda name, state, error, must, retry, source: Record(
+        name or "x",
+        f"/etc/letsencrypt/live/{name}/cert.pem",
+        state,
+        serial="0A" * 20,
+        ocsp_url="http://r3.o.lencr.org/" + "a" * 40,
+        staple=f"/var/lib/stapled/{name}.der",
+        next_update=NOW + timedelta(days=3),
+        next_refresh=NOW + timedelta(days=1),
+        next_retry=NOW + timedelta(minutes=5) if retry else None,
+        last_error=error or None,
+        must_staple=must,
+        source=source,
+    ),
+    st.text(
+        st.characters(whitelist_categories=("Ll", "Nd"), whitelist_characters=".-"), max_size=120
+    ),
+    st.sampled_from(list(State)),
+    _text,
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, "ca", "fleet", "disk"]),
+)
+
+
+@given(st.lists(_records, max_size=8), st.booleans())
+def test_the_table_fits_100_columns(records: list[Record], fleet: bool) -> None:
+    result = PassResult(records, NOW)
+    if fleet:
+        result.fleet = {
+            "redis": "redis://***@10.0.0.5:6379/0",
+            "host_id": "web-1",
+            "connected": False,
+        }
+    for line in report.table(result).splitlines():
+        assert len(line) <= report.WIDTH, line
+
+
+@given(st.lists(_records, min_size=1, max_size=4))
+def test_wide_shows_every_path_url_and_whole_error(records: list[Record]) -> None:
+    text = report.table(PassResult(records, NOW), wide=True)
+    for r in records:
+        assert r.path in text and r.ocsp_url in text and (r.serial or "") in text
+        if r.last_error:
+            assert r.last_error in text
