@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -438,3 +438,34 @@ def test_whatever_the_store_holds_only_a_valid_newer_staple_is_taken(
             assert stored in (held_der, der)
 
     check()
+
+
+def test_the_fleet_metrics(fleet: Fleet) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def metrics(host: Host, result: PassResult) -> dict[tuple[str, tuple[str, ...]], float]:
+        path = fleet.site.root / f"{host.name}.prom"
+        host.stapler.config = replace(
+            host.stapler.config, metrics=config.MetricsConfig(textfile=path)
+        )
+        host.stapler.write_metrics(result)
+        return {
+            (s.name, tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(path.read_text())
+            for s in f.samples
+        }
+
+    first, second = fleet.host("web-1"), fleet.host("web-2")
+    together(first)
+    (result,) = together(second)
+    seen = metrics(second, result)
+    assert seen["stapled_fleet_up", ()] == 1.0
+    assert seen["stapled_staple_updates_total", ("cert=a.example", "source=fleet")] == 1.0
+    assert ("stapled_ocsp_fetch_total", ("cert=a.example", "result=success")) not in seen
+    _plant(fleet, b"garbage")
+    (result,) = together(second)
+    seen = metrics(second, result)
+    assert seen["stapled_fleet_rejected_total", ("cert=a.example", "reason=invalid")] == 1.0
+    fleet.redis.stop()
+    (result,) = together(second)
+    assert metrics(second, result)["stapled_fleet_up", ()] == 0.0
