@@ -72,7 +72,7 @@ OWNERS = {
     "redis": {"fleet.redis"},
     "OpenSSL": {"observe.probe"},
     "prometheus_client": {"observe.metrics"},
-    "apscheduler": {"service.daemon"},
+    "apscheduler": {"service.jobs"},
     "watchdog": {"service.watcher"},
     "systemd": {"service.sdnotify", "cli"},
 }

@@ -1,4 +1,4 @@
-"""``stapled run``: the long-running service, on one event loop.  The only APScheduler user.
+"""``stapled run``: the long-running service, on one event loop.
 
 After a first pass like ``once``, every certificate has one job at its next refresh (or
 retry) time.  Jobs are coroutines on the same loop as every fetch, so refreshes share
@@ -7,47 +7,36 @@ change, a periodic rescan is the safety net, and reloads are coalesced so that m
 staples changing together cause one.  Reload commands and HAProxy pushes block, so they
 run in a worker thread while the loop goes on.
 
-APScheduler 3 drops a one-shot job that runs more than ``misfire_grace_time`` late
-(default 1 s: any suspend/resume or stall).  Here late jobs always run
-(``misfire_grace_time=None``), and a short periodic tick makes the scheduler look at the
-wall clock again: its waits are measured on a clock that stops during suspend.
+Late jobs always run (see ``jobs``), and a short periodic tick makes the scheduler look
+at the wall clock again: its waits are measured on a clock that stops during suspend.
+Fleet mode lives in ``fleet_jobs``, metrics and probes in ``monitor_jobs``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from apscheduler.jobstores.base import JobLookupError
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
-from .. import __version__, report
 from .. import config as config_module
+from .. import report
 from ..config import Config
-from ..core import plan
-from ..core.fleet import digest
 from ..core.model import Found, PassResult, Record
-from ..core.ocsp import Staple
-from ..core.probing import Verdict
 from ..core.times import Clock, iso
-from ..errors import ConfigError, FleetError, StapledError, StoreError
+from ..errors import ConfigError, StoreError
 from ..files import state, store
 from ..net.client import Transport
-from ..observe.metrics import Metrics, Snapshot
 from ..passes import Stapler, utc_now
-from ..probes import Held, Target, probe_target
+from .fleet_jobs import FleetJobs
+from .jobs import Jobs
+from .monitor_jobs import MonitorJobs
 from .responder import Index, Responder, next_responder, start_responder
 from .schedule import Timing, next_run
 from .sdnotify import Notifier
@@ -56,38 +45,11 @@ from .watcher import Watcher, roots_of
 log = logging.getLogger("stapled")
 
 TICK_SECONDS = 30.0
-# After a reload, the server is probed this many seconds later.
-PROBE_DELAY = 2.0
-_PROBE_LEVELS = {
-    Verdict.OK: logging.DEBUG,
-    Verdict.WARNING: logging.WARNING,
-    Verdict.CRITICAL: logging.ERROR,
-    Verdict.UNKNOWN: logging.WARNING,
-}
-# Staples changing within this many seconds of each other share one reload.
 RELOAD_DELAY = 1.0
 STATE_DELAY = 1.0
 # While the first pass runs, systemd's start timeout is pushed this far ahead, again and
 # again: a slow pass must not put the unit into a restart loop.
 START_EXTENSION = 60.0
-JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": True, "max_instances": 1}
-
-
-def quiet(job: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """A job that ends quietly when stopping cancels it mid-await (APScheduler would log
-    the cancellation as a failure with a traceback)."""
-
-    @functools.wraps(job)
-    async def run(*args: Any) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            await job(*args)
-
-    return run
-
-
-def make_scheduler(loop: asyncio.AbstractEventLoop) -> AsyncIOScheduler:
-    """A scheduler on ``loop`` whose late jobs still run, once, one at a time per job."""
-    return AsyncIOScheduler(event_loop=loop, timezone="UTC", job_defaults=JOB_DEFAULTS)
 
 
 class Daemon:
@@ -119,16 +81,8 @@ class Daemon:
         self._stop = False
         self._hup = False
         self._pass: asyncio.Future[PassResult] | None = None
-        # Fleet mode: the store's generation last seen, when every digest was last
-        # compared (the loop's clock), and the task reading announcements.
-        self._generation: int | None = None
-        self._swept = 0.0
-        self._listener: asyncio.Task[None] | None = None
-        # Records as the metrics last saw them (swapped whole: read from another thread).
-        self._published: tuple[Record, ...] = ()
-        self.metrics: Metrics | None = None
-        # A reload was followed by one more because a probe saw an older staple served.
-        self._reloaded_again = False
+        self.fleet_jobs = FleetJobs(self)
+        self.monitor = MonitorJobs(self)
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -145,7 +99,7 @@ class Daemon:
         self._wake = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._signal, signum)
-        self.scheduler = make_scheduler(loop)
+        self.scheduler = Jobs(loop)
         try:
             first = await self._first_pass()
             if first is None:
@@ -164,15 +118,11 @@ class Daemon:
                 report.log_record(rec)
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
-            self.scheduler.add_job(quiet(self._tick), IntervalTrigger(seconds=tick), id="tick")
-            self.scheduler.add_job(
-                quiet(self._rescan),
-                IntervalTrigger(seconds=self.config.rescan_interval),
-                id="rescan",
-            )
-            self._start_fleet()
-            self._start_metrics()
-            self._start_probes(reloaded=bool(first.changed) and not first.reload_failed)
+            self.scheduler.every(tick, self._tick, id="tick")
+            self.scheduler.every(self.config.rescan_interval, self._rescan, id="rescan")
+            self.fleet_jobs.start()
+            self.monitor.start_metrics()
+            self.monitor.start_probes(reloaded=bool(first.changed) and not first.reload_failed)
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
@@ -232,14 +182,12 @@ class Daemon:
         self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
-        self._stop_fleet()
-        if self.metrics is not None:
-            self.metrics.stop()
+        self.fleet_jobs.stop()
+        if self.monitor.metrics is not None:
+            self.monitor.metrics.stop()
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
-        if self.scheduler.running:
-            self.scheduler.remove_all_jobs()
-            self.scheduler.shutdown(wait=False)
+        self.scheduler.stop()
         if self.responder is not None:
             self.responder.stop()
         # Temporary files are left to the next pass, which removes them with the lock
@@ -265,12 +213,12 @@ class Daemon:
             return
         log.info("configuration re-read from %s", self.config_path)
         old_responder, old_transport = self.responder, self.transport
-        self._stop_fleet()
+        self.fleet_jobs.stop()
         if self.stapler.fleet is not None:
             await self.stapler.fleet.store.close()
         stapler.sources.update(self.stapler.sources)
         self.config, self.transport, self.stapler = new, transport, stapler
-        self._start_fleet()
+        self.fleet_jobs.start()
         self.responder = responder
         await old_transport.close_idle()
         if old_responder is not None and old_responder is not responder:
@@ -316,7 +264,7 @@ class Daemon:
 
     def _rescan_soon(self) -> None:
         if not self._stop:
-            self.scheduler.add_job(quiet(self._rescan), id="rescan-now", replace_existing=True)
+            self.scheduler.now(self._rescan, id="rescan-now")
 
     async def _rescan(self) -> None:
         """Find certificates again: new ones are fetched now, removed ones unscheduled.
@@ -405,17 +353,10 @@ class Daemon:
         self._add_job(fingerprint, step.when, force=True)
 
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
-        self.scheduler.add_job(
-            quiet(self._refresh_job),
-            DateTrigger(run_date=when),
-            args=[fingerprint, force],
-            id=fingerprint,
-            replace_existing=True,
-        )
+        self.scheduler.at(when, self._refresh_job, id=fingerprint, args=[fingerprint, force])
 
     def _unschedule(self, fingerprint: str) -> None:
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job(fingerprint)
+        self.scheduler.cancel(fingerprint)
         self.attempts.pop(fingerprint, None)
 
     def _deliver_soon(self, *, reload: bool) -> None:
@@ -425,12 +366,10 @@ class Daemon:
         wanted = (self.reload_owed and self.stapler.servers.can_reload) or bool(self.push_owed)
         # One delivery already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
-        if not wanted or self.scheduler.get_job("reload") is not None:
+        if not wanted or self.scheduler.pending("reload"):
             return
         when = self.clock() + timedelta(seconds=RELOAD_DELAY)
-        self.scheduler.add_job(
-            quiet(self._deliver_job), DateTrigger(run_date=when), id="reload", replace_existing=True
-        )
+        self.scheduler.at(when, self._deliver_job, id="reload")
 
     async def _deliver_job(self) -> None:
         reload, self.reload_owed = self.reload_owed, False
@@ -445,7 +384,7 @@ class Daemon:
                 self.reload_owed = True
             elif self.config.probes:
                 # Did the server pick up what was written?  Look once it has settled.
-                self._probe_soon(after_reload=True)
+                self.monitor.probe_soon(after_reload=True)
         if failed := await asyncio.to_thread(servers.push, push):
             self.push_owed |= failed
         self._save_state_soon()
@@ -456,98 +395,8 @@ class Daemon:
 
     def _save_state_soon(self) -> None:
         when = self.clock() + timedelta(seconds=STATE_DELAY)
-        if self.scheduler.running and self.scheduler.get_job("state") is None:
-            self.scheduler.add_job(
-                quiet(self._save_state),
-                DateTrigger(run_date=when),
-                id="state",
-                replace_existing=True,
-            )
-
-    # ---- metrics and probes ------------------------------------------------------------
-
-    def _start_metrics(self) -> None:
-        wanted = self.config.metrics
-        self._published = tuple(self.records.values())
-        if wanted is None:
-            return
-        self.metrics = Metrics(__version__, self.stapler.tally, self._snapshot)
-        if wanted.listen is not None:
-            try:
-                self.metrics.serve(*wanted.listen)
-            except StoreError as e:
-                log.error("%s; no metrics are served", e)
-        self._write_textfile()
-
-    def _snapshot(self) -> Snapshot:
-        fleet = self.stapler.fleet
-        up = fleet.store.connected if fleet is not None else None
-        return Snapshot(self._published, self.clock(), up)
-
-    def _write_textfile(self) -> None:
-        wanted = self.config.metrics
-        if self.metrics is None or wanted is None or wanted.textfile is None:
-            return
-        try:
-            self.metrics.write_textfile(wanted.textfile)
-        except StoreError as e:
-            log.error("%s", e)
-
-    def _start_probes(self, *, reloaded: bool) -> None:
-        """Probe soon after the start (as after a reload when the first pass reloaded),
-        then every probe interval."""
-        if not self.config.probes:
-            return
-        self.scheduler.add_job(
-            quiet(self._probe_job),
-            IntervalTrigger(seconds=self.config.probe_interval),
-            args=[False],
-            id="probe",
-            replace_existing=True,
-        )
-        self._probe_soon(after_reload=reloaded and self.stapler.servers.can_reload)
-
-    def _probe_soon(self, *, after_reload: bool) -> None:
-        when = self.clock() + timedelta(seconds=PROBE_DELAY)
-        self.scheduler.add_job(
-            quiet(self._probe_job),
-            DateTrigger(run_date=when),
-            args=[after_reload],
-            id="probe-soon",
-            replace_existing=True,
-        )
-
-    async def _probe_job(self, after_reload: bool) -> None:
-        """Probe every [[probe]]; a server still serving an older staple after a reload
-        gets one more reload, then an error."""
-        held: Held = {}
-        for fingerprint, members in self.groups.items():
-            try:
-                chain = self.stapler.issuers.known(plan.best_chain(members))
-            except StapledError:
-                continue
-            records = self._records_of(fingerprint)
-            held[fingerprint] = chain, records[0].current if records else None
-        targets = [Target(p.target, p.servername) for p in self.config.probes]
-        now, timeout = self.clock(), self.config.timeout
-        results = await asyncio.to_thread(
-            lambda: [probe_target(t, held, now, timeout=timeout) for t in targets]
-        )
-        stale = False
-        for probed in results:
-            self.stapler.tally.probed(probed.target.target, probed.target.servername, probed.judged)
-            stale |= probed.judged.stale
-            level = _PROBE_LEVELS[probed.judged.verdict]
-            log.log(level, "probe: %s", probed.line)
-        if after_reload and stale and not self._reloaded_again:
-            self._reloaded_again = True
-            log.warning("probe: the server still serves an older staple; reloading once more")
-            self._deliver_soon(reload=True)
-            return
-        if after_reload and stale:
-            log.error("probe: the server serves an older staple even after a second reload")
-        self._reloaded_again = False
-        self._save_state_soon()
+        if self.scheduler.running and not self.scheduler.pending("state"):
+            self.scheduler.at(when, self._save_state, id="state")
 
     async def _save_state(self, *, stopped: bool = False) -> None:
         daemon: dict[str, Any] = {"pid": os.getpid(), "updated": iso(self.clock())}
@@ -561,87 +410,13 @@ class Daemon:
                     reload_pending=self.reload_owed and self.stapler.servers.can_reload,
                     haproxy_pending=set(self.push_owed),
                     daemon=daemon,
-                    fleet=self.fleet_state(),
+                    fleet=self.fleet_jobs.state(),
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
-        self._published = tuple(self.records.values())
-        self._write_textfile()
+        self.monitor.published = tuple(self.records.values())
+        self.monitor.write_textfile()
         self.notifier.status(self.summary())
-
-    # ---- fleet mode --------------------------------------------------------------------
-
-    def _start_fleet(self) -> None:
-        fleet = self.stapler.fleet
-        if fleet is None or self.config.fleet is None:
-            return
-        self._generation, self._swept = None, 0.0
-        self.scheduler.add_job(
-            quiet(self._fleet_poll),
-            IntervalTrigger(seconds=self.config.fleet.poll_interval),
-            id="fleet-poll",
-            replace_existing=True,
-        )
-        self._listener = asyncio.ensure_future(self._listen())
-
-    def _stop_fleet(self) -> None:
-        with contextlib.suppress(JobLookupError):
-            self.scheduler.remove_job("fleet-poll")
-        if self._listener is not None:
-            self._listener.cancel()
-            self._listener = None
-
-    async def _listen(self) -> None:
-        """Adopt at once what another host announces (a speed-up: polling is the truth)."""
-        fleet = self.stapler.fleet
-        assert fleet is not None
-        async for fingerprint in fleet.store.announcements():
-            if fingerprint in self.groups and not self._stop:
-                await self._adopt(fingerprint)
-
-    async def _fleet_poll(self) -> None:
-        """Every poll interval, one read of the store's generation; when it changed (or
-        the sweep interval passed), every certificate's digest against the staple held."""
-        fleet, settings = self.stapler.fleet, self.config.fleet
-        if fleet is None or settings is None or self._stop:
-            return
-        was = fleet.store.connected
-        try:
-            generation = await fleet.store.generation()
-        except FleetError:
-            if was:  # logged once by the store; what is on disk stays served
-                self._save_state_soon()
-            return
-        if not was:
-            self._save_state_soon()
-        now = self._loop.time()
-        if generation == self._generation and now - self._swept < settings.sweep_interval:
-            return
-        try:
-            stored = await fleet.store.digests(list(self.groups))
-        except FleetError:
-            return
-        self._generation, self._swept = generation, now
-        for fingerprint, value in stored.items():
-            held = self._held(fingerprint)
-            if value != (digest(held.der) if held is not None else None):
-                await self._adopt(fingerprint)
-
-    async def _adopt(self, fingerprint: str) -> None:
-        members = self.groups.get(fingerprint)
-        if not members:
-            return
-        try:
-            records = await self.stapler.adopt(members)
-        except Exception as e:  # the per-certificate boundary: a bug stays here
-            log.error("%s: adopting the fleet's staple failed: %s", members[0].name, e)
-            return
-        if records is not None:
-            self._took(fingerprint, records)
-
-    def _held(self, fingerprint: str) -> Staple | None:
-        records = self._records_of(fingerprint)
-        return records[0].current if records else None
 
     # ---- reporting --------------------------------------------------------------------
 
@@ -651,21 +426,10 @@ class Daemon:
         names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))
         return [self.records[name] for name in names if name in self.records]
 
-    def fleet_state(self) -> dict[str, Any] | None:
-        """``status``'s "fleet" object as this daemon sees it; None outside fleet mode."""
-        fleet, settings = self.stapler.fleet, self.config.fleet
-        if fleet is None or settings is None:
-            return None
-        return {
-            "redis": settings.url,
-            "host_id": settings.host_id,
-            "connected": fleet.store.connected,
-        }
-
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
         line = report.summary(self.records.values())
-        fleet = self.fleet_state()
+        fleet = self.fleet_jobs.state()
         if fleet is not None and not fleet["connected"]:
             line += f"; fleet store {fleet['redis']} unreachable"
         return line

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stapled.core import ocsp, policy
-from stapled.service.daemon import make_scheduler
+from stapled.service.jobs import Jobs
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MARGIN = timedelta(minutes=5)
@@ -112,21 +112,20 @@ def test_retry_after_is_honoured_within_the_cap() -> None:
 def test_a_late_job_still_runs() -> None:
     # APScheduler's default misfire_grace_time (1 s) would silently drop this job.
     async def main() -> None:
-        scheduler = make_scheduler(asyncio.get_running_loop())
+        scheduler = Jobs(asyncio.get_running_loop())
         ran = asyncio.Event()
 
         async def job() -> None:
             ran.set()
 
-        scheduler.add_job(job, "date", run_date=datetime.now(UTC) - timedelta(hours=2))
+        scheduler.at(datetime.now(UTC) - timedelta(hours=2), job, id="late")
         scheduler.start()
         try:
             await asyncio.wait_for(ran.wait(), 5)
         except TimeoutError:
             raise AssertionError("a job due two hours ago was dropped") from None
         finally:
-            scheduler.remove_all_jobs()
-            scheduler.shutdown(wait=False)
+            scheduler.stop()
 
     asyncio.run(main())
 
