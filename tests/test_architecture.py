@@ -15,6 +15,9 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "stapled"
 
+# What passes and everything above them may use.
+_BELOW_PASSES = {"edges", "fleet", "observe", "files", "net", "core", "config", "report", "errors"}
+
 # layer -> (its modules, the layers it may import besides its own)
 LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "errors": ({"errors", "__init__"}, set()),
@@ -28,41 +31,11 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "observe": ({"observe.*"}, {"core", "config", "errors"}),
     "passes": (
         {"passes", "probes"},
-        {"edges", "fleet", "observe", "files", "net", "core", "config", "report", "errors"},
+        _BELOW_PASSES,
     ),
-    "service": (
-        {"service.*"},
-        {
-            "passes",
-            "edges",
-            "fleet",
-            "observe",
-            "files",
-            "net",
-            "core",
-            "config",
-            "report",
-            "errors",
-        },
-    ),
+    "service": ({"service.*"}, {"passes", *_BELOW_PASSES}),
     "demo": ({"demo.*"}, {"passes", "net", "core", "config", "report", "errors"}),
-    "cli": (
-        {"cli", "__main__"},
-        {
-            "service",
-            "demo",
-            "passes",
-            "edges",
-            "fleet",
-            "observe",
-            "files",
-            "net",
-            "core",
-            "config",
-            "report",
-            "errors",
-        },
-    ),
+    "cli": ({"cli", "__main__"}, {"service", "demo", "passes", *_BELOW_PASSES}),
 }
 FORBIDDEN_IN_CORE = {"os", "socket", "subprocess", "requests", "pathlib", "time", "threading"}
 OWNERS = {

@@ -235,8 +235,15 @@ class CA:
         response = builder.sign(signing.key, _sign_hash(signing.key))
         return response.public_bytes(serialization.Encoding.DER)
 
-    def answer(self, request_der: bytes, validity: timedelta = timedelta(days=4)) -> bytes:
-        """What this CA's responder says to a DER OCSP request (one certificate)."""
+    def answer(
+        self,
+        request_der: bytes,
+        validity: timedelta = timedelta(days=4),
+        *,
+        age: timedelta | None = None,
+    ) -> bytes:
+        """What this CA's responder says to a DER OCSP request (one certificate);
+        ``age``: how long before now its thisUpdate lies (default a minute)."""
         try:
             request = ocsp.load_der_ocsp_request(request_der)
         except ValueError:
@@ -244,7 +251,10 @@ class CA:
         leaf = self.known.get(request.serial_number)
         if leaf is None:
             return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        return self.sign_response(leaf, validity=validity, hash_algorithm=request.hash_algorithm)
+        this_update = _now() - age if age is not None else None
+        return self.sign_response(
+            leaf, this_update=this_update, validity=validity, hash_algorithm=request.hash_algorithm
+        )
 
 
 def unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
@@ -346,6 +356,15 @@ class ResponderServer:
 
     def _default_answer(self, request_der: bytes) -> tuple[int, dict[str, str], bytes]:
         return 200, {}, self.ca.answer(request_der, self.validity)
+
+    def answer_aged(self, age: timedelta, validity: timedelta | None = None) -> None:
+        """From now on, answers whose thisUpdate lies ``age`` in the past."""
+        lasting = validity or self.validity
+        self.answer = lambda der: (200, {}, self.ca.answer(der, lasting, age=age))
+
+    def answer_fresh(self) -> None:
+        """Back to the usual answers."""
+        self.answer = self._default_answer
 
     @property
     def port(self) -> int:

@@ -114,26 +114,10 @@ def make_fleet(site: Site, redis_server: RedisServer) -> Iterator[object]:
         f.kill()
 
 
-def _short_lived(ca: testca.CA, seconds: int) -> testca.Answer:
-    """Answers valid for ``seconds`` from now, so that refresh windows pass in a test."""
-
-    def answer(request_der: bytes) -> tuple[int, dict[str, str], bytes]:
-        request = x509_ocsp.load_der_ocsp_request(request_der)
-        leaf = ca.known[request.serial_number]
-        body = ca.sign_response(
-            leaf,
-            this_update=datetime.now(UTC) - timedelta(seconds=1),
-            validity=timedelta(seconds=seconds),
-            hash_algorithm=request.hash_algorithm,
-        )
-        return 200, {}, body
-
-    return answer
-
-
 def test_a_fleet_of_daemons_asks_once_per_certificate_and_window(make_fleet: object) -> None:
     fleet = make_fleet(3)  # type: ignore[operator]
-    fleet.site.responder.answer = _short_lived(fleet.site.ca, 20)
+    # Answers valid for 20 s from now, so that a refresh window passes in the test.
+    fleet.site.responder.answer_aged(timedelta(seconds=1), timedelta(seconds=20))
     fleet.start()
     # A simultaneous cold start: one request per certificate for the fleet.
     assert fleet.site.responder.requests == len(CERTS)

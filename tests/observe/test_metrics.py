@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.x509 import ocsp as x509_ocsp
 from prometheus_client.parser import text_string_to_metric_families
 
 from stapled.cli import main
@@ -168,23 +167,12 @@ def test_after_a_reload_that_did_nothing_it_reloads_once_more_then_says_so(
     reloads once more, then logs an error; the metric says the staple served is not
     stapled's."""
     web = NginxSite(site)
-    ca = site.ca
-
-    def due_soon(request_der: bytes) -> tuple[int, dict[str, str], bytes]:
-        request = x509_ocsp.load_der_ocsp_request(request_der)
-        body = ca.sign_response(
-            ca.known[request.serial_number],
-            this_update=datetime.now(UTC) - timedelta(hours=2),
-            validity=timedelta(hours=3),
-            hash_algorithm=request.hash_algorithm,
-        )
-        return 200, {}, body
-
-    site.responder.answer = due_soon
+    # Due already: two hours into a three-hour window.
+    site.responder.answer_aged(timedelta(hours=2), timedelta(hours=3))
     assert site.once() == 0
     try:
         web.nginx.start(web.port)
-        site.responder.answer = site.responder._default_answer
+        site.responder.answer_fresh()
         port = free_port()
         site.config_path.write_text(
             site.config_path.read_text()

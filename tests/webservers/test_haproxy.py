@@ -36,15 +36,7 @@ def test_haproxy_staples_from_the_first_handshake_and_takes_new_staples_without_
     assert site.once() == 0
     assert Path(str(pem) + ".ocsp").read_bytes() == site.staple("www.example.com")
     port = free_port()
-    conf = example(
-        "haproxy.cfg",
-        {
-            "/run/haproxy/admin.sock": str(admin),
-            "bind :443": f"bind 127.0.0.1:{port}",
-            "/etc/haproxy/certs/": f"{certs}/",
-        },
-    )
-    haproxy = HAProxy(site.root / "haproxy", conf)
+    haproxy = haproxy_for(site, certs, port)
     try:
         haproxy.start(port)
         assert haproxy.proc is not None
@@ -65,3 +57,16 @@ def test_haproxy_staples_from_the_first_handshake_and_takes_new_staples_without_
         assert "reload" not in haproxy.output().lower()
     finally:
         haproxy.stop()
+
+
+def haproxy_for(site: Site, certs: Path, port: int) -> HAProxy:
+    """examples/haproxy.cfg on this test's port, certificates and admin socket."""
+    conf = example(
+        "haproxy.cfg",
+        {
+            "/run/haproxy/admin.sock": str(site.root / "haproxy" / "admin.sock"),
+            "bind :443": f"bind 127.0.0.1:{port}",
+            "/etc/haproxy/certs/": f"{certs}/",
+        },
+    )
+    return HAProxy(site.root / "haproxy", conf)

@@ -12,15 +12,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.x509 import ocsp as x509_ocsp
 
 from stapled.cli import main
 from stapled.demo import ca as testca
 
 from ..conftest import Site
 from ..daemonproc import DaemonProcess
-from ..servers import HAProxy, example, free_port
+from ..servers import free_port
 from .test_apache import _apache
+from .test_haproxy import haproxy_for
 from .test_nginx import NginxSite
 
 pytestmark = pytest.mark.servers
@@ -41,27 +41,11 @@ def web(site: Site) -> Iterator[NginxSite]:
     web.nginx.stop()
 
 
-def _old_answers(site: Site) -> None:
-    """Answers two hours old, so that the next default answer is newer."""
-    ca = site.ca
-
-    def answer(request_der: bytes) -> tuple[int, dict[str, str], bytes]:
-        request = x509_ocsp.load_der_ocsp_request(request_der)
-        body = ca.sign_response(
-            ca.known[request.serial_number],
-            this_update=datetime.now(UTC) - timedelta(hours=2),
-            hash_algorithm=request.hash_algorithm,
-        )
-        return 200, {}, body
-
-    site.responder.answer = answer
-
-
 def test_nginx_ok_then_not_reloaded_then_expired_then_another_certificate(
     web: NginxSite, capsys: pytest.CaptureFixture[str]
 ) -> None:
     site = web.site
-    _old_answers(site)
+    site.responder.answer_aged(timedelta(hours=2))  # so that the next answer is newer
     assert site.once() == 0
     web.nginx.start(web.port)
     target = f"127.0.0.1:{web.port}"
@@ -74,7 +58,7 @@ def test_nginx_ok_then_not_reloaded_then_expired_then_another_certificate(
     assert seen["staple_matches_disk"] is True and seen["status"] == "OK"
 
     # 1: stapled wrote a newer staple and nginx was not reloaded.
-    site.responder.answer = site.responder._default_answer
+    site.responder.answer_fresh()
     assert site.once("--force") == 0
     code, seen = probe(capsys, *with_config)
     assert code == 1, seen
@@ -174,16 +158,7 @@ def test_haproxy_from_its_ocsp_file(site: Site, capsys: pytest.CaptureFixture[st
     site.config(certificates=f'[{{ path = "{certs}", haproxy = true }}]')
     assert site.once() == 0
     port = free_port()
-    admin = site.root / "haproxy" / "admin.sock"
-    conf = example(
-        "haproxy.cfg",
-        {
-            "/run/haproxy/admin.sock": str(admin),
-            "bind :443": f"bind 127.0.0.1:{port}",
-            "/etc/haproxy/certs/": f"{certs}/",
-        },
-    )
-    haproxy = HAProxy(site.root / "haproxy", conf)
+    haproxy = haproxy_for(site, certs, port)
     try:
         haproxy.start(port)
         argv = (f"127.0.0.1:{port}", "--servername", "www.example.com")
