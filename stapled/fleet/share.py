@@ -236,6 +236,8 @@ class Fleet:
             reason = "unknown" if settled.unknown else "older"
             self._reject(chain, seen, reason, settled.error or reason, shared.host)
             return seen, None
+        # Who serves what, for an operator looking at the store.
+        await _quietly(self.store.heartbeat(fp, seen, _expiry(staple)))
         return seen, fetched
 
     async def _offer(self, chain: CertChain, seen: str | None, staple: Staple) -> None:

@@ -109,6 +109,13 @@ def test_a_cold_fleet_asks_the_ca_once_per_certificate(fleet: Fleet) -> None:
         assert len(served) == 1 and None not in served
     # Each certificate fetched by one host, adopted by the four others.
     assert sources(results) == ["ca"] * 3 + ["fleet"] * 12
+    # And the store says which host serves what.
+    for cert in CERTS:
+        served = fleet.redis.client.hgetall(f"stapled:{{{fleet.fingerprint(cert)}}}:hosts")
+        held = digest(hosts[0].staple(cert) or b"")
+        assert {k.decode(): v.decode().split()[0] for k, v in served.items()} == {
+            h.name: held for h in hosts
+        }
     # Every host says so in the state file too, and `status` reads it back.
     status = hosts[1].stapler.status()
     assert {r.source for r in status.records} <= {"ca", "fleet"}
