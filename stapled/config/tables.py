@@ -215,6 +215,11 @@ def _store_url_problem(url: str) -> str | None:
         return f"{shown} names no socket path"
     if parts.scheme != "unix" and not parts.hostname:
         return f"{shown} names no host"
+    if parts.port == 0:
+        return f"{shown} names port 0"
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        return f"{shown}: the path must be a database number such as /0"
     if not _plain(url):
         return f"{shown} holds spaces, control or non-ASCII characters"
     return None

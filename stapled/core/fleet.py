@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 from .ocsp import CertStatus, Staple
 from .policy import refresh_time
@@ -90,28 +89,20 @@ def host_share(host_id: str) -> float:
 
 
 def redacted(url: str) -> str:
-    """A store URL as logs and ``status`` show it: never with its password, whether in
-    the user part or in a ``password=`` query parameter."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        port = parts.port
-    except ValueError:
-        return "<unparsable URL>"
-    where = parts.netloc
-    if "@" in where:
-        # A user part without a colon may well be a password written alone.
-        user = f"{parts.username}:***@" if parts.password is not None and parts.username else "***@"
-        where = host or ""
-        if ":" in where:
-            where = f"[{where}]"
-        if port is not None:
-            where += f":{port}"
-        where = user + where
-    query = "&".join(
-        f"{name}=***" if name.lower() == "password" else f"{name}{sep}{value}"
-        for name, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    if where == parts.netloc and query == parts.query:
-        return url  # nothing hidden (and unix:/// keeps its slashes)
-    return urlunsplit((parts.scheme, where, parts.path, query, parts.fragment))
+    """A store URL as logs and ``status`` show it: never with its password.
+
+    Everything before the last "@" but the scheme is hidden (a password with unencoded
+    "#", "?" or "@" in it fools URL parsers), and so is a ``password=`` parameter.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    base, mark, query = rest.partition("?")
+    if mark:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+            for name, eq, value in (item.partition("=") for item in query.split("&"))
+        )
+    return scheme + sep + base + mark + query

@@ -147,6 +147,11 @@ class RedisStore:
         self._ever = False
         self._url = url
         self._client: _Client | None = None
+        try:
+            # Options in the URL are read now, not at the first call in the middle of a pass.
+            aioredis.ConnectionPool.from_url(url)
+        except (ValueError, TypeError) as e:
+            raise FleetError(self.url, f"has an option redis-py cannot use ({e})") from e
 
     @property
     def _redis(self) -> aioredis.Redis:
@@ -188,7 +193,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout * 3):
                 yield
-        except (RedisError, OSError, TimeoutError) as e:
+        except Exception as e:  # whatever fails inside redis-py is the store failing
             reason = _reason(e)
             if self._reason is None:
                 log.warning("the fleet store %s %s", self.url, reason)

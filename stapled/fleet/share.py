@@ -22,7 +22,7 @@ from ..core.fleet import Entry
 from ..core.model import Fetched
 from ..core.ocsp import CertStatus, Staple
 from ..core.times import Clock, iso
-from ..errors import FleetError, StapledError
+from ..errors import ConfigError, FleetError, StapledError
 from .store import Backoff, Lease, Outcome, Store
 
 log = logging.getLogger("stapled")
@@ -59,13 +59,16 @@ class Fleet:
         # redis-py takes 70 ms to import: only hosts of a fleet pay for it.
         from .redis import RedisStore
 
-        store = RedisStore(
-            f.redis,
-            host_id=f.host_id,
-            prefix=f.key_prefix,
-            timeout=f.timeout,
-            retry_max=config.retry_max,
-        )
+        try:
+            store = RedisStore(
+                f.redis,
+                host_id=f.host_id,
+                prefix=f.key_prefix,
+                timeout=f.timeout,
+                retry_max=config.retry_max,
+            )
+        except FleetError as e:
+            raise ConfigError(str(config.path), str(e), "fleet.redis") from e
         settings = Settings(
             host_id=f.host_id,
             lease=f.lease,

@@ -3,6 +3,7 @@ shown, and what a bad ``[fleet]`` table says."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ def test_a_password_is_never_shown(secret: str, user: str, scheme: str) -> None:
 def test_urls_without_a_password_are_shown_as_they_are() -> None:
     for url in ("redis://127.0.0.1:6379/0", "unix:///run/redis/redis.sock?db=1"):
         assert redacted(url) == url
-    assert redacted("redis://u:p@[::1]:6380/2") == "redis://u:***@[::1]:6380/2"
+    assert redacted("redis://u:p@[::1]:6380/2") == "redis://***@[::1]:6380/2"
+    assert redacted("redis://:p#?@x@h/0?password=q&db=1") == "redis://***@h/0?password=***&db=1"
 
 
 def _load(tmp_path: Path, fleet: str) -> config.Config:
@@ -146,3 +148,55 @@ def test_fleet_defaults(tmp_path: Path) -> None:
     assert cfg.fleet.url == "redis://***@127.0.0.1:6379/0"
     assert "pw" not in repr(cfg.fleet)
     assert (cfg.fleet.host_id, cfg.fleet.key_prefix, cfg.fleet.lease) == ("web-7", "stapled:", 30)
+
+
+_URLISH = st.one_of(
+    st.text(max_size=80),
+    st.builds(
+        lambda scheme, rest: f"{scheme}://{rest}",
+        st.sampled_from(["redis", "rediss", "unix", "http", "REDIS"]),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60),
+    ),
+)
+
+
+@given(url=_URLISH)
+def test_any_fleet_url_is_refused_by_name_or_gives_a_usable_store(url: str) -> None:
+    """Outside input never becomes an internal error: a ConfigError naming the key, or a
+    store object (reaching it is another matter, reported as the store's failure)."""
+    import tempfile
+
+    from stapled.fleet.share import Fleet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stapled.toml"
+        path.write_text(
+            f'output_dir = "{tmp}"\ncertificates = ["{tmp}"]\n[fleet]\nredis = {json.dumps(url)}\n'
+        )
+        try:
+            cfg = config.load(path)
+            assert Fleet.of(cfg, lambda: _NOW) is not None
+        except ConfigError as e:
+            assert e.key in ("fleet.redis", None), e
+            if "@" in url and ":" in url.split("@")[0]:
+                secret = url.split("@")[0].rsplit(":", 1)[1]
+                assume(len(secret) > 3 and secret not in url.split("@", 1)[1])
+                assert secret not in str(e)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://h/0?socket_timeout=soon", "unix:///run/r.sock?db=x", "redis://h/zero"]
+)
+def test_a_url_option_redis_cannot_use_is_a_configuration_error(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stapled.cli import main
+
+    path = tmp_path / "stapled.toml"
+    path.write_text(
+        f'output_dir = "{tmp_path}"\ncertificates = ["{tmp_path}"]\n[fleet]\nredis = "{url}"\n'
+    )
+    for command in ("once", "status"):
+        assert main([command, "--config", str(path)]) == 78
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "fleet.redis" in err
