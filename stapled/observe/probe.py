@@ -82,7 +82,10 @@ def handshake(target: str, servername: str, timeout: float) -> Handshake:
             conn.do_handshake()
         except (SSL.Error, OSError) as e:
             raise ProbeError(target, f"TLS handshake failed ({_reason(e)})") from e
-        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        try:
+            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        except (SSL.Error, ValueError) as e:
+            raise ProbeError(target, f"the server's certificates cannot be read ({e})") from e
         staple = stapled[0] if stapled and stapled[0] else None
         with contextlib.suppress(SSL.Error, OSError):
             conn.shutdown()  # the answer is in hand; a rude close changes nothing
