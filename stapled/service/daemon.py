@@ -415,7 +415,10 @@ class Daemon:
         except StoreError as e:
             log.warning("cannot record state: %s", e)
         self.monitor.published = tuple(self.records.values())
-        self.monitor.write_textfile()
+        if stopped:
+            await self.monitor.write_textfile()
+        else:
+            self.monitor.textfile_soon()
         self.notifier.status(self.summary())
 
     # ---- reporting --------------------------------------------------------------------

@@ -71,6 +71,8 @@ class Jobs:
         self._scheduler.add_job(quiet(job), trigger, args=args, id=id, replace_existing=True)
 
     def cancel(self, id: str) -> None:
+        if not self._scheduler.running:
+            return  # stopped: every job is gone already
         with contextlib.suppress(JobLookupError):
             self._scheduler.remove_job(id)
 
