@@ -197,3 +197,19 @@ def test_after_a_reload_that_did_nothing_it_reloads_once_more_then_says_so(
         assert stapled.stop() == 0
     finally:
         web.nginx.stop()
+
+
+def test_prometheus_multiprocess_mode_in_the_environment_changes_nothing(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry of stapled's own, read by a collector: the library's multiprocess mode
+    (which breaks custom collectors in the default registry) does not apply."""
+    multi = tmp_path / "multiproc"
+    multi.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(multi))
+    textfile = site.root / "stapled.prom"
+    _world(site, f'[metrics]\ntextfile = "{textfile}"')
+    assert site.once() == 0
+    found = samples(textfile.read_text())
+    assert value(found, "stapled_staple_valid", cert="a.example") == 1.0
+    assert list(multi.iterdir()) == []
