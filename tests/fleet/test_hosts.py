@@ -233,6 +233,7 @@ def _plant(fleet: Fleet, der: bytes, *, rank: int = 2**62) -> None:
     fleet.redis.client.incr("stapled:generation")
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("kind", POISONS)
 def test_a_poisoned_entry_is_never_written_and_gets_repaired(fleet: Fleet, kind: str) -> None:
     warm = fleet.host("web-1")
@@ -256,6 +257,7 @@ def test_a_poisoned_entry_is_never_written_and_gets_repaired(fleet: Fleet, kind:
     assert fleet.site.responder.requests - requests <= 1
 
 
+@pytest.mark.hostile
 def test_a_key_of_the_wrong_type_is_repaired(fleet: Fleet) -> None:
     warm = fleet.host("web-1")
     together(warm)

@@ -61,6 +61,7 @@ def _closing(conn: socket.socket) -> None:
     conn.close()
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize(
     ("serve", "words"),
     [(_silent, "TLS handshake failed"), (_http, "TLS handshake failed"), (_closing, "")],
