@@ -130,3 +130,22 @@ def test_a_pass_waits_for_the_lock_and_says_who_holds_it(site: Site) -> None:
         os.close(fd)
     assert Stapler(cfg, transport=Transport(timeout=5)).once().exit_code() == 0
     assert site.staple("wait.example") is not None
+
+
+def test_a_refresh_a_little_before_the_refresh_point_keeps_its_answer(site: Site) -> None:
+    """The daemon's jitter fires some refreshes before the staple is due: with nobody
+    else writing meanwhile, the newer answer it fetched must be written, not thrown away
+    (which would cost the CA a request and the fetch be made again)."""
+    leaf = site.issue("early.example")
+    site.bundle("early.example", leaf)
+    site.config()
+    site.responder.answer_aged(timedelta(hours=1))
+    assert site.once() == 0
+    before = site.staple("early.example")
+    site.responder.answer_fresh()
+    client = Meanwhile(site, lambda: None)
+    stapler = Stapler(config.load(site.config_path), transport=client)  # type: ignore[arg-type]
+    records = _refresh(stapler, client)
+    assert [(r.changed, r.failed_now) for r in records] == [(True, False)]
+    assert site.staple("early.example") != before
+    assert site.responder.requests == 2
