@@ -3,11 +3,11 @@
 # stapled and its units the way docs/operations.md says, and prints one "CHECK name value"
 # line per fact the test asserts.  Run inside `unshare --pid --mount --mount-proc --fork`:
 # every mount and the container end with that namespace.
-#   boot_units.sh SOURCE_TREE CERT_PEM OCSP_URL
+#   boot_units.sh SOURCE_TREE CERT_PEM OCSP_URL WORK_DIR
+# WORK_DIR (an empty directory the caller removes) gets a tmpfs for the overlay.
 set -euo pipefail
-src=$1 cert=$2 url=$3
+src=$1 cert=$2 url=$3 base=$4
 
-base=$(mktemp -d /tmp/stapled-boot-XXXXXX)
 mount -t tmpfs tmpfs "$base"
 mkdir -p "$base/upper" "$base/work" "$base/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"

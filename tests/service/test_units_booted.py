@@ -41,6 +41,8 @@ def test_the_units_work_under_a_booted_systemd(tmp_path: Path) -> None:
     with testca.ResponderServer(ca) as responder:
         leaf = ca.issue("site.example", ocsp_urls=[responder.url])
         pem = testca.write(tmp_path / "site.pem", leaf.cert_pem(), ca.cert_pem())
+        work = tmp_path / "boot"
+        work.mkdir()
         done = subprocess.run(
             [
                 "unshare",
@@ -53,6 +55,7 @@ def test_the_units_work_under_a_booted_systemd(tmp_path: Path) -> None:
                 str(TOP),
                 str(pem),
                 responder.url,
+                str(work),
             ],
             capture_output=True,
             text=True,
