@@ -122,3 +122,17 @@ def test_outside_libraries_stay_in_their_module(module: str) -> None:
     for library, owners in OWNERS.items():
         if library in foreign:
             assert module in owners, f"{module} imports {library}; only {owners} may"
+
+
+def test_heavy_libraries_are_imported_only_where_configured() -> None:
+    """redis-py, prometheus_client and pyOpenSSL cost 40-70 ms each to import: a host
+    without [fleet], [metrics] or a probe never pays for them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, stapled.cli, stapled.service.daemon, stapled.passes; "
+        "print(sorted({'redis', 'prometheus_client', 'OpenSSL'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

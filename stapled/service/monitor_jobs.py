@@ -14,11 +14,10 @@ from ..core import plan
 from ..core.model import Record
 from ..core.probing import Verdict
 from ..errors import StapledError, StoreError
-from ..observe.metrics import Metrics, Snapshot
-from ..probes import Held, Target, probe_target
 from .jobs import log
 
 if TYPE_CHECKING:
+    from ..observe.metrics import Metrics, Snapshot
     from .daemon import Daemon
 
 # The textfile is rewritten at most this often (seconds); the endpoint is always current.
@@ -51,6 +50,9 @@ class MonitorJobs:
         self.published = tuple(self.daemon.records.values())
         if wanted is None:
             return
+        # prometheus_client is imported only where metrics are wanted.
+        from ..observe.metrics import Metrics
+
         self.metrics = Metrics(__version__, self.daemon.stapler.tally, self._snapshot)
         if wanted.listen is not None:
             try:
@@ -62,6 +64,8 @@ class MonitorJobs:
     def _snapshot(self) -> Snapshot:
         fleet = self.daemon.stapler.fleet
         up = fleet.store.connected if fleet is not None else None
+        from ..observe.metrics import Snapshot
+
         return Snapshot(self.published, self.daemon.clock(), up)
 
     def textfile_soon(self, *, at_once: bool = False) -> None:
@@ -108,6 +112,9 @@ class MonitorJobs:
     async def _probe_job(self, after_reload: bool) -> None:
         """Probe every [[probe]]; a server still serving an older staple after a reload
         gets one more reload, then an error."""
+        # pyOpenSSL is imported only where something is probed.
+        from ..probes import Held, Target, probe_target
+
         held: Held = {}
         for fingerprint, members in self.daemon.groups.items():
             try:
