@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar, NoReturn
 
-from . import __version__, config, report
+from . import __version__, config, overview, report
 from .core import certs, ocsp
 from .errors import (
     EX_NOINPUT,
@@ -250,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    result = Stapler(load_config(args.config)).status()
+    result = overview.status(Stapler(load_config(args.config)))
     if args.json:
         print(json.dumps(report.as_json(result), indent=2))
     else:
@@ -279,7 +279,7 @@ def _probe(args: argparse.Namespace) -> int:
         targets = [Target(p.target, p.servername) for p in cfg.probes]
         if not targets:
             raise ConfigError(str(cfg.path), "nothing to probe: add a [[probe]]", "probe")
-    held = Stapler(cfg).held() if cfg is not None else {}
+    held = overview.held(Stapler(cfg)) if cfg is not None else {}
     timeout = cfg.timeout if cfg is not None else config.DEFAULT_TIMEOUT
     now = datetime.now(UTC)
     results = [

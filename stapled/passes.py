@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import __version__, report
+from . import overview, report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
@@ -113,23 +113,8 @@ class Stapler:
             result = client.run(self._once(force, only))
         else:
             result = self.transport.run(self._once(force, only))
-        self.write_metrics(result)
+        overview.write_metrics(self, result)
         return result
-
-    def write_metrics(self, result: PassResult) -> None:
-        """``[metrics] textfile``: rewritten after each pass; a failure is logged."""
-        wanted = self.config.metrics
-        if wanted is None or wanted.textfile is None:
-            return
-        # prometheus_client is imported only where metrics are wanted.
-        from .observe.metrics import Metrics, Snapshot
-
-        up = self.fleet.store.connected if self.fleet is not None else None
-        snapshot = Snapshot(tuple(result.records), result.now, up)
-        try:
-            Metrics(__version__, self.tally, lambda: snapshot).write_textfile(wanted.textfile)
-        except StapledError as e:
-            log.error("%s", e)
 
     async def _once(self, force: bool, only: Path | None) -> PassResult:
         try:
@@ -243,63 +228,6 @@ class Stapler:
         """Publish what is known of certificates that need no fetch (their snippets)."""
         for rec in records:
             self.publisher.snippet(rec, batch)
-
-    def status(self) -> PassResult:
-        """The same records without any network request or write."""
-        saved = state.entries(state.load(self.config.state_path))
-        self.sources.update(state.sources(saved))
-        records, groups = self.scan()
-        now = self.clock()
-        for members in groups.values():
-            try:
-                chain = self.issuers.known(plan.best_chain(members))
-                current = self.publisher.current(members, now, chain)
-            except StapledError:
-                current = None
-            for member in members:
-                rec = self.publisher.record(member, current)
-                entry = saved.get(member.name, {})
-                rec.last_error = state.recorded_error(entry)
-                rec.source = self.source_of(rec.current)
-                refresh, retry = state.recorded_times(entry)
-                # The daemon's own schedule (with jitter) wins over the computed one.
-                rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry
-                records.append(rec)
-        result = PassResult(sorted(records, key=lambda r: r.name), now)
-        result.fleet = self.fleet_status()
-        return result
-
-    def held(self) -> dict[str, tuple[CertChain, Staple | None]]:
-        """By leaf fingerprint: each certificate's chain (with its issuer when known) and
-        its valid staple on disk.  No network."""
-        _, groups = self.scan()
-        now = self.clock()
-        held: dict[str, tuple[CertChain, Staple | None]] = {}
-        for fp, members in groups.items():
-            try:
-                chain = self.issuers.known(plan.best_chain(members))
-                held[fp] = chain, self.publisher.current(members, now, chain)
-            except StapledError:
-                continue
-        return held
-
-    def fleet_status(self) -> dict[str, object] | None:
-        """Whether the fleet store answers now (one ping, its short timeout)."""
-        fleet, settings = self.fleet, self.config.fleet
-        if fleet is None or settings is None:
-            return None
-
-        async def ping() -> bool:
-            try:
-                await fleet.store.ping()
-                return True
-            except StapledError:
-                return False
-            finally:
-                await fleet.store.close()
-
-        connected = client.run(ping())
-        return {"redis": settings.url, "host_id": settings.host_id, "connected": connected}
 
     # ---- one certificate --------------------------------------------------------------
 
@@ -435,11 +363,17 @@ class Stapler:
                 return member.path
         return None
 
+    def chain_of(self, members: list[Found]) -> CertChain:
+        """A certificate's chain, with its issuer when known (from a bundle, the
+        configuration or the caIssuers cache).  Raises StapledError when it is to be
+        fetched first."""
+        return self.issuers.known(plan.best_chain(members))
+
     def _check(self, members: list[Found], force: bool) -> _Checked:
         """What is on disk for one certificate, and whether it is due: no network."""
         checked = _Checked(members, plan.best_chain(members), force, self.clock())
         try:
-            checked.chain = chain = self.issuers.known(checked.chain)
+            checked.chain = chain = self.chain_of(members)
         except StapledError:
             return checked  # due: the issuer is fetched first
         checked.current = self.publisher.current(members, checked.now, chain, checked.seen)

@@ -90,6 +90,22 @@ class Fleet:
         self.on_rejected = rejected
         self._logged: set[tuple[str, str]] = set()
 
+    def state(self, *, connected: bool | None = None) -> dict[str, object]:
+        """``status``'s "fleet" object: the store (never with its password), this host,
+        and whether the store answers (as last seen, unless ``connected`` says)."""
+        up = self.store.connected if connected is None else connected
+        return {"redis": self.store.url, "host_id": self.settings.host_id, "connected": up}
+
+    async def ping(self) -> bool:
+        """Whether the store answers now (one short timeout); its connections are closed."""
+        try:
+            await self.store.ping()
+            return True
+        except FleetError:
+            return False
+        finally:
+            await self.store.close()
+
     # ---- a due certificate --------------------------------------------------------------
 
     async def obtain(self, chain: CertChain, current: Staple | None, fetch: Fetch) -> Fetched:

@@ -4,7 +4,7 @@ what another host published adopted (validated by the stapler) as soon as it is 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..core.fleet import digest
 from ..core.ocsp import Staple
@@ -92,13 +92,7 @@ class FleetJobs:
         records = self.daemon._records_of(fingerprint)
         return records[0].current if records else None
 
-    def state(self) -> dict[str, Any] | None:
+    def state(self) -> dict[str, object] | None:
         """``status``'s "fleet" object as this daemon sees it; None outside fleet mode."""
-        fleet, settings = self.daemon.stapler.fleet, self.daemon.config.fleet
-        if fleet is None or settings is None:
-            return None
-        return {
-            "redis": settings.url,
-            "host_id": settings.host_id,
-            "connected": fleet.store.connected,
-        }
+        fleet = self.daemon.stapler.fleet
+        return fleet.state() if fleet is not None else None

@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..core import plan
 from ..core.model import Record
 from ..core.probing import Verdict
 from ..errors import StapledError, StoreError
@@ -118,7 +117,7 @@ class MonitorJobs:
         held: Held = {}
         for fingerprint, members in self.daemon.groups.items():
             try:
-                chain = self.daemon.stapler.issuers.known(plan.best_chain(members))
+                chain = self.daemon.stapler.chain_of(members)
             except StapledError:
                 continue
             records = self.daemon._records_of(fingerprint)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import config
+from stapled import config, overview
 from stapled.core import certs, ocsp
 from stapled.core.fleet import Entry, digest
 from stapled.core.model import PassResult
@@ -117,7 +117,7 @@ def test_a_cold_fleet_asks_the_ca_once_per_certificate(fleet: Fleet) -> None:
             h.name: held for h in hosts
         }
     # Every host says so in the state file too, and `status` reads it back.
-    status = hosts[1].stapler.status()
+    status = overview.status(hosts[1].stapler)
     assert {r.source for r in status.records} <= {"ca", "fleet"}
     assert status.fleet == {"redis": fleet.redis.url, "host_id": "web-1", "connected": True}
 
@@ -295,7 +295,7 @@ def test_with_the_store_down_staples_stay_and_the_ca_waits_for_the_grace(fleet: 
     # Not due: nothing to ask; the store being gone changes nothing on disk.
     (result,) = together(host)
     assert result.exit_code() == 0 and {host.staple(c) for c in CERTS} == set(held.values())
-    assert host.stapler.status().fleet == {
+    assert overview.status(host.stapler).fleet == {
         "redis": fleet.redis.url,
         "host_id": "web-1",
         "connected": False,
@@ -457,7 +457,7 @@ def test_the_fleet_metrics(fleet: Fleet) -> None:
         host.stapler.config = replace(
             host.stapler.config, metrics=config.MetricsConfig(textfile=path)
         )
-        host.stapler.write_metrics(result)
+        overview.write_metrics(host.stapler, result)
         return {
             (s.name, tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(path.read_text())

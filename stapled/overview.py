@@ -1,0 +1,79 @@
+"""What stapled holds, read without asking any responder or writing a staple: the
+records ``status`` shows, the staples ``probe`` compares with, whether the fleet store
+answers, and the metrics textfile of a pass."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .core.certs import CertChain
+from .core.model import PassResult
+from .core.ocsp import Staple
+from .errors import StapledError
+from .files import state
+from .net import client
+
+if TYPE_CHECKING:
+    from .passes import Stapler
+
+log = logging.getLogger("stapled")
+
+
+def status(stapler: Stapler) -> PassResult:
+    """Every certificate's record, from disk and the state file (and one ping of the
+    fleet store, in fleet mode)."""
+    saved = state.entries(state.load(stapler.config.state_path))
+    stapler.sources.update(state.sources(saved))
+    records, groups = stapler.scan()
+    now = stapler.clock()
+    for members in groups.values():
+        try:
+            current = stapler.publisher.current(members, now, stapler.chain_of(members))
+        except StapledError:
+            current = None
+        for member in members:
+            rec = stapler.publisher.record(member, current)
+            entry = saved.get(member.name, {})
+            rec.last_error = state.recorded_error(entry)
+            rec.source = stapler.source_of(rec.current)
+            refresh, retry = state.recorded_times(entry)
+            # The daemon's own schedule (with jitter) wins over the computed one.
+            rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry
+            records.append(rec)
+    result = PassResult(sorted(records, key=lambda r: r.name), now)
+    if stapler.fleet is not None:
+        result.fleet = stapler.fleet.state(connected=client.run(stapler.fleet.ping()))
+    return result
+
+
+def held(stapler: Stapler) -> dict[str, tuple[CertChain, Staple | None]]:
+    """By leaf fingerprint: each certificate's chain (with its issuer when known) and
+    its valid staple on disk."""
+    _, groups = stapler.scan()
+    now = stapler.clock()
+    found: dict[str, tuple[CertChain, Staple | None]] = {}
+    for fp, members in groups.items():
+        try:
+            chain = stapler.chain_of(members)
+            found[fp] = chain, stapler.publisher.current(members, now, chain)
+        except StapledError:
+            continue
+    return found
+
+
+def write_metrics(stapler: Stapler, result: PassResult) -> None:
+    """``[metrics] textfile``: rewritten after a pass; a failure is logged."""
+    wanted = stapler.config.metrics
+    if wanted is None or wanted.textfile is None:
+        return
+    # prometheus_client is imported only where metrics are wanted.
+    from .observe.metrics import Metrics, Snapshot
+
+    up = stapler.fleet.store.connected if stapler.fleet is not None else None
+    snapshot = Snapshot(tuple(result.records), result.now, up)
+    try:
+        Metrics(__version__, stapler.tally, lambda: snapshot).write_textfile(wanted.textfile)
+    except StapledError as e:
+        log.error("%s", e)
