@@ -9,7 +9,7 @@ certificate at a time on its one loop.  The clock and the network are parameters
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -415,6 +415,13 @@ class Stapler:
                 self.tally.updated(member.name, rec.source)
             records.append(rec)
         return records
+
+    def forget_sources(self, records: Iterable[Record]) -> None:
+        """Keep where-from only for the staples held now: a daemon runs for months, and
+        every refresh adds one."""
+        held = {digest(r.current.der) for r in records if r.current is not None}
+        if len(self.sources) > 2 * len(held):
+            self.sources = {d: s for d, s in self.sources.items() if d in held}
 
     def source_of(self, staple: Staple | None) -> str | None:
         """Where a staple held came from: "ca", "fleet" or "disk" (found there)."""

@@ -16,6 +16,7 @@ import pytest
 
 from stapled import config
 from stapled.core import certs, ocsp
+from stapled.core.fleet import digest
 from stapled.errors import EX_TEMPFAIL, BusyError
 from stapled.files.lock import LOCK_FILE
 from stapled.net.client import Reply, Transport
@@ -149,3 +150,20 @@ def test_a_refresh_a_little_before_the_refresh_point_keeps_its_answer(site: Site
     assert [(r.changed, r.failed_now) for r in records] == [(True, False)]
     assert site.staple("early.example") != before
     assert site.responder.requests == 2
+
+
+def test_where_staples_came_from_is_kept_only_for_those_held(site: Site) -> None:
+    """The daemon runs for months and each refresh adds a staple: what it remembers of
+    their origin stays as large as what it holds."""
+    leaf = site.issue("kept.example")
+    site.bundle("kept.example", leaf)
+    site.config()
+    client = Meanwhile(site, lambda: None)
+    stapler = Stapler(config.load(site.config_path), transport=client)  # type: ignore[arg-type]
+    for hours in (5, 4, 3, 2, 1):
+        site.responder.answer_aged(timedelta(hours=hours))
+        records = _refresh(stapler, client)
+    assert len(stapler.sources) == 5
+    stapler.forget_sources(records)
+    (held,) = {r.current for r in records}
+    assert held is not None and stapler.sources == {digest(held.der): "ca"}

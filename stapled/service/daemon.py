@@ -414,6 +414,7 @@ class Daemon:
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
+        self.stapler.forget_sources(self.records.values())
         self.monitor.published = tuple(self.records.values())
         if stopped:
             await self.monitor.write_textfile()
