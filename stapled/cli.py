@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
-        help="show every certificate and its staple (no network)",
+        help="show every certificate and its staple (no request to any responder)",
         description="Exit status like a monitoring check: 0 ok, 1 warning, 2 critical.",
     )
     _config_arg(status)

@@ -41,10 +41,10 @@ class Fetcher:
         hash_name: str,
         per_host: int,
         clock: Clock,
-        timed: Callable[[str, float, bool], None] | None = None,
+        timed: Callable[[str, float], None] | None = None,
     ) -> None:
         self.client = client
-        # Told of every responder asked: (its host, seconds, whether a valid answer came).
+        # Told of every responder asked: (its host, seconds).
         self.timed = timed
         self.hash = ocsp.hash_algorithm(hash_name)
         self.per_host = per_host
@@ -75,9 +75,9 @@ class Fetcher:
                 if e.retry_after is not None:
                     retry_after = max(retry_after or 0.0, e.retry_after)
             else:
-                self._timed(url, started, True)
+                self._timed(url, started)
                 return Fetched(staple, url, max_age=reply.max_age)
-            self._timed(url, started, False)
+            self._timed(url, started)
         return Fetched(error="; ".join(errors), retry_after=retry_after)
 
     async def _exchange(
@@ -94,9 +94,9 @@ class Fetcher:
             reply = await self._ask(url, "POST", url, request)
             return reply, self._validate(url, reply, chain)
 
-    def _timed(self, url: str, started: float, ok: bool) -> None:
+    def _timed(self, url: str, started: float) -> None:
         if self.timed is not None:
-            self.timed(urls.host(url), time.monotonic() - started, ok)
+            self.timed(urls.host(url), time.monotonic() - started)
 
     async def _ask(self, url: str, method: str, target: str, body: bytes | None) -> Reply:
         assert self.client is not None

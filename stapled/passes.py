@@ -82,7 +82,7 @@ class Stapler:
             hash_name=config.cert_id_hash,
             per_host=config.per_host,
             clock=clock,
-            timed=self._timed,
+            timed=self.tally.timed,
         )
         self.issuers = Issuers(config.state_path / "issuers", transport, clock)
         self.publisher = Publisher(
@@ -283,16 +283,12 @@ class Stapler:
 
         async def fetch(chain: CertChain) -> Fetched:
             fetched = await self.fetcher.fetch(chain)
-            if chain.ocsp_urls:
-                self.tally.fetched(names, fetched.staple is not None)
+            self.tally.fetched(names, fetched.staple is not None)
             return fetched
 
         if self.fleet is None:
             return await fetch(checked.chain)
         return await self.fleet.obtain(checked.chain, checked.current, fetch)
-
-    def _timed(self, responder: str, seconds: float, ok: bool) -> None:
-        self.tally.timed(responder, seconds)
 
     def _rejected(self, fingerprint: str, reason: str) -> None:
         for name in self._names.get(fingerprint, [fingerprint[:16]]):
