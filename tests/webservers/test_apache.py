@@ -21,10 +21,7 @@ def test_apache_staples_from_stapled_even_after_a_restart_with_the_ca_down(
 ) -> None:
     leaf = site.issue("www.example.com")
     site.lineage("www.example.com", leaf)
-    responder_port, port = free_port(), free_port()
-    site.config(f'[responder]\nlisten = "127.0.0.1:{responder_port}"')
-    stapled = daemon()
-    apache = _apache(site, port, responder_port)
+    apache, stapled, port = behind_stapled(site, daemon)
     try:
         apache.start(port)
         # mod_ssl fetches inside the handshake: the first one already carries the staple.
@@ -48,10 +45,7 @@ def test_apache_staples_nothing_rather_than_an_error_when_stapled_has_no_staple(
 ) -> None:
     site.lineage("www.example.com", site.issue("www.example.com"))
     site.responder.answer = lambda der: (500, {}, b"")
-    responder_port, port = free_port(), free_port()
-    site.config(f'retry_min = 600\n[responder]\nlisten = "127.0.0.1:{responder_port}"')
-    stapled = daemon()
-    apache = _apache(site, port, responder_port)
+    apache, stapled, port = behind_stapled(site, daemon, "retry_min = 600")
     try:
         apache.start(port)
         shake = s_client(port, "www.example.com")
@@ -62,6 +56,17 @@ def test_apache_staples_nothing_rather_than_an_error_when_stapled_has_no_staple(
     finally:
         apache.stop()
         assert stapled.stop() == 0
+
+
+def behind_stapled(
+    site: Site, daemon: Callable[..., DaemonProcess], extra: str = ""
+) -> tuple[Apache, DaemonProcess, int]:
+    """stapled's daemon with its local responder, running, and an Apache (not started)
+    on a port of its own that asks it: (apache, stapled, port)."""
+    responder_port, port = free_port(), free_port()
+    site.config(f'{extra}\n[responder]\nlisten = "127.0.0.1:{responder_port}"')
+    stapled = daemon()
+    return _apache(site, port, responder_port), stapled, port
 
 
 def _apache(site: Site, port: int, responder_port: int) -> Apache:

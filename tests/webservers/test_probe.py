@@ -19,7 +19,7 @@ from stapled.demo import ca as testca
 from ..conftest import Site
 from ..daemonproc import DaemonProcess
 from ..servers import free_port
-from .test_apache import _apache
+from .test_apache import behind_stapled
 from .test_haproxy import haproxy_for
 from .test_nginx import NginxSite
 
@@ -128,12 +128,8 @@ def test_a_config_probes_each_target_one_line_each(
 def test_apache_through_the_local_responder(
     site: Site, daemon: Callable[..., DaemonProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    leaf = site.issue("www.example.com")
-    site.lineage("www.example.com", leaf)
-    responder_port, port = free_port(), free_port()
-    site.config(f'[responder]\nlisten = "127.0.0.1:{responder_port}"')
-    stapled = daemon()
-    apache = _apache(site, port, responder_port)
+    site.lineage("www.example.com", site.issue("www.example.com"))
+    apache, stapled, port = behind_stapled(site, daemon)
     try:
         apache.start(port)
         code, seen = probe(
