@@ -319,7 +319,7 @@ class RedisStore:
                 log.debug("fleet announcements from %s: %s", self.url, _reason(e))
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(wait)
             wait = min(wait * 2, 30.0)
 
