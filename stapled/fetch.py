@@ -16,7 +16,7 @@ from .core import ocsp, urls
 from .core.certs import CertChain
 from .core.model import Fetched
 from .core.times import Clock
-from .errors import FetchError, InvalidResponseError, OCSPStatusError
+from .errors import CertificateError, FetchError, InvalidResponseError, OCSPStatusError
 from .net.client import Reply
 
 log = logging.getLogger("stapled")
@@ -59,7 +59,10 @@ class Fetcher:
         """
         if self.client is None:
             return Fetched(error="no network in this mode")
-        request = ocsp.build_request(chain, self.hash)
+        try:
+            request = ocsp.build_request(chain, self.hash)
+        except CertificateError as e:
+            return Fetched(error=str(e))
         errors: list[str] = []
         retry_after: float | None = None
         for url in chain.ocsp_urls:

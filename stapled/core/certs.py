@@ -21,12 +21,19 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ..errors import CertificateError
+from . import foreign
 from .der import tlv
 
 # RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
 _TLS_FEATURE_STATUS_REQUEST = 5
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
+
+
+def is_key_name(name: str) -> bool:
+    """A private key file by its name (privkey.pem, site.key, ...): never opened."""
+    name = name.lower()
+    return name.endswith((".key", "-key.pem", "_key.pem", ".key.pem")) or "privkey" in name
 
 
 def _is_private_key_label(label: bytes) -> bool:
@@ -60,15 +67,19 @@ def parse_certificates(
             if shared is not None and certs and known is None:
                 shared[der] = cert
             certs.append(cert)
-        except (ValueError, binascii.Error) as e:
+        except (*foreign.READ_ERRORS, binascii.Error) as e:
             raise CertificateError(
-                path, f"certificate block {len(certs) + 1} is not a valid certificate ({e})"
+                path,
+                f"certificate block {len(certs) + 1} is not a valid certificate "
+                f"({foreign.plain(e)})",
             ) from e
     if not saw_pem and data[:1] == b"\x30":
         try:
             return [x509.load_der_x509_certificate(data)]
-        except ValueError as e:
-            raise CertificateError(path, f"neither PEM nor a DER certificate ({e})") from e
+        except foreign.READ_ERRORS as e:
+            raise CertificateError(
+                path, f"neither PEM nor a DER certificate ({foreign.plain(e)})"
+            ) from e
     if not certs:
         if b"-----BEGIN CERTIFICATE-----" in data:
             raise CertificateError(path, "truncated PEM: a CERTIFICATE block has no END line")
@@ -85,7 +96,7 @@ def parse_issuer_bytes(data: bytes, source: str) -> x509.Certificate:
     for loader in (pkcs7.load_der_pkcs7_certificates, pkcs7.load_pem_pkcs7_certificates):
         try:
             found = loader(data)
-        except ValueError:
+        except foreign.READ_ERRORS:
             continue
         if found:
             return found[0]
@@ -270,8 +281,18 @@ def build_chain(
     (the caller may then try AIA caIssuers).
 
     Raises CertificateError for a bundle that starts with a CA certificate, a
-    self-signed leaf, or a configured issuer that did not sign the leaf.
+    self-signed leaf, a configured issuer that did not sign the leaf, or a field of any of
+    them that cannot be read.
     """
+    try:
+        return _build_chain(certs, path, issuer)
+    except foreign.READ_ERRORS as e:
+        raise CertificateError(path, f"cannot be read: {foreign.plain(e)}") from e
+
+
+def _build_chain(
+    certs: list[x509.Certificate], path: str, issuer: x509.Certificate | None
+) -> CertChain:
     leaf = certs[0]
     extensions = leaf_extensions(leaf)
     if extensions.ca and len(certs) > 1:
@@ -280,6 +301,9 @@ def build_chain(
         issuer_name, subject_name = raw_names(leaf)
     except (ValueError, IndexError) as e:
         raise CertificateError(path, f"cannot read the certificate's names ({e})") from e
+    if leaf.serial_number < 0:
+        # RFC 5280 4.1.2.2; no CertID can name it either.
+        raise CertificateError(path, "the serial number is negative, which RFC 5280 forbids")
     issuer_name = _shared(issuer_name)
     if issuer_name == subject_name and issued_by(leaf, leaf):
         raise CertificateError(path, "self-signed certificate: there is no CA to ask for OCSP")

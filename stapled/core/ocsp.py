@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from ..errors import InvalidRequestError, InvalidResponseError, OCSPStatusError
-from . import certs, extensions
+from ..errors import CertificateError, InvalidRequestError, InvalidResponseError, OCSPStatusError
+from . import certs, extensions, foreign
 from .certs import CertChain
 from .times import iso
 
@@ -172,12 +172,18 @@ def build_request(chain: CertChain, algorithm: hashes.HashAlgorithm | None = Non
     if chain.issuer is None:
         raise ValueError("an OCSP request needs the issuer certificate")
     algorithm = algorithm or hashes.SHA1()
-    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-        certs.name_hash(chain.issuer_name, algorithm),
-        certs.key_hash(chain.issuer, algorithm),
-        chain.serial,
-        algorithm,
-    )
+    try:
+        builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+            certs.name_hash(chain.issuer_name, algorithm),
+            certs.key_hash(chain.issuer, algorithm),
+            chain.serial,
+            algorithm,
+        )
+    except foreign.READ_ERRORS as e:
+        # The issuer's key, from a bundle or a caIssuers URL, cannot be read.
+        raise CertificateError(
+            chain.path, f"cannot name it in a request: {foreign.plain(e)}"
+        ) from e
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
@@ -216,6 +222,16 @@ def validate(
     InvalidResponseError for anything else that must not be published; the caller adds
     the URL with ``.at(url)``.
     """
+    try:
+        return _validate(der, chain, now, skew, margin)
+    except foreign.READ_ERRORS as e:
+        # A field of the response or of a certificate it carries that cannot be read.
+        raise InvalidResponseError(f"cannot be read: {foreign.plain(e)}") from e
+
+
+def _validate(
+    der: bytes, chain: CertChain, now: datetime, skew: timedelta, margin: timedelta | None
+) -> Staple:
     issuer = chain.issuer
     if issuer is None:
         raise InvalidResponseError("the issuer certificate is not known, so nothing can be checked")
@@ -267,7 +283,7 @@ def _parse(der: bytes) -> ocsp.OCSPResponse:
     try:
         resp = ocsp.load_der_ocsp_response(der)
     except ValueError as e:
-        raise InvalidResponseError(f"not a DER OCSP response ({e})") from e
+        raise InvalidResponseError(f"not a DER OCSP response: {foreign.plain(e)}") from e
     if resp.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
         # Unsigned and forgeable (RFC 6960 section 2.3): a failed fetch, never a staple.
         name = resp.response_status.name.lower().replace("_", "")
@@ -358,7 +374,8 @@ def _signature_hash(resp: ocsp.OCSPResponse) -> hashes.HashAlgorithm:
     try:
         algorithm = resp.signature_hash_algorithm
     except UnsupportedAlgorithm as e:
-        raise InvalidResponseError(f"unsupported signature algorithm ({e})") from e
+        oid = resp.signature_algorithm_oid.dotted_string
+        raise InvalidResponseError(f"unsupported signature algorithm {oid}") from e
     if algorithm is None or isinstance(algorithm, hashes.MD5):
         raise InvalidResponseError("signature algorithm without an acceptable hash")
     return algorithm
