@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import ClassVar, NoReturn
 
 from . import __version__, config, overview, report
-from .core import certs, ocsp
+from .core import certs, ocsp, probing
 from .errors import (
-    EX_NOINPUT,
     CertificateError,
     ConfigError,
     InvalidResponseError,
+    MissingInputError,
     OCSPStatusError,
     StapledError,
+    StoreError,
     UsageError,
 )
 from .net.client import Transport
@@ -30,8 +31,6 @@ from .passes import Stapler
 log = logging.getLogger("stapled")
 
 DEFAULT_CONFIG = "/etc/stapled/stapled.toml"
-# nginx workers each hold their own staple: several handshakes see more of them.
-PROBE_CONNECTIONS = 3
 CONFIG_VARIABLE = "STAPLED_CONFIG"
 
 EXIT_HELP = """\
@@ -45,7 +44,10 @@ exit status:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        # main() puts "stapled: " before every message: name only the subcommand here.
+        command = self.prog.removeprefix("stapled").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--connections",
         type=int,
-        default=PROBE_CONNECTIONS,
+        default=probing.CONNECTIONS,
         metavar="N",
-        help=f"handshakes per target; the worst counts (default {PROBE_CONNECTIONS})",
+        help=f"handshakes per target, 1 to {probing.MAX_CONNECTIONS}; the worst counts "
+        f"(default {probing.CONNECTIONS})",
     )
 
     demo = sub.add_parser("demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1")
@@ -154,10 +157,11 @@ def load_config(given: Path | None) -> config.Config:
     file is missing."""
     path = config_path(given)
     if given is None and not path.exists():
-        raise ConfigError(
-            str(path),
-            f"no configuration file here; give --config FILE or set ${CONFIG_VARIABLE}",
-        )
+        if os.environ.get(CONFIG_VARIABLE):
+            hint = f"${CONFIG_VARIABLE} names it; correct it or give --config FILE"
+        else:
+            hint = f"give --config FILE or set ${CONFIG_VARIABLE}"
+        raise ConfigError(str(path), f"no configuration file here; {hint}")
     return config.load(path)
 
 
@@ -184,6 +188,13 @@ def setup_logging(level: int, *, service: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Libraries' warnings (cryptography's about odd fields of outside certificates) are
+    # details: shown with --verbose, never as bare lines on stderr.
+    logging.captureWarnings(True)
+    warned = logging.getLogger("py.warnings")
+    warned.handlers[:] = [handler]
+    warned.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.ERROR)
+    warned.propagate = False
     # The scheduler's own complaints (a job skipped or failing) in the same form.
     scheduler = logging.getLogger("apscheduler")
     scheduler.handlers[:] = [handler]
@@ -249,12 +260,24 @@ def _run(args: argparse.Namespace) -> int:
     return Daemon(config_path(args.config)).run()
 
 
+# Nagios's code for a check that could not look: status cannot vouch for what it did not see.
+STATUS_UNKNOWN = 3
+
+
 def _status(args: argparse.Namespace) -> int:
-    result = overview.status(Stapler(load_config(args.config)))
+    cfg = load_config(args.config)
+    try:
+        result = overview.status(Stapler(cfg))
+    except StoreError as e:
+        print(f"stapled: {e}; run status as the user stapled runs as, or root", file=sys.stderr)
+        return STATUS_UNKNOWN
     if args.json:
         print(json.dumps(report.as_json(result), indent=2))
     else:
         print(report.table(result, wide=args.wide))
+    if not result.records:
+        print(f"stapled: {cfg.path}: no certificate found in any source", file=sys.stderr)
+        return STATUS_UNKNOWN
     return int(max((r.severity(result.now) for r in result.records), default=0))
 
 
@@ -263,23 +286,26 @@ def _probe(args: argparse.Namespace) -> int:
     from .observe.probe import ProbeError, split_target
     from .probes import Target, exit_code, probe_target
 
-    if args.connections < 1:
-        raise UsageError("stapled probe: --connections must be at least 1")
+    if not 1 <= args.connections <= probing.MAX_CONNECTIONS:
+        raise UsageError(f"probe: --connections takes 1 to {probing.MAX_CONNECTIONS}")
     if args.target is not None:
         if not args.servername:
-            raise UsageError("stapled probe: HOST:PORT needs --servername NAME")
+            raise UsageError("probe: HOST:PORT needs --servername NAME")
         try:
             split_target(args.target)
         except ProbeError as e:
-            raise UsageError(f"stapled probe: {e}") from e
-        cfg = config.load(args.config) if args.config else None
+            raise UsageError(f"probe: {e}") from e
+        # Compared with what stapled holds wherever a configuration is found, like every
+        # other command; judged on its own only where there is none.
+        path = config_path(args.config)
+        cfg = config.load(path) if args.config or path.exists() else None
         targets = [Target(args.target, args.servername)]
     else:
         cfg = load_config(args.config)
         targets = [Target(p.target, p.servername) for p in cfg.probes]
         if not targets:
             raise ConfigError(str(cfg.path), "nothing to probe: add a [[probe]]", "probe")
-    held = overview.held(Stapler(cfg)) if cfg is not None else {}
+    held = overview.held(Stapler(cfg)) if cfg is not None else None
     timeout = cfg.timeout if cfg is not None else config.DEFAULT_TIMEOUT
     now = datetime.now(UTC)
     results = [
@@ -295,7 +321,12 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     leaf_certs = certs.parse_certificates(_read(args.cert), str(args.cert))
-    issuer = certs.parse_issuer_bytes(_read(args.issuer), str(args.issuer)) if args.issuer else None
+    issuer_path = args.issuer
+    # certbot's cert.pem holds the leaf alone; its issuer is chain.pem beside it.
+    beside = args.cert.parent / "chain.pem"
+    if issuer_path is None and len(leaf_certs) == 1 and beside.is_file():
+        issuer_path = beside
+    issuer = certs.parse_issuer_bytes(_read(issuer_path), str(issuer_path)) if issuer_path else None
     chain = certs.build_chain(leaf_certs, str(args.cert), issuer)
     if chain.issuer is None:
         raise CertificateError(
@@ -324,13 +355,9 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError as e:
-        raise _NoInput(str(path), "no such file") from e
+        raise MissingInputError(str(path), "no such file") from e
     except OSError as e:
-        raise _NoInput(str(path), f"cannot read ({e.strerror})") from e
-
-
-class _NoInput(CertificateError):
-    exit_code = EX_NOINPUT
+        raise MissingInputError(str(path), f"cannot read ({e.strerror})") from e
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@
     ├── UsageError                    bad command line                      (exit 64)
     ├── ConfigError(path, key)        bad configuration file or value       (exit 78)
     ├── CertificateError(path)        a certificate file that cannot be used
+    │   └── MissingInputError(path)   a path named on the command line is not there (exit 66)
     ├── FetchError(url)               network/HTTP failure talking to a responder
     ├── OCSPStatusError(url)          responder answered an unsuccessful responseStatus
     ├── InvalidResponseError          an OCSP response that fails validation
@@ -68,6 +69,12 @@ class CertificateError(StapledError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class MissingInputError(CertificateError):
+    """A file or path named on the command line is not there (or holds no certificate)."""
+
+    exit_code = EX_NOINPUT
 
 
 class FetchError(StapledError):

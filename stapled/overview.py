@@ -23,8 +23,8 @@ log = logging.getLogger("stapled")
 
 def status(stapler: Stapler) -> PassResult:
     """Every certificate's record, from disk and the state file (and one ping of the
-    fleet store, in fleet mode)."""
-    saved = state.entries(state.load(stapler.config.state_path))
+    fleet store, in fleet mode).  Raises StoreError when the state file is unreadable."""
+    saved = state.entries(state.load(stapler.config.state_path, must_read=True))
     stapler.sources.update(state.sources(saved))
     records, groups = stapler.scan()
     now = stapler.clock()

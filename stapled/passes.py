@@ -23,7 +23,7 @@ from .core.model import Fetched, Found, PassResult, Record
 from .core.ocsp import CertStatus, Staple
 from .core.policy import State
 from .core.times import Clock
-from .errors import StapledError
+from .errors import MissingInputError, StapledError
 from .fetch import Fetcher, each
 from .files import discovery, state, store
 from .files.lock import WAIT_SECONDS, DirectoryLock
@@ -140,6 +140,10 @@ class Stapler:
         records, groups = self.scan()
         if only is not None:
             records, groups = _limited(records, groups, only)
+            if not records and not groups:
+                raise MissingInputError(
+                    str(only), "no certificate of the configuration is at or below this path"
+                )
         self.remove_temp_files(groups)
         batch = self.new_batch()
         try:

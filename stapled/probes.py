@@ -14,7 +14,7 @@ from datetime import datetime
 from .core import certs, probing
 from .core.certs import CertChain
 from .core.ocsp import Staple
-from .core.probing import Judged, Served, Verdict
+from .core.probing import Judged, Known, Served, Verdict
 from .errors import CertificateError
 from .observe import probe
 from .observe.probe import Handshake, ProbeError
@@ -22,8 +22,6 @@ from .observe.probe import Handshake, ProbeError
 # What stapled holds, by leaf fingerprint: the chain (with its issuer) and the staple.
 Held = dict[str, tuple[CertChain, Staple | None]]
 Shake = Callable[[str, str, float], Handshake]
-
-CONNECTIONS = 3  # stapled.cli.PROBE_CONNECTIONS says the same for the command line
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +57,16 @@ class Probed:
 
 def probe_target(
     target: Target,
-    held: Held,
+    held: Held | None,
     now: datetime,
     *,
     timeout: float,
-    connections: int = CONNECTIONS,
+    connections: int = probing.CONNECTIONS,
     shake: Shake = probe.handshake,
 ) -> Probed:
-    """``connections`` handshakes with one endpoint, judged; the worst is reported."""
+    """``connections`` handshakes with one endpoint, judged; the worst is reported.
+
+    ``held`` is None when no configuration was read: staples are judged on their own."""
     results: list[Judged] = []
     for _ in range(connections):
         try:
@@ -78,19 +78,20 @@ def probe_target(
     return Probed(target, probing.worst(results))
 
 
-def _judge(hs: Handshake, held: Held, now: datetime, where: str) -> Judged:
+def _judge(hs: Handshake, held: Held | None, now: datetime, where: str) -> Judged:
     if not hs.chain:
         return probing.judge(Served(None, hs.staple), None, now)
     try:
         chain = certs.build_chain(hs.chain, where)
     except CertificateError as e:
         return Judged(Verdict.UNKNOWN, f"the served certificate cannot be used ({e.reason})")
-    mine = held.get(chain.fingerprint)
-    disk = None
-    if mine is not None:
-        disk_chain, disk = mine
-        if chain.issuer is None:
-            chain = disk_chain
+    mine = held.get(chain.fingerprint) if held is not None else None
+    if mine is None:
+        known = Known.NOTHING if held is None else Known.UNMANAGED
+        return probing.judge(Served(chain, hs.staple), None, now, known)
+    disk_chain, disk = mine
+    if chain.issuer is None:
+        chain = disk_chain
     return probing.judge(Served(chain, hs.staple), disk, now)
 
 

@@ -67,7 +67,8 @@ def test_without_config_the_default_path_is_read(
     cfg.write_text(f'output_dir = "{tmp_path / "out"}"\ncertificates = ["{tmp_path}"]\n')
     monkeypatch.setenv("STAPLED_CONFIG", str(cfg))
     if command == "status":
-        assert main(["status", "--json"]) == 0
+        # Read, and found empty: a monitoring check that saw nothing is UNKNOWN.
+        assert main(["status", "--json"]) == 3
         assert json.loads(capsys.readouterr().out) == {"certificates": []}
 
 

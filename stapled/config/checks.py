@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from ..core.certs import is_key_name
 from ..core.urls import problem as url_problem
 from ..errors import ConfigError
 from .source import SOURCE_KEYS, Source
@@ -102,6 +103,12 @@ class Checker:
                 raise self.error(where, f"the directory of the glob {path} does not exist")
         elif not path.exists():
             raise self.error(where, f"{path} does not exist")
+        elif not path.is_dir() and is_key_name(path.name):
+            raise self.error(
+                where,
+                f"{path} is a private key file by its name; stapled never reads keys: "
+                "name the certificate (or its directory) instead",
+            )
         issuer = self.path(entry, "issuer")
         if issuer is not None and not issuer.is_file():
             raise self.error(f"{key}.issuer", f"{issuer} is not a file")

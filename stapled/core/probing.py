@@ -17,6 +17,11 @@ from .certs import CertChain
 from .ocsp import CertStatus
 from .times import iso
 
+# nginx workers each hold their own staple: several handshakes see more of them.
+CONNECTIONS = 3
+# A bound for --connections: enough to reach every worker of a large nginx.
+MAX_CONNECTIONS = 256
+
 
 class Verdict(enum.IntEnum):
     """Nagios plugin exit codes."""
@@ -47,11 +52,27 @@ class Judged:
     stale: bool = False
 
 
-def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
+class Known(enum.Enum):
+    """What stapled knows of the certificate a server sent."""
+
+    # No configuration was read: the staple is judged on its own.
+    NOTHING = "nothing"
+    # The configuration's certificates do not include it: a renewal the server has not
+    # loaded yet, or a certificate stapled is not told about.
+    UNMANAGED = "unmanaged"
+    MANAGED = "managed"
+
+
+def judge(
+    served: Served, disk: ocsp.Staple | None, now: datetime, known: Known = Known.MANAGED
+) -> Judged:
     """One handshake's staple against its certificate and against what stapled wrote.
 
     ``served.chain`` must carry the issuer (from the served chain or from disk);
-    ``disk`` is stapled's valid staple for the same certificate, if any.
+    ``disk`` is stapled's valid staple for the same certificate, if any.  The rule the
+    metrics share: a valid good staple is OK only when byte-identical to stapled's (or
+    when there is no configuration to compare with); no staple is OK only when stapled
+    holds none to serve.
     """
     chain = served.chain
     if chain is None:
@@ -59,6 +80,8 @@ def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
     if not served.staple:
         if chain.must_staple:
             return Judged(Verdict.CRITICAL, "no staple for a must-staple certificate")
+        if known is Known.UNMANAGED:
+            return Judged(Verdict.WARNING, f"no staple, {_unmanaged(chain)}")
         if disk is not None and disk.valid_at(now):
             return Judged(
                 Verdict.WARNING,
@@ -88,9 +111,26 @@ def judge(served: Served, disk: ocsp.Staple | None, now: datetime) -> Judged:
             this_update=when,
             stale=True,
         )
-    same = "identical to stapled's" if matches else "not stapled's"
-    why = f"good staple, valid until {iso(staple.next_update)}, {same}"
-    return Judged(Verdict.OK, why, **facts, this_update=when)
+    good = f"good staple, valid until {iso(staple.next_update)}"
+    if matches:
+        return Judged(Verdict.OK, f"{good}, identical to stapled's", **facts, this_update=when)
+    if known is Known.NOTHING:
+        why = f"{good} (no configuration to compare it with)"
+        return Judged(Verdict.OK, why, **facts, this_update=when)
+    if known is Known.UNMANAGED:
+        why = f"{good}, but {_unmanaged(chain)}"
+    elif disk is None:
+        why = f"{good}, but stapled holds no staple for this certificate"
+    else:
+        why = f"{good}, but not the one stapled wrote (of {iso(disk.this_update)})"
+    return Judged(Verdict.WARNING, why, **facts, this_update=when)
+
+
+def _unmanaged(chain: CertChain) -> str:
+    return (
+        f"for a certificate stapled does not manage (serial {chain.serial_hex}; "
+        "renewed on disk but the server not reloaded?)"
+    )
 
 
 def worst(results: list[Judged]) -> Judged:

@@ -42,8 +42,7 @@ MAX_CERT_FILE = 1024 * 1024
 
 def is_key_file(path: Path) -> bool:
     """Private key files by name: never opened, whatever they hold."""
-    name = path.name.lower()
-    return name.endswith((".key", "-key.pem", "_key.pem", ".key.pem")) or "privkey" in name
+    return certs.is_key_name(path.name)
 
 
 # What identifies a file's content without reading it: device, inode, size, times.

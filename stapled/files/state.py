@@ -22,11 +22,24 @@ STATE_FILE = "state.json"
 SOURCES = ("ca", "fleet")
 
 
-def load(state_dir: Path) -> dict[str, Any]:
-    """stapled's records from earlier runs; empty when missing or damaged."""
+def load(state_dir: Path, *, must_read: bool = False) -> dict[str, Any]:
+    """stapled's records from earlier runs; empty when missing or damaged.
+
+    With ``must_read``, a file that exists but cannot be read (another user's, mode 0600)
+    raises StoreError: ``status`` must not report a state it did not see as good.
+    """
+    path = state_dir / STATE_FILE
     try:
-        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        if must_read:
+            raise StoreError(str(path), f"cannot read the state file ({e.strerror or e})") from e
+        return {}
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -86,6 +86,29 @@ def test_nginx_ok_then_not_reloaded_then_expired_then_another_certificate(
     assert code == 2 and seen["staple_matches_disk"] is False
 
 
+def test_a_renewal_the_server_has_not_loaded_is_a_warning_with_or_without_config(
+    web: NginxSite, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """certbot renewed the certificate and stapled fetched its staple, but nginx still
+    serves the old certificate with the old staple: the metrics say matches_disk 0, and so
+    must the verdict."""
+    site = web.site
+    assert site.once() == 0
+    web.nginx.start(web.port)
+    target = (f"127.0.0.1:{web.port}", "--servername", "www.example.com")
+    code, seen = probe(capsys, *target, "--config", str(site.config_path))
+    assert code == 0, seen
+    site.lineage("www.example.com", site.issue("www.example.com"), version=2)
+    assert site.once() == 0
+    code, seen = probe(capsys, *target, "--config", str(site.config_path))
+    assert code == 1 and seen["staple_matches_disk"] is False, seen
+    assert "does not manage" in str(seen["reason"]) and "not reloaded" in str(seen["reason"])
+    # Without --config, the configuration every other command reads.
+    monkeypatch.setenv("STAPLED_CONFIG", str(site.config_path))
+    code, seen = probe(capsys, *target)
+    assert code == 1 and "does not manage" in str(seen["reason"]), seen
+
+
 def _until(
     capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], want: int
 ) -> tuple[int, dict[str, object]]:
