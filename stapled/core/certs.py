@@ -7,7 +7,6 @@ before any decoding: their text is never decoded, logged, copied or kept.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import re
@@ -67,7 +66,7 @@ def parse_certificates(
             if shared is not None and certs and known is None:
                 shared[der] = cert
             certs.append(cert)
-        except (*foreign.READ_ERRORS, binascii.Error) as e:
+        except foreign.READ_ERRORS as e:  # binascii.Error is a ValueError
             raise CertificateError(
                 path,
                 f"certificate block {len(certs) + 1} is not a valid certificate "
