@@ -16,6 +16,7 @@ from typing import ClassVar, NoReturn
 from . import __version__, config, overview, report
 from .core import certs, ocsp, probing
 from .errors import (
+    EX_CONFIG,
     CertificateError,
     ConfigError,
     InvalidResponseError,
@@ -89,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--wide", action="store_true", help="every column: files, serials, URLs, whole errors"
     )
+
+    check = sub.add_parser(
+        "check",
+        help="check the configuration and everything it names, listing every problem",
+        description="Reads the configuration and every certificate source as `run` would, "
+        "writes nothing and asks no responder.  Exit 0 when `run` can use it (problems of "
+        "single certificate files are warnings), 78 otherwise.",
+    )
+    _config_arg(check)
+    check.add_argument("-q", "--quiet", action="store_true", help="print only problems")
 
     verify = sub.add_parser(
         "verify",
@@ -234,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "once": _once,
             "run": _run,
             "status": _status,
+            "check": _check,
             "verify": _verify,
             "probe": _probe,
             "demo": _demo,
@@ -279,6 +291,28 @@ def _status(args: argparse.Namespace) -> int:
         print(f"stapled: {cfg.path}: no certificate found in any source", file=sys.stderr)
         return STATUS_UNKNOWN
     return int(max((r.severity(result.now) for r in result.records), default=0))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .preflight import check
+
+    path = config_path(args.config)
+    if args.config is None and not path.exists():
+        load_config(None)  # the one line saying where the default comes from
+    found = check(path)
+    for error in found.errors:
+        print(f"stapled: {error}", file=sys.stderr)
+    for warning in found.warnings:
+        print(f"stapled: warning: {warning}", file=sys.stderr)
+    if found.errors:
+        print(f"{path}: {len(found.errors)} problem(s); `run` would not use it as it is")
+        return EX_CONFIG
+    if not args.quiet:
+        print(
+            f"{path}: ok, {found.certificates} certificate(s), "
+            f"{found.without_ocsp} without an OCSP URL, {len(found.warnings)} warning(s)"
+        )
+    return 0
 
 
 def _probe(args: argparse.Namespace) -> int:

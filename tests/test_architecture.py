@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "fleet": ({"fleet.*"}, {"core", "config", "errors"}),
     "observe": ({"observe.*"}, {"core", "config", "errors"}),
     "passes": (
-        {"passes", "probes", "overview"},
+        {"passes", "probes", "overview", "preflight"},
         _BELOW_PASSES,
     ),
     "service": ({"service.*"}, {"passes", *_BELOW_PASSES}),

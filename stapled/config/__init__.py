@@ -124,15 +124,19 @@ def load(path: str | Path) -> Config:
     wrong types, values out of range and sources that do not exist.
     """
     path = Path(path)
+    return parse(read(path), path)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """The TOML table of the file at ``path``, unchecked; ConfigError if it is none."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(str(path), f"cannot read the configuration file ({e.strerror})") from e
     except UnicodeDecodeError as e:
         raise ConfigError(str(path), "the configuration file is not UTF-8 text") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), f"not valid TOML ({e})") from e
-    return parse(raw, path)
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:

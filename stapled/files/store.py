@@ -36,9 +36,17 @@ def prepare_dir(path: Path) -> None:
     """
     try:
         path.mkdir(mode=0o755, parents=True, exist_ok=True)
-        info = path.stat()
     except OSError as e:
         raise StoreError(str(path), f"cannot create the directory ({e.strerror})") from e
+    check_dir(path)
+
+
+def check_dir(path: Path) -> None:
+    """StoreError unless ``path`` is a directory this user may write into, and only it."""
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise StoreError(str(path), f"cannot use the directory ({e.strerror})") from e
     if not stat.S_ISDIR(info.st_mode):
         raise StoreError(str(path), "is not a directory")
     mode = stat.S_IMODE(info.st_mode)
