@@ -27,6 +27,8 @@ from .servers import run_command
 
 # A bound on problems listed: each one removed from the file lets the next show.
 _MOST = 100
+# Commands that manage services, refused to an unprivileged user.
+_ROOT_ONLY = {"systemctl", "service", "apache2ctl", "apachectl"}
 _INDEX = re.compile(r"^([A-Za-z_]+)(?:\[(\d+)\])?")
 
 
@@ -111,6 +113,14 @@ def _commands(cfg: Config, found: Findings) -> None:
         if argv and shutil.which(argv[0]) is None:
             _error(found, cfg, key, f"{argv[0]} is not a program this user can run")
             return
+        if argv and Path(argv[0]).name in _ROOT_ONLY and os.geteuid() != 0:
+            _error(
+                found,
+                cfg,
+                key,
+                f"{Path(argv[0]).name} reloads a service only for root, and stapled runs "
+                "unprivileged: use reload_request_file with stapled-reload.path instead",
+            )
     if not cfg.config_test_command:
         return
     try:

@@ -73,9 +73,7 @@ def _unreadable_state_status(site: Site, capsys: pytest.CaptureFixture[str]) -> 
     assert str(path) in err and "Permission denied" in err
 
 
-def test_status_as_another_user_is_unknown(
-    site: Site, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_status_as_another_user_is_unknown(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     """The monitoring user's view: a state file of mode 0600 that is not its own."""
     if os.geteuid() != 0:
         _unreadable_state_status(site, capsys)

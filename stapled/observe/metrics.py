@@ -52,11 +52,13 @@ class Metrics:
         self._server: object | None = None
 
     def write_textfile(self, path: Path) -> None:
-        """Rewrite ``path`` atomically (a temporary file renamed over it).
+        """Rewrite ``path`` atomically (a temporary file renamed over it), creating its
+        directory when missing (a directory of its own under /var/lib/stapled).
 
         Raises StoreError naming the path.
         """
         try:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             write_to_textfile(str(path), self.registry)
         except OSError as e:
             raise StoreError(str(path), f"cannot write the metrics file ({e.strerror})") from e

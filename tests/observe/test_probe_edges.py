@@ -103,5 +103,13 @@ def test_tls_without_a_staple(endpoint: Callable[[Serve], str], tmp_path: Path) 
     )
     assert warned.judged.verdict is Verdict.WARNING and not warned.judged.present
     # Nothing held, nothing served: fine for a certificate without must-staple.
-    fine = probe_target(Target(target, "t.example"), {}, now, timeout=2)
+    fine = probe_target(
+        Target(target, "t.example"), {chain.fingerprint: (chain, None)}, now, timeout=2
+    )
     assert fine.judged.verdict is Verdict.OK, fine.judged
+    # No configuration at all: nothing to compare with, and nothing served is fine too.
+    alone = probe_target(Target(target, "t.example"), None, now, timeout=2)
+    assert alone.judged.verdict is Verdict.OK, alone.judged
+    # A certificate the configuration does not name: a renewal the server has not loaded.
+    other = probe_target(Target(target, "t.example"), {}, now, timeout=2)
+    assert other.judged.verdict is Verdict.WARNING and "does not manage" in other.judged.why
