@@ -48,12 +48,14 @@ def status(stapler: Stapler) -> PassResult:
     return result
 
 
-def held(stapler: Stapler) -> dict[str, tuple[CertChain, Staple | None]]:
+def held(stapler: Stapler) -> dict[str, tuple[CertChain | None, Staple | None]]:
     """By leaf fingerprint: each certificate's chain (with its issuer when known) and
-    its valid staple on disk."""
-    _, groups = stapler.scan()
+    its valid staple on disk; (None, None) for one stapled fetches nothing for."""
+    records, groups = stapler.scan()
     now = stapler.clock()
-    found: dict[str, tuple[CertChain, Staple | None]] = {}
+    found: dict[str, tuple[CertChain | None, Staple | None]] = {
+        r.fingerprint: (None, None) for r in records if r.fingerprint is not None
+    }
     for fp, members in groups.items():
         try:
             chain = stapler.chain_of(members)

@@ -19,8 +19,9 @@ from .errors import CertificateError
 from .observe import probe
 from .observe.probe import Handshake, ProbeError
 
-# What stapled holds, by leaf fingerprint: the chain (with its issuer) and the staple.
-Held = dict[str, tuple[CertChain, Staple | None]]
+# What stapled holds, by leaf fingerprint: the chain (with its issuer; None for one it
+# fetches nothing for, without an OCSP URL) and the staple.
+Held = dict[str, tuple[CertChain | None, Staple | None]]
 Shake = Callable[[str, str, float], Handshake]
 
 
@@ -90,7 +91,7 @@ def _judge(hs: Handshake, held: Held | None, now: datetime, where: str) -> Judge
         known = Known.NOTHING if held is None else Known.UNMANAGED
         return probing.judge(Served(chain, hs.staple), None, now, known)
     disk_chain, disk = mine
-    if chain.issuer is None:
+    if chain.issuer is None and disk_chain is not None:
         chain = disk_chain
     return probing.judge(Served(chain, hs.staple), disk, now)
 

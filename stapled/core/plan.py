@@ -54,6 +54,7 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
             serial=chain.serial_hex,
             must_staple=chain.must_staple,
             ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
+            fingerprint=chain.fingerprint,
         )
         problems = [urls.problem(u) for u in chain.ocsp_urls]
         usable = tuple(u for u, p in zip(chain.ocsp_urls, problems, strict=True) if p is None)

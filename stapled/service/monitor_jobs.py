@@ -114,7 +114,12 @@ class MonitorJobs:
         # pyOpenSSL is imported only where something is probed.
         from ..probes import Held, Target, probe_target
 
-        held: Held = {}
+        # Certificates without an OCSP URL are managed too, with nothing to staple.
+        held: Held = {
+            r.fingerprint: (None, None)
+            for r in self.daemon.records.values()
+            if r.fingerprint is not None
+        }
         for fingerprint, members in self.daemon.groups.items():
             try:
                 chain = self.daemon.stapler.chain_of(members)

@@ -115,11 +115,19 @@ def test_the_textfile_of_a_pass_agrees_with_status(
 def test_a_textfile_that_cannot_be_written_is_one_error_line(
     site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _world(site, f'[metrics]\ntextfile = "{site.root / "missing" / "stapled.prom"}"')
+    (site.root / "a-file").write_text("where a directory should be")
+    _world(site, f'[metrics]\ntextfile = "{site.root / "a-file" / "stapled.prom"}"')
     capsys.readouterr()
     assert site.once() == 0  # the staples are fine: only the metrics are not
     err = capsys.readouterr().err
-    assert "missing/stapled.prom: cannot write the metrics file" in err
+    assert "a-file/stapled.prom: cannot write the metrics file" in err
+
+
+def test_a_textfile_directory_that_is_missing_is_made(site: Site) -> None:
+    path = site.root / "metrics" / "stapled.prom"
+    _world(site, f'[metrics]\ntextfile = "{path}"')
+    assert site.once() == 0
+    assert "stapled_build_info" in path.read_text()
 
 
 def test_a_running_daemon_serves_what_status_says(

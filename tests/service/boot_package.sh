@@ -15,7 +15,8 @@ echo "CHECK user $(inside id -u stapled >/dev/null 2>&1 && echo yes || echo no)"
 # certbot's tree: live/ symlinks into archive/, both root-only, keys 0600.
 lineage() {
     local v=$1
-    inside install -d -m 700 /etc/letsencrypt/live/www.example.com \
+    # certbot makes the directories once; a renewal only adds files and relinks.
+    [ "$v" = 1 ] && inside install -d -m 700 /etc/letsencrypt/live/www.example.com \
         /etc/letsencrypt/archive/www.example.com
     for kind in cert chain fullchain privkey; do
         inside install -m 644 "/opt/test/$kind$v.pem" "/etc/letsencrypt/archive/www.example.com/$kind$v.pem"
@@ -80,6 +81,7 @@ lineage 2
 served_v2() { [ "$(serial)" != "$v1" ] && staple_good; }
 until_ok 300 served_v2
 echo "CHECK served_v2 $(served_v2 && echo yes || echo no)"
+served_v2 || inside journalctl -u stapled -u stapled-reload -u nginx --no-pager -q | tail -25
 echo "CHECK reload_result $(inside systemctl show stapled-reload.service -p Result --value)"
 until_ok 100 inside stapled probe
 inside stapled probe >/dev/null 2>&1 && p=0 || p=$?

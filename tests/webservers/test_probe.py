@@ -103,6 +103,16 @@ def test_a_renewal_the_server_has_not_loaded_is_a_warning_with_or_without_config
     code, seen = probe(capsys, *target, "--config", str(site.config_path))
     assert code == 1 and seen["staple_matches_disk"] is False, seen
     assert "does not manage" in str(seen["reason"]) and "not reloaded" in str(seen["reason"])
+    # A certificate without an OCSP URL is one stapled manages: nothing to staple is OK.
+    code, seen = probe(
+        capsys,
+        f"127.0.0.1:{web.port}",
+        "--servername",
+        "plain.example.com",
+        "--config",
+        str(site.config_path),
+    )
+    assert code == 0 and seen["staple_present"] is False, seen
     # Without --config, the configuration every other command reads.
     monkeypatch.setenv("STAPLED_CONFIG", str(site.config_path))
     code, seen = probe(capsys, *target)
