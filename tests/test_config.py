@@ -237,7 +237,9 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
         else:
             raw["certificates"][i] = str(d)
     cfg = config.parse(raw, example)
-    assert cfg.reload_command and cfg.config_test_command and cfg.nginx_snippets
+    # The shipped units run stapled unprivileged: the example reloads through the path unit.
+    assert cfg.reload_request_file and cfg.nginx_snippets and not cfg.reload_command
+    assert cfg.fleet is not None and cfg.metrics is not None and cfg.probes
     assert cfg.haproxy_socket == "/run/haproxy/admin.sock"
     assert cfg.responder is not None and cfg.responder.url == "http://127.0.0.1:8053/"
     assert any(s.haproxy for s in cfg.certificates)

@@ -182,9 +182,8 @@ def test_the_responder_block_answers_on_its_address(
     assert ocsp.validate(reply.content, chain, datetime.now(UTC)).cert_status.name == "GOOD"
 
 
-def test_the_example_configuration_lists_every_key_and_parses(tmp_path: Path) -> None:
-    import tomllib
-
+def test_the_example_configuration_lists_every_key() -> None:
+    """tests/test_config.py checks that it parses."""
     from stapled import config
     from stapled.config import tables
     from stapled.config.source import SOURCE_KEYS
@@ -205,8 +204,3 @@ def test_the_example_configuration_lists_every_key_and_parses(tmp_path: Path) ->
         k for k in keys - tables_named if not re.search(rf"(^|[\s{{,#]){k}\s*=", text, re.M)
     )
     assert not missing, f"examples/stapled.toml does not list {missing}"
-    # Everything but the sources (this machine has none of them) is a valid configuration.
-    raw = tomllib.loads(text)
-    raw["certificates"] = [str(tmp_path)]
-    cfg = config.parse(raw, path)
-    assert cfg.fleet is not None and cfg.metrics is not None and cfg.probes

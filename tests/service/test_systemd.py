@@ -68,6 +68,22 @@ def test_service_shape() -> None:
     assert "PathChanged=/var/lib/stapled/reload-request" in path_unit
 
 
+@pytest.mark.parametrize("name", ["stapled.service", "stapled-once.service"])
+def test_passes_end_before_the_web_servers_start(name: str) -> None:
+    """docs/web-servers.md: the first handshake after boot carries a staple."""
+    unit = TOP / "systemd" / name
+    before = " ".join(_setting(unit, "Before")).split()
+    assert {"nginx.service", "apache2.service", "haproxy.service"} <= set(before)
+    assert _setting(unit, "WantedBy") == ["multi-user.target"]
+
+
+def test_the_service_checks_its_configuration_before_a_start_and_a_reload() -> None:
+    unit = TOP / "systemd" / "stapled.service"
+    (pre,) = _setting(unit, "ExecStartPre")
+    reload = _setting(unit, "ExecReload")
+    assert " check " in pre and " check " in reload[0] and "kill -HUP" in reload[-1]
+
+
 def _setting(unit: Path, key: str) -> list[str]:
     return [
         line.split("=", 1)[1].strip()
