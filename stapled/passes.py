@@ -70,13 +70,15 @@ class Stapler:
         new_batch: Callable[[], store.Batch] = store.Batch,
         lock_wait: float = WAIT_SECONDS,
         fleet: Fleet | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self.config = config
         self.new_batch = new_batch
         self.transport = transport
         self.clock = clock
-        # What happened, for the metrics (kept whether or not they are exported).
-        self.tally = Tally()
+        # What happened, for the metrics (kept whether or not they are exported); a
+        # reloaded daemon hands its own on, so counters never restart.
+        self.tally = tally if tally is not None else Tally()
         self.fetcher = Fetcher(
             transport,
             hash_name=config.cert_id_hash,

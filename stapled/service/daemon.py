@@ -201,13 +201,18 @@ class Daemon:
     async def _reconfigure(self) -> None:
         """SIGHUP: read the configuration again; a broken one is reported and not used."""
         self.notifier.reloading()
+        responder: Responder | None = self.responder
         try:
             new = config_module.load(self.config_path)
             transport = Transport(timeout=new.timeout, pool_size=new.concurrency)
-            stapler = Stapler(new, transport=transport, clock=self.clock)
+            stapler = Stapler(new, transport=transport, clock=self.clock, tally=self.stapler.tally)
             stapler.prepare()
+            # New listeners start before the old ones stop; one that cannot refuses all.
             responder = self._next_responder(new)
+            metrics = self.monitor.next_metrics(new)
         except (ConfigError, StoreError) as e:
+            if responder is not None and responder is not self.responder:
+                responder.stop()
             log.error("%s; keeping the configuration in use", e)
             self.notifier.ready(self.summary())
             return
@@ -220,6 +225,7 @@ class Daemon:
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
         self.responder = responder
+        self.monitor.swap(metrics)
         await old_transport.close_idle()
         if old_responder is not None and old_responder is not responder:
             old_responder.stop()

@@ -10,9 +10,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..config import Config
 from ..core.model import Record
 from ..core.probing import Verdict
-from ..errors import StapledError, StoreError
+from ..errors import ConfigError, StapledError, StoreError
 from .jobs import log
 
 if TYPE_CHECKING:
@@ -58,6 +59,36 @@ class MonitorJobs:
                 self.metrics.serve(*wanted.listen)
             except StoreError as e:
                 log.error("%s; no metrics are served", e)
+        self.textfile_soon(at_once=True)
+
+    def next_metrics(self, new: Config) -> Metrics | None:
+        """The metrics of a re-read configuration, listening before the old endpoint
+        stops: the running one when its address is unchanged.  Raises ConfigError naming
+        ``metrics.listen`` when the new address cannot be bound."""
+        wanted = new.metrics
+        if wanted is None:
+            return None
+        before = self.daemon.config.metrics
+        if self.metrics is not None and before is not None and before.listen == wanted.listen:
+            return self.metrics
+        from ..observe.metrics import Metrics
+
+        metrics = Metrics(__version__, self.daemon.stapler.tally, self._snapshot)
+        if wanted.listen is not None:
+            try:
+                metrics.serve(*wanted.listen)
+            except StoreError as e:
+                raise ConfigError(str(new.path), e.reason, "metrics.listen") from e
+        return metrics
+
+    def swap(self, metrics: Metrics | None) -> None:
+        """After a reload: ``metrics`` (from :meth:`next_metrics`) in place of the old,
+        and the probes and the textfile as the new configuration says."""
+        old, self.metrics = self.metrics, metrics
+        if old is not None and old is not metrics:
+            old.stop()
+        self.daemon.scheduler.cancel("probe")
+        self.start_probes(reloaded=False)
         self.textfile_soon(at_once=True)
 
     def _snapshot(self) -> Snapshot:

@@ -154,17 +154,25 @@ class Responder:
         return len(self._open)
 
     def start(self) -> None:
-        """Listen, then serve in a thread.  Raises OSError when the address is unusable."""
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(
-                self._connection, self.host, self.port, reuse_address=True, backlog=BACKLOG
-            )
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        """Serve in a thread of its own, listening before this returns.  Raises OSError
+        when the address is unusable.  Safe to call from a running event loop (a reload):
+        the listening socket is opened on the responder's own loop, in its thread."""
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="responder", daemon=True
         )
         self._thread.start()
+        listening = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(
+                self._connection, self.host, self.port, reuse_address=True, backlog=BACKLOG
+            ),
+            self._loop,
+        )
+        try:
+            self._server = listening.result()
+        except OSError:
+            self.stop()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
         log.info("local OCSP responder listening on http://%s:%d/", self.host, self.port)
 
     def stop(self) -> None:
