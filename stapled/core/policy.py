@@ -117,11 +117,13 @@ def scheduled_refresh(
     """When the daemon refreshes ``staple``: ``refresh_at`` of its window, jittered.
 
     ``jitter`` is a random number in [-1, 1] (a parameter, so tests can pin it).  The
-    result is never sooner than ``min_interval`` from ``now`` (no hammering a responder
-    whose answers start in the past), never sooner than a responder's Cache-Control
-    ``max-age`` allows, and never later than what leaves room for
-    ATTEMPTS_BEFORE_EXPIRY retries before ``next_update - margin`` (when that moment is
-    still ahead; otherwise as soon as the minimum interval allows, before the end).
+    result is never sooner than a responder's Cache-Control ``max-age`` allows, and never
+    later than what leaves room for ATTEMPTS_BEFORE_EXPIRY retries before
+    ``next_update - margin``.  ``min_interval`` spaces repeated fetches only: when that
+    moment has already passed (a responder whose answers start in the past), the next
+    ask comes ``min_interval`` from ``now``, never past the end of the staple's use.  It
+    never delays the refresh of a response still ahead of its refresh point, however
+    short its window.
     """
     lifetime = staple.lifetime
     due = refresh_time(staple, refresh_at) + lifetime * JITTER_FRACTION * jitter
@@ -129,8 +131,9 @@ def scheduled_refresh(
         due = max(due, now + timedelta(seconds=max_age))
     usable_end = staple.next_update - margin
     latest = usable_end - (usable_end - staple.this_update) / (ATTEMPTS_BEFORE_EXPIRY + 1)
-    due = max(min(due, latest), now + min_interval)
-    # The minimum interval never carries a refresh past the end of the staple's use.
+    due = min(due, latest)
+    if due <= now:
+        due = now + min_interval
     return min(due, max(now, usable_end))
 
 

@@ -55,6 +55,35 @@ def test_never_sooner_than_the_minimum_interval() -> None:
     assert _refresh(staple, 0.0) == NOW + timedelta(seconds=60)
 
 
+@given(
+    window=st.integers(min_value=60, max_value=14 * 86400),
+    jitter=st.floats(min_value=-1.0, max_value=1.0),
+    age=st.floats(min_value=0.0, max_value=0.4),
+)
+def test_a_fresh_response_is_replaced_at_its_refresh_point_whatever_its_window(
+    window: int, jitter: float, age: float
+) -> None:
+    """Default settings (refresh_at 0.5, min_refresh_interval 60 s): a response of any
+    window W >= 60 s, fetched before its refresh point, is refreshed at half of W plus
+    the jitter, and before 3/4 of W in any case; the minimum interval never delays it."""
+    lifetime = timedelta(seconds=window)
+    staple = _staple(NOW - lifetime * age, lifetime)
+    margin = ocsp.margin_for(lifetime)
+    at = _refresh(staple, jitter, margin=margin)
+    elapsed = (at - staple.this_update) / lifetime
+    point = 0.5 + policy.JITTER_FRACTION * jitter
+    assert at >= NOW and elapsed <= 0.75
+    if point > age:  # still ahead of its refresh point when fetched
+        assert elapsed == pytest.approx(point, abs=1e-6)
+
+
+def test_a_sixty_second_response_is_refreshed_at_half_not_at_its_end() -> None:
+    lifetime = timedelta(seconds=60)
+    staple = _staple(NOW, lifetime)
+    at = _refresh(staple, 0.0, margin=ocsp.margin_for(lifetime))
+    assert at == NOW + timedelta(seconds=30)
+
+
 def test_max_age_is_honoured() -> None:
     staple = _staple(NOW, timedelta(days=4))
     at = _refresh(staple, 0.0, max_age=3 * 86400.0)
