@@ -8,7 +8,7 @@ apart).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ..errors import StapledError
@@ -50,6 +50,8 @@ class Judged:
     this_update: datetime | None = None
     # The server serves an older staple than stapled wrote: it was not reloaded.
     stale: bool = False
+    # The served leaf's fingerprint, when it sent one.
+    fingerprint: str | None = None
 
 
 class Known(enum.Enum):
@@ -74,10 +76,17 @@ def judge(
     when there is no configuration to compare with); no staple is OK only when stapled
     holds none to serve.
     """
-    chain = served.chain
-    if chain is None:
+    if served.chain is None:
         return Judged(Verdict.UNKNOWN, "the server sent no certificate")
-    if not served.staple:
+    return replace(
+        _judge(served.chain, served.staple, disk, now, known), fingerprint=served.chain.fingerprint
+    )
+
+
+def _judge(
+    chain: CertChain, served: bytes | None, disk: ocsp.Staple | None, now: datetime, known: Known
+) -> Judged:
+    if not served:
         if chain.must_staple:
             return Judged(Verdict.CRITICAL, "no staple for a must-staple certificate")
         if known is Known.UNMANAGED:
@@ -91,39 +100,39 @@ def judge(
     if chain.issuer is None:
         return Judged(Verdict.UNKNOWN, "the issuer of the served certificate is unknown", True)
     try:
-        staple = ocsp.validate(served.staple, chain, now)
+        staple = ocsp.validate(served, chain, now)
     except StapledError as e:
         return Judged(Verdict.CRITICAL, f"the staple served is not valid: {e}", True)
     matches = disk is not None and staple.der == disk.der
-    facts = {"present": True, "valid": True, "matches_disk": matches}
-    when = staple.this_update
+
+    def served_valid(verdict: Verdict, why: str, *, stale: bool = False) -> Judged:
+        return Judged(verdict, why, True, True, matches, staple.this_update, stale)
+
     if staple.cert_status is CertStatus.REVOKED:
-        return Judged(Verdict.CRITICAL, "the staple served says REVOKED", **facts, this_update=when)
+        return served_valid(Verdict.CRITICAL, "the staple served says REVOKED")
     if staple.cert_status is not CertStatus.GOOD:
         why = f"the staple served says {staple.cert_status}"
-        return Judged(Verdict.CRITICAL, why, **facts, this_update=when)
+        return served_valid(Verdict.CRITICAL, why)
     if disk is not None and not matches and staple.is_older_than(disk):
-        return Judged(
+        return served_valid(
             Verdict.WARNING,
             f"serves a staple of {iso(staple.this_update)}, older than stapled's of "
             f"{iso(disk.this_update)} (not reloaded?)",
-            **facts,
-            this_update=when,
             stale=True,
         )
     good = f"good staple, valid until {iso(staple.next_update)}"
     if matches:
-        return Judged(Verdict.OK, f"{good}, identical to stapled's", **facts, this_update=when)
+        return served_valid(Verdict.OK, f"{good}, identical to stapled's")
     if known is Known.NOTHING:
         why = f"{good} (no configuration to compare it with)"
-        return Judged(Verdict.OK, why, **facts, this_update=when)
+        return served_valid(Verdict.OK, why)
     if known is Known.UNMANAGED:
         why = f"{good}, but {_unmanaged(chain)}"
     elif disk is None:
         why = f"{good}, but stapled holds no staple for this certificate"
     else:
         why = f"{good}, but not the one stapled wrote (of {iso(disk.this_update)})"
-    return Judged(Verdict.WARNING, why, **facts, this_update=when)
+    return served_valid(Verdict.WARNING, why)
 
 
 def _unmanaged(chain: CertChain) -> str:

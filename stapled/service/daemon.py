@@ -122,7 +122,7 @@ class Daemon:
             self.scheduler.every(self.config.rescan_interval, self._rescan, id="rescan")
             self.fleet_jobs.start()
             self.monitor.start_metrics()
-            self.monitor.start_probes(reloaded=bool(first.changed) and not first.reload_failed)
+            self.monitor.start_probes()
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
@@ -390,7 +390,7 @@ class Daemon:
                 self.reload_owed = True
             elif self.config.probes:
                 # Did the server pick up what was written?  Look once it has settled.
-                self.monitor.probe_soon(after_reload=True)
+                self.monitor.probe_soon()
         if failed := await asyncio.to_thread(servers.push, push):
             self.push_owed |= failed
         self._save_state_soon()

@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..config import Config
 from ..core.model import Record
-from ..core.probing import Verdict
+from ..core.probing import Judged, Verdict
 from ..errors import ConfigError, StapledError, StoreError
 from .jobs import log
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics, Snapshot
+    from ..probes import Target
     from .daemon import Daemon
 
 # The textfile is rewritten at most this often (seconds); the endpoint is always current.
@@ -32,6 +34,21 @@ _PROBE_LEVELS = {
 }
 
 
+# Reloads asked for one target before the chase gives up with an error.
+CHASE_RELOADS = 2
+
+
+@dataclass(slots=True)
+class Chase:
+    """A target seen serving an older staple than stapled's file: a reload is asked at
+    once, and the target probed again PROBE_DELAY after it; after CHASE_RELOADS reloads
+    that did not take, one error.  A chase starts at most once per probe interval."""
+
+    started: datetime
+    reloads: int = 0
+    given_up: bool = False
+
+
 class MonitorJobs:
     """A part of :class:`stapled.service.daemon.Daemon`, with the state it alone uses."""
 
@@ -40,8 +57,8 @@ class MonitorJobs:
         # Records as the metrics last saw them (swapped whole: read from another thread).
         self.published: tuple[Record, ...] = ()
         self.metrics: Metrics | None = None
-        # A reload was followed by one more because a probe saw an older staple served.
-        self._reloaded_again = False
+        # Targets seen serving an older staple than stapled's, and the reloads asked.
+        self._chases: dict[Target, Chase] = {}
         # When the textfile was last written (monotonic).
         self._written = -TEXTFILE_INTERVAL
 
@@ -88,7 +105,7 @@ class MonitorJobs:
         if old is not None and old is not metrics:
             old.stop()
         self.daemon.scheduler.cancel("probe")
-        self.start_probes(reloaded=False)
+        self.start_probes()
         self.textfile_soon(at_once=True)
 
     def _snapshot(self) -> Snapshot:
@@ -125,25 +142,23 @@ class MonitorJobs:
         except StoreError as e:
             log.error("%s", e)
 
-    def start_probes(self, *, reloaded: bool) -> None:
-        """Probe soon after the start (as after a reload when the first pass reloaded),
-        then every probe interval."""
+    def start_probes(self) -> None:
+        """Probe soon after the start, then every probe interval."""
         if not self.daemon.config.probes:
             return
-        self.daemon.scheduler.every(
-            self.daemon.config.probe_interval, self._probe_job, id="probe", args=[False]
-        )
-        self.probe_soon(after_reload=reloaded and self.daemon.stapler.servers.can_reload)
+        self.daemon.scheduler.every(self.daemon.config.probe_interval, self._probe_job, id="probe")
+        self.probe_soon()
 
-    def probe_soon(self, *, after_reload: bool) -> None:
+    def probe_soon(self) -> None:
+        """Probe PROBE_DELAY from now: after the start, and after every reload."""
         when = self.daemon.clock() + timedelta(seconds=PROBE_DELAY)
-        self.daemon.scheduler.at(when, self._probe_job, id="probe-soon", args=[after_reload])
+        self.daemon.scheduler.at(when, self._probe_job, id="probe-soon")
 
-    async def _probe_job(self, after_reload: bool) -> None:
-        """Probe every [[probe]]; a server still serving an older staple after a reload
-        gets one more reload, then an error."""
+    async def _probe_job(self) -> None:
+        """Probe every [[probe]], and chase a server that serves an older staple than
+        stapled's file (see :class:`Chase`)."""
         # pyOpenSSL is imported only where something is probed.
-        from ..probes import Held, Target, probe_target
+        from ..probes import Held, probe_target
 
         # Certificates without an OCSP URL are managed too, with nothing to staple.
         held: Held = {
@@ -163,20 +178,54 @@ class MonitorJobs:
         results = await asyncio.to_thread(
             lambda: [probe_target(t, held, now, timeout=timeout) for t in targets]
         )
-        stale = False
+        reload = False
         for probed in results:
-            self.daemon.stapler.tally.probed(
-                probed.target.target, probed.target.servername, probed.judged
-            )
-            stale |= probed.judged.stale
-            level = _PROBE_LEVELS[probed.judged.verdict]
-            log.log(level, "probe: %s", probed.line)
-        if after_reload and stale and not self._reloaded_again:
-            self._reloaded_again = True
-            log.warning("probe: the server still serves an older staple; reloading once more")
+            target, servername = probed.target.target, probed.target.servername
+            self.daemon.stapler.tally.probed(target, servername, probed.judged)
+            log.log(_PROBE_LEVELS[probed.judged.verdict], "probe: %s", probed.line)
+            reload |= self._chase(probed.target, probed.judged, now)
+        if reload:
             self.daemon._deliver_soon(reload=True)
-            return
-        if after_reload and stale:
-            log.error("probe: the server serves an older staple even after a second reload")
-        self._reloaded_again = False
         self.daemon._save_state_soon()
+
+    def _chase(self, target: Target, judged: Judged, now: datetime) -> bool:
+        """Whether to ask for a reload for what ``target`` served; logs the chase."""
+        if not judged.stale:
+            self._chases.pop(target, None)
+            return False
+        chase = self._chases.get(target)
+        interval = timedelta(seconds=self.daemon.config.probe_interval)
+        if chase is None or (chase.given_up and now - chase.started >= interval):
+            chase = self._chases[target] = Chase(now)
+        where = f"{target.target} ({target.servername}) serves {self._names(judged)}"
+        if not self.daemon.stapler.servers.can_reload:
+            if not chase.given_up:
+                chase.given_up = True
+                log.error(
+                    "probe: %s an older staple than stapled's; no reload is configured", where
+                )
+            return False
+        if chase.reloads < CHASE_RELOADS:
+            chase.reloads += 1
+            log.warning(
+                "probe: %s an older staple than stapled's; asking for a reload (%d of %d)",
+                where,
+                chase.reloads,
+                CHASE_RELOADS,
+            )
+            return True
+        if not chase.given_up:
+            chase.given_up = True
+            log.error(
+                "probe: %s an older staple than stapled's even after %d reloads; "
+                "is the server reading another file?",
+                where,
+                CHASE_RELOADS,
+            )
+        return False
+
+    def _names(self, judged: Judged) -> str:
+        names = sorted(
+            r.name for r in self.daemon.records.values() if r.fingerprint == judged.fingerprint
+        )
+        return ", ".join(names) or "a certificate"

@@ -191,17 +191,57 @@ def test_after_a_reload_that_did_nothing_it_reloads_once_more_then_says_so(
         stapled = daemon()
         wait_for(
             "the error after the second reload",
-            lambda: "even after a second reload" in stapled.output(),
+            lambda: "even after 2 reloads" in stapled.output(),
             timeout=30,
         )
-        assert "reloading once more" in stapled.output()
+        out = stapled.output()
+        assert "asking for a reload (1 of 2)" in out and "asking for a reload (2 of 2)" in out
+        (error,) = [line for line in out.splitlines() if "even after 2 reloads" in line]
+        for subject in (f"127.0.0.1:{web.port}", "(www.example.com)", "serves www.example.com"):
+            assert subject in error, error
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             scraped = samples(reply.read().decode())
         labels = {"target": f"127.0.0.1:{web.port}", "servername": "www.example.com"}
         assert value(scraped, "stapled_probe_success", **labels) == 1.0
         assert value(scraped, "stapled_probe_staple_valid", **labels) == 1.0
         assert value(scraped, "stapled_probe_staple_matches_disk", **labels) == 0.0
-        assert value(scraped, "stapled_reload_total", result="success") == 2.0
+        # The first pass's reload, then the two the probe asked for.
+        assert value(scraped, "stapled_reload_total", result="success") == 3.0
+        assert stapled.stop() == 0
+    finally:
+        web.nginx.stop()
+
+
+def test_a_server_serving_an_older_staple_at_the_start_is_reloaded_until_it_serves_stapled_s(
+    site: Site, daemon: Callable[..., DaemonProcess]
+) -> None:
+    """Nothing changes in the first pass, but nginx serves an older staple than the file:
+    the probe asks for a reload, and the loop closes."""
+    web = NginxSite(site)
+    site.responder.answer_aged(timedelta(hours=2))
+    assert site.once() == 0
+    try:
+        web.nginx.start(web.port)
+        site.responder.answer_fresh()
+        assert site.once("--force") == 0  # a newer file; nginx is not told
+        web.with_reload()
+        port = free_port()
+        site.config_path.write_text(
+            site.config_path.read_text()
+            + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            + f'[[probe]]\ntarget = "127.0.0.1:{web.port}"\nservername = "www.example.com"\n'
+        )
+        stapled = daemon()
+        labels = {"target": f"127.0.0.1:{web.port}", "servername": "www.example.com"}
+
+        def matches() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                scraped = samples(reply.read().decode())
+            return value(scraped, "stapled_probe_staple_matches_disk", **labels) == 1.0
+
+        wait_for("the server serving stapled's staple", matches, timeout=30)
+        out = stapled.output()
+        assert "asking for a reload (1 of 2)" in out and "even after" not in out
         assert stapled.stop() == 0
     finally:
         web.nginx.stop()
