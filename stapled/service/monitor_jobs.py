@@ -158,7 +158,7 @@ class MonitorJobs:
         """Probe every [[probe]], and chase a server that serves an older staple than
         stapled's file (see :class:`Chase`)."""
         # pyOpenSSL is imported only where something is probed.
-        from ..probes import Held, probe_target
+        from ..probes import Held, Target, probe_target
 
         # Certificates without an OCSP URL are managed too, with nothing to staple.
         held: Held = {

@@ -46,6 +46,15 @@ echo "CHECK same_pid $([ "$(inside systemctl show stapled.service -p MainPID --v
 echo "CHECK broken_logged $(inside journalctl -u stapled.service --no-pager -q | grep -c "key 'refresh_at'" || true)"
 inside mv /etc/stapled/stapled.toml.good /etc/stapled/stapled.toml
 
+# `systemctl reload` adding a local responder: it listens, in the same process.
+printf '\n[responder]\nlisten = "127.0.0.1:47999"\n' | inside tee -a /etc/stapled/stapled.toml >/dev/null
+inside systemctl reload stapled.service >/dev/null 2>&1 && r=ok || r=refused
+echo "CHECK responder_reload $r"
+answers() { inside curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:47999/ | grep -q '^[0-9]'; }
+until_ok 100 answers
+echo "CHECK responder_answers $(answers && echo yes || echo no)"
+echo "CHECK responder_same_pid $([ "$(inside systemctl show stapled.service -p MainPID --value)" = "$pid" ] && echo yes || echo no)"
+
 echo "CHECK timer_unit $(inside systemctl show stapled.timer -p Unit --value)"
 inside systemctl start stapled-once.service || true
 echo "CHECK once_result $(inside systemctl show stapled-once.service -p Result --value)"

@@ -138,6 +138,9 @@ def test_the_install_from_a_checkout_and_the_units_under_a_booted_systemd(
     # `stapled check` before the reload: a broken file is refused, the process stays.
     assert facts.get("broken_reload") == "refused" and facts.get("same_pid") == "yes", detail
     assert int(facts.get("broken_logged", "0")) >= 1, detail
+    # A reload that adds the local responder: it answers, and the process is the same.
+    assert facts.get("responder_reload") == "ok" and facts.get("responder_answers") == "yes", detail
+    assert facts.get("responder_same_pid") == "yes", detail
     assert facts.get("timer_unit") == "stapled-once.service", detail
     assert facts.get("once_result") == "success", detail
     assert int(facts.get("journal", "0")) >= 1, detail  # lines under SyslogIdentifier=stapled
