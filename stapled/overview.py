@@ -1,13 +1,12 @@
 """What stapled holds, read without asking any responder or writing a staple: the
 records ``status`` shows, the staples ``probe`` compares with, whether the fleet store
-answers, and the metrics textfile of a pass."""
+answers."""
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
 
-from . import __version__
 from .core.certs import CertChain
 from .core.model import PassResult
 from .core.ocsp import Staple
@@ -63,19 +62,3 @@ def held(stapler: Stapler) -> dict[str, tuple[CertChain | None, Staple | None]]:
         except StapledError:
             continue
     return found
-
-
-def write_metrics(stapler: Stapler, result: PassResult) -> None:
-    """``[metrics] textfile``: rewritten after a pass; a failure is logged."""
-    wanted = stapler.config.metrics
-    if wanted is None or wanted.textfile is None:
-        return
-    # prometheus_client is imported only where metrics are wanted.
-    from .observe.metrics import Metrics, Snapshot
-
-    up = stapler.fleet.store.connected if stapler.fleet is not None else None
-    snapshot = Snapshot(tuple(result.records), result.now, up)
-    try:
-        Metrics(__version__, stapler.tally, lambda: snapshot).write_textfile(wanted.textfile)
-    except StapledError as e:
-        log.error("%s", e)

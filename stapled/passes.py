@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import overview, report
+from . import __version__, report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
@@ -32,6 +32,7 @@ from .fleet.share import Fleet
 from .issuers import Issuers
 from .net import client
 from .net.client import Transport
+from .observe import textfile
 from .observe.tally import Tally
 from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
 
@@ -115,8 +116,16 @@ class Stapler:
             result = client.run(self._once(force, only))
         else:
             result = self.transport.run(self._once(force, only))
-        overview.write_metrics(self, result)
+        self.write_textfile(result)
         return result
+
+    def write_textfile(self, result: PassResult) -> None:
+        """``[metrics] textfile``: rewritten after a pass; a failure is logged."""
+        wanted = self.config.metrics
+        if wanted is None or wanted.textfile is None:
+            return
+        up = self.fleet.store.connected if self.fleet is not None else None
+        textfile.write(wanted.textfile, __version__, self.tally, result.records, result.now, up)
 
     async def _once(self, force: bool, only: Path | None) -> PassResult:
         try:

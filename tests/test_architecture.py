@@ -136,3 +136,60 @@ def test_heavy_libraries_are_imported_only_where_configured() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the stapled modules it imports (every import, TYPE_CHECKING ones too); a
+    package is its __init__."""
+
+    def node(name: str) -> str:
+        return name.removesuffix(".__init__")
+
+    graph: dict[str, set[str]] = {}
+    for module in _modules():
+        ours, _ = _imports(module)
+        targets = set()
+        for target in ours:
+            parts = target.split(".")
+            # `from .. import config` names a package; `from . import __version__` a name.
+            while parts and not (
+                (PACKAGE / ("/".join(parts) + ".py")).exists()
+                or (PACKAGE / "/".join(parts) / "__init__.py").exists()
+            ):
+                parts.pop()
+            if parts:
+                targets.add(".".join(parts))
+        graph[node(module)] = targets - {node(module)}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the path, 2 done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_type_checking_import() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .passes import Stapler\n"
+    )
+    tree = ast.parse(source)
+    names = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert "passes" in names  # ast.walk reaches imports under `if TYPE_CHECKING:`

@@ -110,7 +110,7 @@ class Daemon:
             for rec in first.records:
                 self.records[rec.name] = rec
             for fingerprint in self.groups:
-                records = self._records_of(fingerprint)
+                records = self.records_of(fingerprint)
                 self._schedule(fingerprint, records)
                 self._index(fingerprint, records)
             # Logged once scheduled, so that each line gives the refresh time really set.
@@ -291,7 +291,7 @@ class Daemon:
         now = self.clock()
         self.index.keep_only(set(groups))
         if any(r.changed for r in records):
-            self._deliver_soon(reload=True)
+            self.deliver_soon(reload=True)
         old = self.groups
         for fingerprint in old.keys() - groups.keys():
             self._unschedule(fingerprint)
@@ -311,7 +311,7 @@ class Daemon:
             if before != {f.name for f in members}:
                 # New, renewed (a new fingerprint under an old name) or found elsewhere.
                 self._add_job(fingerprint, now, force=False)
-        self._save_state_soon()
+        self.save_state_soon()
 
     async def _refresh_job(self, fingerprint: str, force: bool) -> None:
         if self._stop:
@@ -320,9 +320,16 @@ class Daemon:
         if not members:
             return
         records = await self.stapler.refresh(members, force=force)
-        self._took(fingerprint, records)
+        self.took(fingerprint, records)
 
-    def _took(self, fingerprint: str, records: list[Record]) -> None:
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def monotonic(self) -> float:
+        return self._loop.time()
+
+    def took(self, fingerprint: str, records: list[Record]) -> None:
         """A certificate's new records: schedule, index, log, and tell the server."""
         if fingerprint not in self.groups:
             return  # removed while it was being fetched
@@ -335,8 +342,8 @@ class Daemon:
             if rec.haproxy_changed:
                 self.push_owed.add(rec.name)
             report.log_record(rec)
-        self._deliver_soon(reload=changed)
-        self._save_state_soon()
+        self.deliver_soon(reload=changed)
+        self.save_state_soon()
 
     def _schedule(self, fingerprint: str, records: list[Record]) -> None:
         """The next job for one certificate: its refresh, or a retry after a failure."""
@@ -365,7 +372,7 @@ class Daemon:
         self.scheduler.cancel(fingerprint)
         self.attempts.pop(fingerprint, None)
 
-    def _deliver_soon(self, *, reload: bool) -> None:
+    def deliver_soon(self, *, reload: bool) -> None:
         """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""
         if reload:
             self.reload_owed = True
@@ -393,13 +400,13 @@ class Daemon:
                 self.monitor.probe_soon()
         if failed := await asyncio.to_thread(servers.push, push):
             self.push_owed |= failed
-        self._save_state_soon()
+        self.save_state_soon()
 
     async def _tick(self) -> None:
         """Wake the scheduler against the wall clock; tell systemd we are alive."""
         self.notifier.watchdog()
 
-    def _save_state_soon(self) -> None:
+    def save_state_soon(self) -> None:
         when = self.clock() + timedelta(seconds=STATE_DELAY)
         if self.scheduler.running and not self.scheduler.pending("state"):
             self.scheduler.at(when, self._save_state, id="state")
@@ -430,7 +437,7 @@ class Daemon:
 
     # ---- reporting --------------------------------------------------------------------
 
-    def _records_of(self, fingerprint: str) -> list[Record]:
+    def records_of(self, fingerprint: str) -> list[Record]:
         # By the group's names, not by a walk over every record: the daemon's start asks
         # this for each of thousands of certificates.
         names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))

@@ -4,21 +4,19 @@ what another host published adopted (validated by the stapler) as soon as it is 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from ..core.fleet import digest
 from ..core.ocsp import Staple
 from ..errors import FleetError
+from .host import Host
 from .jobs import log
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
 
 
 class FleetJobs:
-    """A part of :class:`stapled.service.daemon.Daemon`, with the state it alone uses."""
+    """The daemon's fleet jobs: the store's poll, its announcements and adopting what
+    other hosts fetched, with the state they alone use."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
         # The store's generation last seen, when every digest was last compared (the
         # loop's clock), and the task reading announcements.
@@ -45,25 +43,25 @@ class FleetJobs:
         fleet = self.daemon.stapler.fleet
         assert fleet is not None
         async for fingerprint in fleet.store.announcements():
-            if fingerprint in self.daemon.groups and not self.daemon._stop:
+            if fingerprint in self.daemon.groups and not self.daemon.stopping:
                 await self._adopt(fingerprint)
 
     async def poll(self) -> None:
         """Every poll interval, one read of the store's generation; when it changed (or
         the sweep interval passed), every certificate's digest against the staple held."""
         fleet, settings = self.daemon.stapler.fleet, self.daemon.config.fleet
-        if fleet is None or settings is None or self.daemon._stop:
+        if fleet is None or settings is None or self.daemon.stopping:
             return
         was = fleet.store.connected
         try:
             generation = await fleet.store.generation()
         except FleetError:
             if was:  # logged once by the store; what is on disk stays served
-                self.daemon._save_state_soon()
+                self.daemon.save_state_soon()
             return
         if not was:
-            self.daemon._save_state_soon()
-        now = self.daemon._loop.time()
+            self.daemon.save_state_soon()
+        now = self.daemon.monotonic()
         if generation == self._generation and now - self._swept < settings.sweep_interval:
             return
         try:
@@ -86,10 +84,10 @@ class FleetJobs:
             log.error("%s: adopting the fleet's staple failed: %s", members[0].name, e)
             return
         if records is not None:
-            self.daemon._took(fingerprint, records)
+            self.daemon.took(fingerprint, records)
 
     def _held(self, fingerprint: str) -> Staple | None:
-        records = self.daemon._records_of(fingerprint)
+        records = self.daemon.records_of(fingerprint)
         return records[0].current if records else None
 
     def state(self) -> dict[str, object] | None:

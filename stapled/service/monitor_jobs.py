@@ -15,12 +15,12 @@ from ..config import Config
 from ..core.model import Record
 from ..core.probing import Judged, Verdict
 from ..errors import ConfigError, StapledError, StoreError
+from .host import Host
 from .jobs import log
 
 if TYPE_CHECKING:
     from ..observe.metrics import Metrics, Snapshot
     from ..probes import Target
-    from .daemon import Daemon
 
 # The textfile is rewritten at most this often (seconds); the endpoint is always current.
 TEXTFILE_INTERVAL = 60.0
@@ -50,9 +50,10 @@ class Chase:
 
 
 class MonitorJobs:
-    """A part of :class:`stapled.service.daemon.Daemon`, with the state it alone uses."""
+    """The daemon's monitoring: the metrics endpoint and textfile, and the probes, with
+    the state they alone use."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Host) -> None:
         self.daemon = daemon
         # Records as the metrics last saw them (swapped whole: read from another thread).
         self.published: tuple[Record, ...] = ()
@@ -171,7 +172,7 @@ class MonitorJobs:
                 chain = self.daemon.stapler.chain_of(members)
             except StapledError:
                 continue
-            records = self.daemon._records_of(fingerprint)
+            records = self.daemon.records_of(fingerprint)
             held[fingerprint] = chain, records[0].current if records else None
         targets = [Target(p.target, p.servername) for p in self.daemon.config.probes]
         now, timeout = self.daemon.clock(), self.daemon.config.timeout
@@ -185,8 +186,8 @@ class MonitorJobs:
             log.log(_PROBE_LEVELS[probed.judged.verdict], "probe: %s", probed.line)
             reload |= self._chase(probed.target, probed.judged, now)
         if reload:
-            self.daemon._deliver_soon(reload=True)
-        self.daemon._save_state_soon()
+            self.daemon.deliver_soon(reload=True)
+        self.daemon.save_state_soon()
 
     def _chase(self, target: Target, judged: Judged, now: datetime) -> bool:
         """Whether to ask for a reload for what ``target`` served; logs the chase."""

@@ -457,7 +457,7 @@ def test_the_fleet_metrics(fleet: Fleet) -> None:
         host.stapler.config = replace(
             host.stapler.config, metrics=config.MetricsConfig(textfile=path)
         )
-        overview.write_metrics(host.stapler, result)
+        host.stapler.write_textfile(result)
         return {
             (s.name, tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(path.read_text())
