@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from . import __version__, report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
 from .core.fleet import digest
-from .core.model import Fetched, Found, PassResult, Record
+from .core.model import Fetched, Found, Owed, PassResult, Record
 from .core.ocsp import CertStatus, Staple
 from .core.policy import State
 from .core.times import Clock
@@ -188,30 +189,28 @@ class Stapler:
         self._deliver(result, saved, only)
         return result
 
-    def _deliver(self, result: PassResult, saved: dict[str, object], only: Path | None) -> None:
-        """Tell the servers, then record the state (with whatever is owed)."""
-        # A reload that failed last time is owed even when nothing changed since: the
-        # server has not picked up the staples written then.
-        owed = bool(saved.get("reload_pending"))
-        reload_error = None
-        if self.servers.can_reload and (result.changed or owed):
-            if owed and not result.changed:
-                log.info("retrying the reload that failed in an earlier pass")
-            reload_error = self.servers.reload()
-            self.tally.reloaded(reload_error is None)
-        # HAProxy updates that failed last time are owed the same way.
-        push_owed = state.names(saved.get("haproxy_pending"))
-        failed = self.servers.push(
-            [r for r in result.records if r.haproxy_changed or r.name in push_owed]
+    def _deliver(self, result: PassResult, saved: dict[str, Any], only: Path | None) -> None:
+        """Tell the servers, then record the state (with whatever is still owed)."""
+        # What an earlier pass could not deliver is owed even when nothing changed since:
+        # the server has not picked up the staples written then.
+        earlier = state.owed(saved)
+        changed = Owed(
+            bool(result.changed), frozenset(r.name for r in result.records if r.haproxy_changed)
         )
-        result.reload_failed, result.haproxy_failed = reload_error is not None, failed
+        if earlier.reload and not result.changed and self.servers.can_reload:
+            log.info("retrying the reload that failed in an earlier pass")
+        delivered = self.servers.deliver(earlier | changed, result.records)
+        if delivered.reloaded:
+            self.tally.reloaded(delivered.reload_error is None)
+        result.owed = delivered.owed
+        failed = delivered.owed.push & {r.name for r in result.records}
         push_error = f"HAProxy was not updated for {', '.join(sorted(failed))}" if failed else None
-        result.reload_error = "; ".join(e for e in (reload_error, push_error) if e) or None
+        errors = (delivered.reload_error, push_error)
+        result.reload_error = "; ".join(e for e in errors if e) or None
         state.save(
             self.config.state_path,
             result.records,
-            reload_pending=reload_error is not None,
-            haproxy_pending=failed | (push_owed - {r.name for r in result.records}),
+            owed=delivered.owed,
             others=state.entries(saved) if only is not None else None,
         )
 

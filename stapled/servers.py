@@ -7,10 +7,11 @@ import base64
 import logging
 import socket
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from .config import Config
-from .core.model import Record
+from .core.model import Owed, Record
 from .core.times import Clock
 from .errors import ReloadError, StoreError
 from .files import store
@@ -115,6 +116,16 @@ def _read_all(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What telling the servers did: what is still owed, and the reload's outcome
+    (``reload_error`` is None when it worked or was not attempted)."""
+
+    owed: Owed
+    reloaded: bool = False
+    reload_error: str | None = None
+
+
 class Servers:
     """The web servers of one configuration.  ``reloader`` and ``pusher`` are the seams
     (a command runner and an admin-socket client) that tests may replace."""
@@ -177,6 +188,21 @@ class Servers:
                 log.error("  %s", line)
             return str(e)
         return None
+
+    def deliver(self, owed: Owed, records: Iterable[Record]) -> Delivered:
+        """Tell the servers what ``owed`` says, for ``records``: one reload (when one is
+        owed and configured) and the HAProxy pushes.  Whatever fails stays owed, and so
+        does a push for a name not among ``records``."""
+        reload_error = None
+        reloaded = owed.reload and self.can_reload
+        if reloaded:
+            reload_error = self.reload()
+        given = list(records)
+        failed = self.push([r for r in given if r.name in owed.push])
+        left = owed.push - {r.name for r in given}
+        return Delivered(
+            Owed(reload_error is not None, frozenset(failed) | left), reloaded, reload_error
+        )
 
     def push(self, records: list[Record]) -> set[str]:
         """Hand HAProxy each record's new staple over its admin socket; the names that failed.

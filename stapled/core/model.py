@@ -119,6 +119,19 @@ class Record:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """What the web servers have not been told yet, or telling them failed: a reload,
+    and the names whose new staple HAProxy still has to be handed over its admin socket.
+    It stays owed (across passes and restarts, in the state file) until it works."""
+
+    reload: bool = False
+    push: frozenset[str] = frozenset()
+
+    def __or__(self, other: Owed) -> Owed:
+        return Owed(self.reload or other.reload, self.push | other.push)
+
+
 @dataclass
 class PassResult:
     records: list[Record]
@@ -127,10 +140,8 @@ class PassResult:
     changed: list[str] = field(default_factory=list)
     # The certificates that have an OCSP URL, by fingerprint (for the daemon's schedule).
     groups: dict[str, list[Found]] = field(default_factory=dict)
-    # The reload (or the configuration test before it) failed: it is owed.
-    reload_failed: bool = False
-    # Names whose new staple HAProxy did not take over its admin socket.
-    haproxy_failed: set[str] = field(default_factory=set)
+    # What the servers were not told after this pass (the reload or a push failed).
+    owed: Owed = field(default_factory=lambda: Owed())
     # ``status`` in fleet mode: {"redis": URL without password, "host_id", "connected"}.
     fleet: dict[str, object] | None = None
 

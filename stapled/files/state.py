@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.fleet import digest
-from ..core.model import Record
+from ..core.model import Owed, Record
 from ..core.times import iso, parse_iso
 from ..errors import StoreError
 from . import store
@@ -66,6 +66,11 @@ def names(value: object) -> set[str]:
     return {v for v in value if isinstance(v, str)}
 
 
+def owed(state: dict[str, Any]) -> Owed:
+    """What an earlier run left owed to the servers; anything damaged reads as nothing."""
+    return Owed(state.get("reload_pending") is True, frozenset(names(state.get("haproxy_pending"))))
+
+
 def recorded_error(entry: dict[str, Any]) -> str | None:
     """The last error recorded for one certificate; None for anything but text."""
     error = entry.get("last_error")
@@ -91,8 +96,7 @@ def save(
     state_dir: Path,
     records: Iterable[Record],
     *,
-    reload_pending: bool,
-    haproxy_pending: set[str] | None = None,
+    owed: Owed,
     daemon: dict[str, Any] | None = None,
     others: dict[str, dict[str, Any]] | None = None,
     fleet: dict[str, Any] | None = None,
@@ -115,8 +119,8 @@ def save(
         kept[rec.name] = entry
     state: dict[str, Any] = {
         "version": 1,
-        "reload_pending": reload_pending,
-        "haproxy_pending": sorted(haproxy_pending or ()),
+        "reload_pending": owed.reload,
+        "haproxy_pending": sorted(owed.push),
         "certificates": kept,
     }
     if daemon is not None:

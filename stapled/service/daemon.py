@@ -28,7 +28,7 @@ from typing import Any
 from .. import config as config_module
 from .. import report
 from ..config import Config
-from ..core.model import Found, PassResult, Record
+from ..core.model import Found, Owed, PassResult, Record
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
@@ -72,10 +72,8 @@ class Daemon:
         self.records: dict[str, Record] = {}
         self.groups: dict[str, list[Found]] = {}
         self.attempts: Counter[str] = Counter()
-        # Something changed that the web server has not been told of yet (or telling failed).
-        self.reload_owed = False
-        # Names whose staple HAProxy still has to be handed over its admin socket.
-        self.push_owed: set[str] = set()
+        # What the web servers have not been told yet (or telling them failed).
+        self.owed = Owed()
         self.index = Index()
         self.responder: Responder | None = None
         self._stop = False
@@ -104,8 +102,7 @@ class Daemon:
             first = await self._first_pass()
             if first is None:
                 return await self._shutdown(save=False)
-            self.reload_owed = first.reload_failed
-            self.push_owed = set(first.haproxy_failed)
+            self.owed = first.owed
             self.groups = dict(first.groups)
             for rec in first.records:
                 self.records[rec.name] = rec
@@ -335,14 +332,12 @@ class Daemon:
             return  # removed while it was being fetched
         self._schedule(fingerprint, records)
         self._index(fingerprint, records)
-        changed = False
         for rec in records:
             self.records[rec.name] = rec
-            changed |= rec.changed
-            if rec.haproxy_changed:
-                self.push_owed.add(rec.name)
             report.log_record(rec)
-        self.deliver_soon(reload=changed)
+        pushes = frozenset(r.name for r in records if r.haproxy_changed)
+        self.owed |= Owed(push=pushes)
+        self.deliver_soon(reload=any(r.changed for r in records))
         self.save_state_soon()
 
     def _schedule(self, fingerprint: str, records: list[Record]) -> None:
@@ -375,8 +370,8 @@ class Daemon:
     def deliver_soon(self, *, reload: bool) -> None:
         """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""
         if reload:
-            self.reload_owed = True
-        wanted = (self.reload_owed and self.stapler.servers.can_reload) or bool(self.push_owed)
+            self.owed |= Owed(reload=True)
+        wanted = (self.owed.reload and self.stapler.servers.can_reload) or bool(self.owed.push)
         # One delivery already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
         if not wanted or self.scheduler.pending("reload"):
@@ -385,21 +380,18 @@ class Daemon:
         self.scheduler.at(when, self._deliver_job, id="reload")
 
     async def _deliver_job(self) -> None:
-        reload, self.reload_owed = self.reload_owed, False
-        push = [self.records[n] for n in self.push_owed if n in self.records]
-        self.push_owed = set()
-        servers = self.stapler.servers
-        # Whatever fails stays owed and is tried again with the next change.
-        if reload and servers.can_reload:
-            reload_failed = await asyncio.to_thread(servers.reload) is not None
-            self.stapler.tally.reloaded(not reload_failed)
-            if reload_failed:
-                self.reload_owed = True
-            elif self.config.probes:
+        owed, self.owed = self.owed, Owed()
+        records = list(self.records.values())
+        delivered = await asyncio.to_thread(self.stapler.servers.deliver, owed, records)
+        # Whatever failed stays owed and is tried again with the next change; a push for
+        # a certificate removed meanwhile is owed to nobody.
+        left = delivered.owed
+        self.owed |= Owed(left.reload, left.push & set(self.records))
+        if delivered.reloaded:
+            self.stapler.tally.reloaded(delivered.reload_error is None)
+            if delivered.reload_error is None and self.config.probes:
                 # Did the server pick up what was written?  Look once it has settled.
                 self.monitor.probe_soon()
-        if failed := await asyncio.to_thread(servers.push, push):
-            self.push_owed |= failed
         self.save_state_soon()
 
     async def _tick(self) -> None:
@@ -420,8 +412,7 @@ class Daemon:
                 state.save(
                     self.config.state_path,
                     list(self.records.values()),
-                    reload_pending=self.reload_owed and self.stapler.servers.can_reload,
-                    haproxy_pending=set(self.push_owed),
+                    owed=Owed(self.owed.reload and self.stapler.servers.can_reload, self.owed.push),
                     daemon=daemon,
                     fleet=self.fleet_jobs.state(),
                 )
