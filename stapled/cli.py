@@ -316,7 +316,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    # pyOpenSSL takes 40 ms to import: only the probe pays for it.
+    # pyOpenSSL is slow to import: only the probe pays for it.
     from .observe.probe import ProbeError, split_target
     from .probes import Target, exit_code, probe_target
 

@@ -15,6 +15,7 @@ from .core import certs, probing
 from .core.certs import CertChain
 from .core.ocsp import Staple
 from .core.probing import Judged, Known, Served, Verdict
+from .core.times import iso
 from .errors import CertificateError
 from .observe import probe
 from .observe.probe import Handshake, ProbeError
@@ -52,7 +53,7 @@ class Probed:
             "staple_present": j.present,
             "staple_valid": j.valid,
             "staple_matches_disk": j.matches_disk,
-            "this_update": j.this_update.strftime("%Y-%m-%dT%H:%M:%SZ") if j.this_update else None,
+            "this_update": iso(j.this_update) if j.this_update else None,
         }
 
 

@@ -25,7 +25,7 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "config": ({"config"}, {"core", "errors"}),
     "report": ({"report"}, {"core", "errors"}),
     "files": ({"files.*"}, {"core", "config", "errors"}),
-    "net": ({"net.*"}, {"errors"}),
+    "net": ({"net.*"}, {"core", "errors"}),
     "edges": ({"fetch", "issuers", "servers"}, {"files", "net", "core", "config", "errors"}),
     "fleet": ({"fleet.*"}, {"core", "config", "errors"}),
     "observe": ({"observe.*"}, {"core", "config", "errors"}),

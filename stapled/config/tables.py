@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..core.fleet import redacted
+from ..core.urls import redacted
 from .checks import Checker
 
 # The local responder: connections served at once; more wait in the listen backlog.

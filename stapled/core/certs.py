@@ -238,7 +238,7 @@ class CertChain:
 
     The leaf is kept as DER rather than as a parsed certificate: with the extension and
     name objects cryptography caches on a certificate once they are read, ten thousand
-    parsed leaves held about 40 MiB more than their DER.  ``leaf`` parses it again for
+    parsed leaves held far more memory than their DER.  ``leaf`` parses it again for
     the rare uses that need the whole certificate.
     """
 

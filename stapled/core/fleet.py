@@ -86,23 +86,3 @@ def host_share(host_id: str) -> float:
     """A number in [0, 1) fixed by ``host_id``: where in a spread this host falls."""
     value = int.from_bytes(hashlib.sha256(host_id.encode()).digest()[:8], "big")
     return value / 2**64
-
-
-def redacted(url: str) -> str:
-    """A store URL as logs and ``status`` show it: never with its password.
-
-    Everything before the last "@" but the scheme is hidden (a password with unencoded
-    "#", "?" or "@" in it fools URL parsers), and so is a ``password=`` parameter.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" in rest:
-        rest = "***@" + rest.rpartition("@")[2]
-    base, mark, query = rest.partition("?")
-    if mark:
-        query = "&".join(
-            f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
-            for name, eq, value in (item.partition("=") for item in query.split("&"))
-        )
-    return scheme + sep + base + mark + query

@@ -37,3 +37,23 @@ def problem(url: str) -> str | None:
 def host(url: str) -> str:
     """The ``host:port`` part of a URL that has no :func:`problem`."""
     return urlsplit(url).netloc
+
+
+def redacted(url: str) -> str:
+    """A URL as logs and ``status`` show it (a fleet store, a proxy): never with its password.
+
+    Everything before the last "@" but the scheme is hidden (a password with unencoded
+    "#", "?" or "@" in it fools URL parsers), and so is a ``password=`` parameter.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    base, mark, query = rest.partition("?")
+    if mark:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" else f"{name}{eq}{value}"
+            for name, eq, value in (item.partition("=") for item in query.split("&"))
+        )
+    return scheme + sep + base + mark + query

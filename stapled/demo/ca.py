@@ -298,7 +298,7 @@ class ResponderServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             # Headers and body go out as two writes: without this, Nagle and the
-            # client's delayed ACK hold every response back by 40 ms.
+            # client's delayed ACK hold every response back.
             disable_nagle_algorithm = True
             server_version = "stapled-testca"
 

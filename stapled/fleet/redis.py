@@ -31,7 +31,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from ..core.fleet import Entry, digest, redacted
+from ..core.fleet import Entry, digest
+from ..core.times import iso
+from ..core.urls import redacted
 from ..errors import FleetError
 from .store import UNREADABLE, Backoff, Held, Lease, Outcome, Shared
 
@@ -179,11 +181,6 @@ class RedisStore:
     @property
     def connected(self) -> bool:
         return self._ever and self._reason is None
-
-    @property
-    def problem(self) -> str | None:
-        """Why the store counts as down, or None."""
-        return self._reason
 
     @contextlib.asynccontextmanager
     async def _call(self) -> AsyncIterator[None]:
@@ -333,7 +330,7 @@ class RedisStore:
     # ---- helpers ------------------------------------------------------------------------
 
     def _fields(self, fingerprint: str, entry: Entry) -> list[bytes | str | int]:
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = iso(datetime.now(UTC))
         final, this_update, produced_at = entry.rank
         return [
             entry.der,

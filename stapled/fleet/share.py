@@ -56,7 +56,7 @@ class Fleet:
         f = config.fleet
         if f is None:
             return None
-        # redis-py takes 70 ms to import: only hosts of a fleet pay for it.
+        # redis-py is slow to import: only hosts of a fleet pay for it.
         from .redis import RedisStore
 
         try:

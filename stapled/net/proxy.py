@@ -17,6 +17,8 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 import certifi
 
+from ..core.urls import redacted
+
 _VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 _SCHEMES = ("http", "https")
 
@@ -35,7 +37,7 @@ class Proxy:
     @property
     def shown(self) -> str:
         """The proxy as it may be logged: without its password."""
-        return shown(self.url)
+        return redacted(self.url.geturl())
 
 
 def proxy_for(url: str, environ: Mapping[str, str] = os.environ) -> Proxy | None:
@@ -53,21 +55,12 @@ def proxy_for(url: str, environ: Mapping[str, str] = os.environ) -> Proxy | None
     except ValueError as e:
         raise ProxyError(f"the proxy setting in the environment is not a URL ({e})") from None
     if parts.scheme not in _SCHEMES or not parts.hostname:
-        raise ProxyError(f"the proxy {shown(parts)} is not an http or https proxy")
+        raise ProxyError(f"the proxy {redacted(parts.geturl())} is not an http or https proxy")
     authorization = None
     if parts.username is not None:
         user_password = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         authorization = "Basic " + base64.b64encode(user_password.encode()).decode()
     return Proxy(parts, authorization)
-
-
-def shown(url: SplitResult) -> str:
-    """A URL as it may be logged: without user or password."""
-    try:
-        port = url.port
-    except ValueError:
-        port = None
-    return f"{url.scheme}://{url.hostname}" + (f":{port}" if port else "")
 
 
 def ca_bundle(environ: Mapping[str, str] = os.environ) -> str:

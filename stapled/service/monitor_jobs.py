@@ -117,8 +117,8 @@ class MonitorJobs:
         return Snapshot(self.published, self.daemon.clock(), up)
 
     def textfile_soon(self, *, at_once: bool = False) -> None:
-        """Rewrite the textfile: at most once per TEXTFILE_INTERVAL (at 10,000
-        certificates it is 9 MiB and 0.6 s of CPU), in a worker thread."""
+        """Rewrite the textfile: at most once per TEXTFILE_INTERVAL (it costs memory and
+        CPU in proportion to the certificates; docs/performance.md), in a worker thread."""
         wanted = self.daemon.config.metrics
         if self.metrics is None or wanted is None or wanted.textfile is None:
             return

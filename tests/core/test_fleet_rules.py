@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from stapled import config
 from stapled.core import certs, ocsp
-from stapled.core.fleet import alone_at, host_share, redacted
+from stapled.core.fleet import alone_at, host_share
 from stapled.core.policy import refresh_time
+from stapled.core.urls import redacted
 from stapled.demo import ca as testca
 from stapled.errors import ConfigError
 
