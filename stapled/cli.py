@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar, NoReturn
 
 from . import __version__, config, overview, report
-from .core import certs, ocsp, probing
+from .core import certs, ocsp, verdicts
 from .errors import (
     EX_CONFIG,
     CertificateError,
@@ -135,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--connections",
         type=int,
-        default=probing.CONNECTIONS,
+        default=verdicts.CONNECTIONS,
         metavar="N",
-        help=f"handshakes per target, 1 to {probing.MAX_CONNECTIONS}; the worst counts "
-        f"(default {probing.CONNECTIONS})",
+        help=f"handshakes per target, 1 to {verdicts.MAX_CONNECTIONS}; the worst counts "
+        f"(default {verdicts.CONNECTIONS})",
     )
 
     demo = sub.add_parser("demo", help="run the whole pipeline against a throwaway CA on 127.0.0.1")
@@ -317,11 +317,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     # pyOpenSSL is slow to import: only the probe pays for it.
-    from .observe.probe import ProbeError, split_target
+    from .observe.handshake import ProbeError, split_target
     from .probes import Target, exit_code, probe_target
 
-    if not 1 <= args.connections <= probing.MAX_CONNECTIONS:
-        raise UsageError(f"probe: --connections takes 1 to {probing.MAX_CONNECTIONS}")
+    if not 1 <= args.connections <= verdicts.MAX_CONNECTIONS:
+        raise UsageError(f"probe: --connections takes 1 to {verdicts.MAX_CONNECTIONS}")
     if args.target is not None:
         if not args.servername:
             raise UsageError("probe: HOST:PORT needs --servername NAME")

@@ -12,6 +12,7 @@
     ├── InvalidResponseError          an OCSP response that fails validation
     ├── InvalidRequestError           an OCSP request to the local responder that is unusable
     ├── StoreError(path)              a staple or state file cannot be read or written
+    ├── ListenError(address)          an address to listen on cannot be bound   (exit 69)
     │   └── BusyError(path)           another stapled holds the output directory  (exit 75)
     ├── ReloadError(argv)             config test, reload command or HAProxy push failed
     └── FleetError(url)               the fleet store is unreachable, slow or refusing
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
@@ -149,6 +151,17 @@ class StoreError(StapledError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class ListenError(StapledError):
+    """An address stapled is told to listen on (the metrics endpoint) cannot be bound."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"{address}: {reason}")
 
 
 class BusyError(StoreError):

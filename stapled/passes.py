@@ -159,7 +159,7 @@ class Stapler:
         self.remove_temp_files(groups)
         batch = self.new_batch()
         try:
-            self.settle(records, batch)
+            self.publish_snippets(records, batch)
             due: list[_Checked] = []
             fresh: list[_Checked] = []
             for members in groups.values():
@@ -238,7 +238,7 @@ class Stapler:
         self._names = {fp: [m.name for m in members] for fp, members in groups.items()}
         return records, groups
 
-    def settle(self, records: list[Record], batch: store.Batch | None = None) -> None:
+    def publish_snippets(self, records: list[Record], batch: store.Batch | None = None) -> None:
         """Publish what is known of certificates that need no fetch (their snippets)."""
         for rec in records:
             self.publisher.snippet(rec, batch)

@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from .core import certs, probing
+from .core import certs, verdicts
 from .core.certs import CertChain
 from .core.ocsp import Staple
-from .core.probing import Judged, Known, Served, Verdict
 from .core.times import iso
+from .core.verdicts import Judged, Known, Served, Verdict
 from .errors import CertificateError
-from .observe import probe
-from .observe.probe import Handshake, ProbeError
+from .observe import handshake
+from .observe.handshake import Handshake, ProbeError
 
 # What stapled holds, by leaf fingerprint: the chain (with its issuer; None for one it
 # fetches nothing for, without an OCSP URL) and the staple.
@@ -63,8 +63,8 @@ def probe_target(
     now: datetime,
     *,
     timeout: float,
-    connections: int = probing.CONNECTIONS,
-    shake: Shake = probe.handshake,
+    connections: int = verdicts.CONNECTIONS,
+    shake: Shake = handshake.handshake,
 ) -> Probed:
     """``connections`` handshakes with one endpoint, judged; the worst is reported.
 
@@ -77,12 +77,12 @@ def probe_target(
             results.append(Judged(Verdict.UNKNOWN, e.reason))
             continue
         results.append(_judge(hs, held, now, target.target))
-    return Probed(target, probing.worst(results))
+    return Probed(target, verdicts.worst(results))
 
 
 def _judge(hs: Handshake, held: Held | None, now: datetime, where: str) -> Judged:
     if not hs.chain:
-        return probing.judge(Served(None, hs.staple), None, now)
+        return verdicts.judge(Served(None, hs.staple), None, now)
     try:
         chain = certs.build_chain(hs.chain, where)
     except CertificateError as e:
@@ -90,11 +90,11 @@ def _judge(hs: Handshake, held: Held | None, now: datetime, where: str) -> Judge
     mine = held.get(chain.fingerprint) if held is not None else None
     if mine is None:
         known = Known.NOTHING if held is None else Known.UNMANAGED
-        return probing.judge(Served(chain, hs.staple), None, now, known)
+        return verdicts.judge(Served(chain, hs.staple), None, now, known)
     disk_chain, disk = mine
     if chain.issuer is None and disk_chain is not None:
         chain = disk_chain
-    return probing.judge(Served(chain, hs.staple), disk, now)
+    return verdicts.judge(Served(chain, hs.staple), disk, now)
 
 
 def exit_code(results: list[Probed]) -> int:

@@ -32,7 +32,7 @@ def _json_record(r: Record) -> dict[str, Any]:
         "path": r.path,
         "serial": r.serial,
         "ocsp_url": r.ocsp_url,
-        "staple": r.staple,
+        "staple": r.staple_path,
         "status": str(r.state),
         "this_update": rfc3339(r.this_update),
         "next_update": rfc3339(r.next_update),
@@ -110,7 +110,7 @@ def _wide(result: PassResult) -> list[str]:
             _short(r.this_update),
             _short(r.next_update),
             _short(r.next_retry) + " (retry)" if r.next_retry else _short(r.next_refresh),
-            r.staple or "-",
+            r.staple_path or "-",
             r.path,
             r.ocsp_url or "-",
             r.last_error or "-",
@@ -155,7 +155,7 @@ def log_record(rec: Record) -> None:
             "%s: certificate serial %s is REVOKED; the CA-signed revoked response is in %s",
             name,
             rec.serial,
-            rec.staple,
+            rec.staple_path,
         )
     elif rec.state in (State.MISSING, State.UNKNOWN):
         level = logging.CRITICAL if rec.must_staple else logging.ERROR

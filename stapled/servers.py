@@ -216,7 +216,7 @@ class Servers:
             return failed
         for rec in records:
             staple = rec.current
-            if rec.haproxy_staple is None or staple is None or staple.haproxy_problem:
+            if rec.haproxy_staple_path is None or staple is None or staple.haproxy_problem:
                 continue
             if not staple.valid_at(self.clock()):
                 continue  # expired since it was written: HAProxy would refuse it anyway

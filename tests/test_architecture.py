@@ -43,7 +43,7 @@ OWNERS = {
     "certifi": {"net.proxy"},
     "h11": {"net.http11"},
     "redis": {"fleet.redis"},
-    "OpenSSL": {"observe.probe"},
+    "OpenSSL": {"observe.handshake"},
     "prometheus_client": {"observe.metrics"},
     "apscheduler": {"service.jobs"},
     "watchdog": {"service.watcher"},

@@ -65,7 +65,11 @@ STAPLES = {
 
 def _record(name: str) -> Record:
     return Record(
-        name, f"/x/{name}.pem", State.GOOD, current=STAPLES[name], haproxy_staple=f"/x/{name}.ocsp"
+        name,
+        f"/x/{name}.pem",
+        State.GOOD,
+        current=STAPLES[name],
+        haproxy_staple_path=f"/x/{name}.ocsp",
     )
 
 

@@ -20,7 +20,7 @@ _records = st.builds(
         state,
         serial="0A" * 20,
         ocsp_url="http://r3.o.lencr.org/" + "a" * 40,
-        staple=f"/var/lib/stapled/{name}.der",
+        staple_path=f"/var/lib/stapled/{name}.der",
         next_update=NOW + timedelta(days=3),
         next_refresh=NOW + timedelta(days=1),
         next_retry=NOW + timedelta(minutes=5) if retry else None,

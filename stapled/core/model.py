@@ -26,7 +26,7 @@ class Found:
     directory: bool = False
 
     @property
-    def haproxy_staple(self) -> str | None:
+    def haproxy_staple_path(self) -> str | None:
         return self.path + ".ocsp" if self.haproxy else None
 
 
@@ -35,7 +35,9 @@ class Fetched:
     """What asking a certificate's responders gave: a staple and where from, or why not."""
 
     staple: Staple | None = None
-    url: str = ""
+    # Where the answer came from, for messages: the responder's URL, or "the fleet store
+    # (HOST)" for one another host fetched.
+    origin: str = ""
     error: str | None = None
     retry_after: float | None = None
     max_age: float | None = None
@@ -62,7 +64,7 @@ class Record:
     state: State
     serial: str | None = None
     ocsp_url: str | None = None
-    staple: str | None = None
+    staple_path: str | None = None
     this_update: datetime | None = None
     next_update: datetime | None = None
     next_refresh: datetime | None = None
@@ -78,7 +80,7 @@ class Record:
     retry_after: float | None = None
     max_age: float | None = None
     # Where HAProxy reads this certificate's staple, and whether this pass rewrote it.
-    haproxy_staple: str | None = None
+    haproxy_staple_path: str | None = None
     haproxy_changed: bool = False
     # The CertIDs clients may ask about (the local responder's index).
     cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)

@@ -104,15 +104,15 @@ def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
     old it is.  ``fetched=None``: nothing was due."""
     if fetched is None:
         return Settled(current)
-    answer, url = fetched.staple, fetched.url
+    answer, origin = fetched.staple, fetched.origin
     if answer is None:
         return Settled(current, fetched.error)
     if answer.cert_status is CertStatus.UNKNOWN:
-        return Settled(current, f"{url}: the responder says the certificate is unknown", True)
+        return Settled(current, f"{origin}: the responder says the certificate is unknown", True)
     revokes = answer.cert_status is CertStatus.REVOKED
     if current is not None and _finally_revoked(current) and not revokes:
         error = (
-            f"{url}: says {answer.cert_status} after the CA said revoked on "
+            f"{origin}: says {answer.cert_status} after the CA said revoked on "
             f"{iso(current.revocation_time)}; refused (revocation is final, RFC 5280 3.3)"
         )
         return Settled(current, error)
@@ -121,7 +121,7 @@ def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
         # un-revoke anything, so the CA's signed word that it is revoked always wins.
         if revokes and current.cert_status is not CertStatus.REVOKED:
             return Settled(answer)
-        error = f"{url}: response of {iso(answer.this_update)} is older than the staple on disk"
+        error = f"{origin}: response of {iso(answer.this_update)} is older than the staple on disk"
         return Settled(current, error + "; refused")
     return Settled(answer)
 
@@ -146,13 +146,13 @@ def record(
         item.name,
         item.path,
         policy.state_of(current, unknown_answer=unknown),
-        haproxy_staple=item.haproxy_staple,
+        haproxy_staple_path=item.haproxy_staple_path,
         fingerprint=chain.fingerprint,
         current=current,
         serial=chain.serial_hex,
         ocsp_url=chain.ocsp_urls[0],
         must_staple=chain.must_staple,
-        staple=staple_path,
+        staple_path=staple_path,
     )
     if current is not None:
         rec.this_update, rec.next_update = current.this_update, current.next_update

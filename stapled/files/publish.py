@@ -94,7 +94,7 @@ class Publisher:
                 # Report what this name really has on disk, not what failed to land.
                 rec = self.record(member, self.current([member], now, chain))
                 rec.failed(str(e))
-        haproxy = member.haproxy_staple
+        haproxy = member.haproxy_staple_path
         if haproxy is not None and rec.current is not None:
             problem = rec.current.haproxy_problem
             if problem is not None:
@@ -130,7 +130,7 @@ class Publisher:
         """The nginx snippet for ``rec``: stapling on only while its staple is valid."""
         if not self.nginx_snippets or not rec.files:
             return
-        text = snippet.render(rec.path, rec.staple if rec.servable else None, rec.state)
+        text = snippet.render(rec.path, rec.staple_path if rec.servable else None, rec.state)
         path = self.output_dir / f"{rec.name}{snippet.SUFFIX}"
         try:
             rec.changed |= _write(batch, path, text, lost=partial(_note_lost, rec))

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.model import Record
 from ..core.ocsp import CertStatus
-from ..errors import StoreError
+from ..errors import ListenError, StoreError
 from .tally import FETCH_BUCKETS, Counts, Tally
 
 log = logging.getLogger("stapled")
@@ -66,13 +66,13 @@ class Metrics:
     def serve(self, host: str, port: int) -> None:
         """Prometheus text at http://host:port/metrics, from a thread of its own.
 
-        Raises StoreError when the address cannot be bound.
+        Raises ListenError when the address cannot be bound.
         """
         try:
             server, _thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
             where = f"{host}:{port}"
-            raise StoreError(where, f"cannot listen for metrics ({e.strerror})") from e
+            raise ListenError(where, f"cannot listen for metrics ({e.strerror})") from e
         self._server = server
 
     def stop(self) -> None:

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..core.probing import Judged
+from ..core.verdicts import Judged
 
 # Seconds: OCSP responders answer in tens of milliseconds when well, in seconds when not.
 FETCH_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

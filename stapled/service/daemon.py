@@ -281,7 +281,7 @@ class Daemon:
             records, groups = self.stapler.scan()
             # Snippets are files of the output directory too: written with its lock held.
             async with self.stapler.lock.held():
-                self.stapler.settle(records)
+                self.stapler.publish_snippets(records)
         except Exception as e:  # a rescan must never take the daemon down
             log.error("rescanning the certificate sources failed: %s", e)
             return

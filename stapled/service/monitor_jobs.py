@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..config import Config
 from ..core.model import Record
-from ..core.probing import Judged, Verdict
-from ..errors import ConfigError, StapledError, StoreError
+from ..core.verdicts import Judged, Verdict
+from ..errors import ConfigError, ListenError, StapledError, StoreError
 from .host import Host
 from .jobs import log
 
@@ -75,7 +75,7 @@ class MonitorJobs:
         if wanted.listen is not None:
             try:
                 self.metrics.serve(*wanted.listen)
-            except StoreError as e:
+            except ListenError as e:
                 log.error("%s; no metrics are served", e)
         self.textfile_soon(at_once=True)
 
@@ -95,7 +95,7 @@ class MonitorJobs:
         if wanted.listen is not None:
             try:
                 metrics.serve(*wanted.listen)
-            except StoreError as e:
+            except ListenError as e:
                 raise ConfigError(str(new.path), e.reason, "metrics.listen") from e
         return metrics
 

@@ -195,7 +195,7 @@ def test_an_older_revoked_answer_replaces_a_good_staple() -> None:
 def test_the_record_carries_the_staple_and_its_refresh_time() -> None:
     staple = _staple()
     rec = plan.record(_found("a"), staple, staple_path="/out/a.der", refresh_at=0.5)
-    assert rec.state is State.GOOD and rec.staple == "/out/a.der"
+    assert rec.state is State.GOOD and rec.staple_path == "/out/a.der"
     assert rec.next_refresh == staple.this_update + staple.lifetime / 2
     revoked = _staple(status=ocsp.CertStatus.REVOKED)
     assert plan.record(_found(), revoked, staple_path="x", refresh_at=0.5).state is State.REVOKED

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stapled.core import certs, ocsp
-from stapled.core.probing import Verdict
+from stapled.core.verdicts import Verdict
 from stapled.demo import ca as testca
 from stapled.probes import Target, probe_target
 

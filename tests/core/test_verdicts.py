@@ -9,7 +9,7 @@ import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
 from stapled.core import certs, ocsp
-from stapled.core.probing import Judged, Known, Served, Verdict, judge, worst
+from stapled.core.verdicts import Judged, Known, Served, Verdict, judge, worst
 from stapled.demo import ca as testca
 
 NOW = datetime.now(UTC)
