@@ -21,7 +21,7 @@ from .core import ocsp, plan, policy
 from .core.certs import CertChain
 from .core.fleet import digest
 from .core.model import Fetched, Found, Owed, PassResult, Record
-from .core.ocsp import CertStatus, Staple
+from .core.ocsp import Staple
 from .core.policy import State
 from .core.times import Clock
 from .errors import MissingInputError, StapledError
@@ -355,15 +355,8 @@ class Stapler:
         # Not forced: whether another writer refreshed it meanwhile is the question.
         now = self._check(before.members, force=False)
         answer = fetched.staple if fetched is not None else None
-        revokes = answer is not None and answer.cert_status is CertStatus.REVOKED
-        before_der = before.current.der if before.current is not None else None
-        if (
-            now.current is not None
-            and not now.due
-            and now.current.der != before_der
-            and not revokes
-        ):
-            fetched = None  # another writer refreshed it meanwhile: keep theirs
+        if plan.keep_theirs(before.current, now.current, now.due, answer):
+            fetched = None
         return self._complete(now, fetched, None)
 
     def _certificate_changed(self, checked: _Checked) -> str | None:

@@ -10,10 +10,9 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .ocsp import CertStatus, Staple
+from .ocsp import Staple
 from .policy import refresh_time
 
-HOLD = "certificateHold"
 # A shared entry outlives its staple's nextUpdate by this much, so that a late reader
 # still finds it (and refuses it as expired) rather than an empty key it would re-seed.
 EXPIRY_SLACK = timedelta(hours=1)
@@ -37,7 +36,7 @@ class Entry:
 
     @classmethod
     def of(cls, staple: Staple) -> Entry:
-        final = staple.cert_status is CertStatus.REVOKED and staple.revocation_reason != HOLD
+        final = staple.finally_revoked
         rank = (int(final), _ms(staple.this_update), _ms(staple.produced_at))
         return cls(
             der=staple.der,

@@ -57,6 +57,9 @@ class CertStatus(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+# The one CRLReason a CA may lift (RFC 5280 5.3.1): revocation is final for the rest.
+HOLD = "certificateHold"
+
 _STATUS = {
     ocsp.OCSPCertStatus.GOOD: CertStatus.GOOD,
     ocsp.OCSPCertStatus.REVOKED: CertStatus.REVOKED,
@@ -147,6 +150,11 @@ class Staple:
     def usable_until(self) -> datetime:
         """When it stops being fit to hand to a server."""
         return self.next_update - self.margin
+
+    @property
+    def finally_revoked(self) -> bool:
+        """Revoked for good: every reason but certificateHold, which a CA may lift."""
+        return self.cert_status is CertStatus.REVOKED and self.revocation_reason != HOLD
 
     @property
     def lifetime(self) -> timedelta:

@@ -17,7 +17,6 @@ from .policy import State
 from .times import iso
 
 # The one revocation reason a CA may take back (RFC 5280 5.3.1, removeFromCRL).
-HOLD = "certificateHold"
 
 NO_ISSUER = (
     "the issuer certificate is not in the file, no issuer is configured, "
@@ -110,7 +109,7 @@ def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
     if answer.cert_status is CertStatus.UNKNOWN:
         return Settled(current, f"{origin}: the responder says the certificate is unknown", True)
     revokes = answer.cert_status is CertStatus.REVOKED
-    if current is not None and _finally_revoked(current) and not revokes:
+    if current is not None and current.finally_revoked and not revokes:
         error = (
             f"{origin}: says {answer.cert_status} after the CA said revoked on "
             f"{iso(current.revocation_time)}; refused (revocation is final, RFC 5280 3.3)"
@@ -126,9 +125,15 @@ def settle(current: Staple | None, fetched: Fetched | None) -> Settled:
     return Settled(answer)
 
 
-def _finally_revoked(staple: Staple) -> bool:
-    """Revoked for good: every reason but certificateHold, which a CA may lift."""
-    return staple.cert_status is CertStatus.REVOKED and staple.revocation_reason != HOLD
+def keep_theirs(
+    before: Staple | None, now: Staple | None, now_due: bool, answer: Staple | None
+) -> bool:
+    """Whether an answer fetched unlocked gives way to what another writer put on disk
+    meanwhile: it does when the disk holds another staple than when the fetch began, one
+    not yet due, unless the answer revokes (the CA's signed "revoked" always wins)."""
+    revokes = answer is not None and answer.cert_status is CertStatus.REVOKED
+    other = now is not None and (before is None or now.der != before.der)
+    return other and not now_due and not revokes
 
 
 def record(

@@ -249,3 +249,40 @@ def test_a_scheduled_refresh_is_ahead_and_before_the_staple_ends(
     step = next_run(_record(staple), 0, TIMING, NOW, jitter)
     assert step.when >= NOW
     assert step.when <= max(NOW, staple.usable_until)
+
+
+OLD = replace(_staple(NOW - timedelta(days=3)), der=b"old")
+THEIRS = replace(_staple(NOW - timedelta(minutes=5)), der=b"theirs")
+MINE_GOOD = replace(_staple(NOW - timedelta(minutes=1)), der=b"mine")
+MINE_REVOKED = replace(_staple(NOW, status=ocsp.CertStatus.REVOKED), der=b"revoked")
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "now_due", "answer", "theirs_kept"),
+    [
+        (OLD, THEIRS, False, MINE_GOOD, True),  # another writer refreshed it meanwhile
+        (None, THEIRS, False, MINE_GOOD, True),  # nothing was there, now theirs is
+        (OLD, OLD, True, MINE_GOOD, False),  # nobody else wrote
+        (OLD, THEIRS, True, MINE_GOOD, False),  # theirs is due already: not a refresh
+        (OLD, None, True, MINE_GOOD, False),  # the disk lost it: publish the answer
+        (OLD, THEIRS, False, MINE_REVOKED, False),  # the CA's revoked always wins
+        (OLD, THEIRS, False, None, True),  # a failed fetch keeps theirs too
+    ],
+    ids=["refreshed", "appeared", "untouched", "theirs-due", "gone", "revokes", "failed"],
+)
+def test_the_race_rule(
+    before: ocsp.Staple | None,
+    now: ocsp.Staple | None,
+    now_due: bool,
+    answer: ocsp.Staple | None,
+    theirs_kept: bool,
+) -> None:
+    assert plan.keep_theirs(before, now, now_due, answer) is theirs_kept
+
+
+def test_only_certificate_hold_is_not_final() -> None:
+    revoked = _staple(status=ocsp.CertStatus.REVOKED)
+    for reason in (None, "keyCompromise", "superseded", "reason 7"):
+        assert replace(revoked, revocation_reason=reason).finally_revoked
+    assert not replace(revoked, revocation_reason="certificateHold").finally_revoked
+    assert not _staple().finally_revoked
