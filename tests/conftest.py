@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,40 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"hostile cases held: {_hostile['held']}/{_hostile['total']}", bold=True
         )
+
+
+# Every WARNING and above in these suites names its subject (docs/operations.md: "one
+# line naming the file, URL or key"): a certificate's name leading the line ("NAME: ..."),
+# a path, a URL, HOST:PORT, a configuration key, a quoted command, or a domain name.
+_SUBJECT_SUITES = (
+    "tests/test_hostile.py",
+    "tests/test_faults.py",
+    "tests/webservers/test_probe.py",
+    "tests/observe/test_probe_edges.py",
+)
+SUBJECT = re.compile(r"^[\w.@-]+: |/|\b[\w.-]+:\d+\b|key '|'[^']+'|\b[\w-]+\.[\w.-]*\w\b")
+
+
+@pytest.fixture(autouse=True)
+def _lines_name_their_subject(request: pytest.FixtureRequest) -> Iterator[None]:
+    if not str(request.node.path).endswith(_SUBJECT_SUITES):
+        yield
+        return
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            seen.append(record)
+        return True
+
+    logger = logging.getLogger("stapled")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+    nameless = [r.getMessage() for r in seen if not SUBJECT.search(r.getMessage())]
+    assert not nameless, f"log lines that name no subject: {nameless}"
 
 
 def require_binary(name: str) -> str:
