@@ -56,7 +56,7 @@ def test_the_next_responder_is_asked_when_one_fails() -> None:
     fetched = _fetch(table)
     assert table.asked == [FIRST, SECOND]
     assert fetched.staple is not None and fetched.staple.cert_status is ocsp.CertStatus.GOOD
-    assert fetched.url == SECOND
+    assert fetched.origin == SECOND
 
 
 def test_every_responders_failure_is_named() -> None:
@@ -70,7 +70,7 @@ def test_every_responders_failure_is_named() -> None:
 def test_the_first_valid_answer_wins() -> None:
     good = WORLD.ca.sign_response(WORLD.leaf.cert)
     table = Table({FIRST: good, SECOND: "never asked"})
-    assert _fetch(table).url == FIRST
+    assert _fetch(table).origin == FIRST
     assert table.asked == [FIRST]
 
 
