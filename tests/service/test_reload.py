@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from ..conftest import Site
 from ..daemonproc import DaemonProcess, wait_for
+from ..redisproc import RedisServer
 from ..servers import free_port
 
 pytestmark = pytest.mark.servers
@@ -25,11 +26,14 @@ pytestmark = pytest.mark.servers
 
 @dataclass(frozen=True)
 class Shape:
-    """What a configuration holds: which sources, and which listeners on which slot."""
+    """What a configuration holds: which sources, which listeners on which slot, whether
+    it is in a fleet, and which endpoint it probes."""
 
     sources: frozenset[str]
     responder: int | None  # index into the ports of the test
     metrics: int | None
+    fleet: bool = False
+    probe: int | None = None  # index into the closed ports of the test
 
 
 shapes = st.builds(
@@ -37,16 +41,25 @@ shapes = st.builds(
     sources=st.frozensets(st.sampled_from(["one", "two"]), min_size=1),
     responder=st.one_of(st.none(), st.integers(0, 1)),
     metrics=st.one_of(st.none(), st.integers(2, 3)),
+    fleet=st.booleans(),
+    probe=st.one_of(st.none(), st.integers(0, 1)),
 )
 
 
-def _write(site: Site, shape: Shape, ports: list[int]) -> None:
+def _write(
+    site: Site, shape: Shape, ports: list[int], redis_url: str = "", closed: Sequence[int] = ()
+) -> None:
     sources = json.dumps([str(site.certs / s) for s in sorted(shape.sources)])
-    extra = ""
+    extra = "probe_interval = 3600\n"
     if shape.responder is not None:
         extra += f'[responder]\nlisten = "127.0.0.1:{ports[shape.responder]}"\n'
     if shape.metrics is not None:
         extra += f'[metrics]\nlisten = "127.0.0.1:{ports[shape.metrics]}"\n'
+    if shape.fleet:
+        extra += f'[fleet]\nredis = "{redis_url}"\nhost_id = "web-1"\n'
+    if shape.probe is not None:
+        target = f"127.0.0.1:{closed[shape.probe]}"
+        extra += f'[[probe]]\ntarget = "{target}"\nservername = "one.example"\n'
     site.config(extra, certificates=sources)
 
 
@@ -56,11 +69,23 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _state_names(site: Site) -> set[str]:
+def _state(site: Site) -> dict[str, object]:
     path = next(site.out.rglob("state.json"), None)
     if path is None:
-        return set()
-    return set(json.loads(path.read_text()).get("certificates", {}))
+        return {}
+    try:
+        found = json.loads(path.read_text())
+    except ValueError:
+        return {}  # not there yet
+    return found if isinstance(found, dict) else {}
+
+
+def _state_names(site: Site) -> set[str]:
+    return set(_state(site).get("certificates", {}))  # type: ignore[call-overload]
+
+
+def _probed(output: str, port: int) -> bool:
+    return f"probe: UNKNOWN - 127.0.0.1:{port} " in output
 
 
 def _holds(
@@ -79,6 +104,8 @@ def _holds(
         }
         if served != {f"{s}.example" for s in shape.sources}:
             return False
+    if ("fleet" in _state(site)) != shape.fleet:
+        return False
     return _state_names(site) == {f"{s}.example" for s in shape.sources}
 
 
@@ -89,22 +116,37 @@ def _holds(
 )
 @given(a=shapes, b=shapes)
 def test_a_reload_gives_exactly_what_a_start_on_the_new_file_would(
-    site: Site, daemon: Callable[..., DaemonProcess], a: Shape, b: Shape
+    site: Site,
+    daemon: Callable[..., DaemonProcess],
+    redis_server: RedisServer,
+    a: Shape,
+    b: Shape,
 ) -> None:
     for name in ("one", "two"):
         if not (site.certs / name).exists():
             (site.certs / name).mkdir()
             site.bundle(f"{name}/{name}.example", site.issue(f"{name}.example"))
     ports = [free_port() for _ in range(4)]
-    _write(site, a, ports)
+    closed = [free_port() for _ in range(2)]
+    _write(site, a, ports, redis_server.url, closed)
     d = daemon()
     try:
         wait_for("configuration A in force", lambda: _holds(site, d, a, ports))
+        if a.probe is not None:
+            wait_for("A's probe", lambda: _probed(d.output(), closed[a.probe]))  # type: ignore[index]
         readies = d.count("READY=1")
-        _write(site, b, ports)
+        _write(site, b, ports, redis_server.url, closed)
         d.signal(signal.SIGHUP)
         wait_for("the reload", lambda: d.count("READY=1") > readies)
+        mark = len(d.output())
         wait_for("configuration B in force", lambda: _holds(site, d, b, ports))
+        if b.probe is not None:
+            port = closed[b.probe]
+            wait_for("B's probe", lambda: _probed(d.output()[mark:], port))
+        # A's probe target, if B does not name it, is probed no more.
+        for i, port in enumerate(closed):
+            if a.probe == i and b.probe != i:
+                assert not _probed(d.output()[mark:], port), d.output()[mark:]
         assert d.proc.poll() is None, d.output()
         assert "Traceback" not in d.output()
     finally:
