@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import signal
-from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,13 @@ from typing import Any
 from .. import config as config_module
 from .. import report
 from ..config import Config
-from ..core.model import Found, Owed, PassResult, Record
+from ..core.model import Owed, PassResult, Record
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
+from .book import Book
 from .fleet_jobs import FleetJobs
 from .jobs import Jobs
 from .monitor_jobs import MonitorJobs
@@ -69,11 +69,7 @@ class Daemon:
         self.transport = Transport(timeout=self.config.timeout, pool_size=self.config.concurrency)
         self.stapler = Stapler(self.config, transport=self.transport, clock=clock)
         self.watcher: Watcher | None = None
-        self.records: dict[str, Record] = {}
-        self.groups: dict[str, list[Found]] = {}
-        self.attempts: Counter[str] = Counter()
-        # What the web servers have not been told yet (or telling them failed).
-        self.owed = Owed()
+        self.book = Book()
         self.index = Index()
         self.responder: Responder | None = None
         self._stop = False
@@ -102,12 +98,9 @@ class Daemon:
             first = await self._first_pass()
             if first is None:
                 return await self._shutdown(save=False)
-            self.owed = first.owed
-            self.groups = dict(first.groups)
-            for rec in first.records:
-                self.records[rec.name] = rec
-            for fingerprint in self.groups:
-                records = self.records_of(fingerprint)
+            self.book.start(first.records, first.groups, first.owed)
+            for fingerprint in self.book.groups:
+                records = self.book.records_of(fingerprint)
                 self._schedule(fingerprint, records)
                 self._index(fingerprint, records)
             # Logged once scheduled, so that each line gives the refresh time really set.
@@ -289,31 +282,21 @@ class Daemon:
         self.index.keep_only(set(groups))
         if any(r.changed for r in records):
             self.deliver_soon(reload=True)
-        old = self.groups
-        for fingerprint in old.keys() - groups.keys():
-            self._unschedule(fingerprint)
-        names = {f.name for members in groups.values() for f in members}
-        names |= {r.name for r in records}
-        for name in list(self.records):
-            if name not in names:
-                log.info("%s: no longer found; its schedule is dropped", name)
-                del self.records[name]
-        for rec in records:
-            if self.records.get(rec.name) != rec:
-                report.log_record(rec)
-            self.records[rec.name] = rec
-        self.groups = groups
-        for fingerprint, members in groups.items():
-            before = {f.name for f in old.get(fingerprint, [])}
-            if before != {f.name for f in members}:
-                # New, renewed (a new fingerprint under an old name) or found elsewhere.
-                self._add_job(fingerprint, now, force=False)
+        found = self.book.rescan(records, groups)
+        for fingerprint in found.gone:
+            self.scheduler.cancel(fingerprint)
+        for name in found.dropped:
+            log.info("%s: no longer found; its schedule is dropped", name)
+        for rec in found.changed:
+            report.log_record(rec)
+        for fingerprint in found.arrived:
+            self._add_job(fingerprint, now, force=False)
         self.save_state_soon()
 
     async def _refresh_job(self, fingerprint: str, force: bool) -> None:
         if self._stop:
             return
-        members = self.groups.get(fingerprint)
+        members = self.book.groups.get(fingerprint)
         if not members:
             return
         records = await self.stapler.refresh(members, force=force)
@@ -328,15 +311,12 @@ class Daemon:
 
     def took(self, fingerprint: str, records: list[Record]) -> None:
         """A certificate's new records: schedule, index, log, and tell the server."""
-        if fingerprint not in self.groups:
+        if not self.book.take(fingerprint, records):
             return  # removed while it was being fetched
         self._schedule(fingerprint, records)
         self._index(fingerprint, records)
         for rec in records:
-            self.records[rec.name] = rec
             report.log_record(rec)
-        pushes = frozenset(r.name for r in records if r.haproxy_changed)
-        self.owed |= Owed(push=pushes)
         self.deliver_soon(reload=any(r.changed for r in records))
         self.save_state_soon()
 
@@ -351,8 +331,9 @@ class Daemon:
             min_refresh_interval=self.config.min_refresh_interval,
         )
         jitter = self.rng.uniform(-1.0, 1.0)
-        step = next_run(records[0], self.attempts[fingerprint], timing, self.clock(), jitter)
-        self.attempts[fingerprint] = step.attempts
+        attempts = self.book.attempts
+        step = next_run(records[0], attempts[fingerprint], timing, self.clock(), jitter)
+        attempts[fingerprint] = step.attempts
         for r in records:
             if step.retry:
                 r.next_retry = step.when
@@ -363,15 +344,12 @@ class Daemon:
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
         self.scheduler.at(when, self._refresh_job, id=fingerprint, args=[fingerprint, force])
 
-    def _unschedule(self, fingerprint: str) -> None:
-        self.scheduler.cancel(fingerprint)
-        self.attempts.pop(fingerprint, None)
-
     def deliver_soon(self, *, reload: bool) -> None:
         """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""
         if reload:
-            self.owed |= Owed(reload=True)
-        wanted = (self.owed.reload and self.stapler.servers.can_reload) or bool(self.owed.push)
+            self.book.owe(Owed(reload=True))
+        owed = self.book.owed
+        wanted = (owed.reload and self.stapler.servers.can_reload) or bool(owed.push)
         # One delivery already waiting takes in this change too; pushing it back on every
         # change would starve it while a burst of refreshes goes on.
         if not wanted or self.scheduler.pending("reload"):
@@ -380,13 +358,11 @@ class Daemon:
         self.scheduler.at(when, self._deliver_job, id="reload")
 
     async def _deliver_job(self) -> None:
-        owed, self.owed = self.owed, Owed()
-        records = list(self.records.values())
+        owed = self.book.take_owed()
+        records = list(self.book.records.values())
         delivered = await asyncio.to_thread(self.stapler.servers.deliver, owed, records)
-        # Whatever failed stays owed and is tried again with the next change; a push for
-        # a certificate removed meanwhile is owed to nobody.
-        left = delivered.owed
-        self.owed |= Owed(left.reload, left.push & set(self.records))
+        # Whatever failed stays owed and is tried again with the next change.
+        self.book.still_owed(delivered.owed)
         if delivered.reloaded:
             self.stapler.tally.reloaded(delivered.reload_error is None)
             if delivered.reload_error is None and self.config.probes:
@@ -411,15 +387,18 @@ class Daemon:
             async with self.stapler.lock.held():
                 state.save(
                     self.config.state_path,
-                    list(self.records.values()),
-                    owed=Owed(self.owed.reload and self.stapler.servers.can_reload, self.owed.push),
+                    list(self.book.records.values()),
+                    owed=Owed(
+                        self.book.owed.reload and self.stapler.servers.can_reload,
+                        self.book.owed.push,
+                    ),
                     daemon=daemon,
                     fleet=self.fleet_jobs.state(),
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
-        self.stapler.forget_sources(self.records.values())
-        self.monitor.published = tuple(self.records.values())
+        self.stapler.forget_sources(self.book.records.values())
+        self.monitor.published = tuple(self.book.records.values())
         if stopped:
             await self.monitor.write_textfile()
         else:
@@ -428,15 +407,9 @@ class Daemon:
 
     # ---- reporting --------------------------------------------------------------------
 
-    def records_of(self, fingerprint: str) -> list[Record]:
-        # By the group's names, not by a walk over every record: the daemon's start asks
-        # this for each of thousands of certificates.
-        names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))
-        return [self.records[name] for name in names if name in self.records]
-
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
-        line = report.summary(self.records.values())
+        line = report.summary(self.book.records.values())
         fleet = self.fleet_jobs.state()
         if fleet is not None and not fleet["connected"]:
             line += f"; fleet store {fleet['redis']} unreachable"

@@ -43,7 +43,7 @@ class FleetJobs:
         fleet = self.daemon.stapler.fleet
         assert fleet is not None
         async for fingerprint in fleet.store.announcements():
-            if fingerprint in self.daemon.groups and not self.daemon.stopping:
+            if fingerprint in self.daemon.book.groups and not self.daemon.stopping:
                 await self._adopt(fingerprint)
 
     async def poll(self) -> None:
@@ -65,7 +65,7 @@ class FleetJobs:
         if generation == self._generation and now - self._swept < settings.sweep_interval:
             return
         try:
-            stored = await fleet.store.digests(list(self.daemon.groups))
+            stored = await fleet.store.digests(list(self.daemon.book.groups))
         except FleetError:
             return
         self._generation, self._swept = generation, now
@@ -75,7 +75,7 @@ class FleetJobs:
                 await self._adopt(fingerprint)
 
     async def _adopt(self, fingerprint: str) -> None:
-        members = self.daemon.groups.get(fingerprint)
+        members = self.daemon.book.groups.get(fingerprint)
         if not members:
             return
         try:
@@ -87,7 +87,7 @@ class FleetJobs:
             self.daemon.took(fingerprint, records)
 
     def _held(self, fingerprint: str) -> Staple | None:
-        records = self.daemon.records_of(fingerprint)
+        records = self.daemon.book.records_of(fingerprint)
         return records[0].current if records else None
 
     def state(self) -> dict[str, object] | None:

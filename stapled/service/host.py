@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from ..config import Config
-from ..core.model import Found, Record
+from ..core.model import Record
 from ..core.times import Clock
 from ..passes import Stapler
+from .book import Book
 from .jobs import Jobs
 
 
@@ -20,10 +21,8 @@ class Host(Protocol):
     stapler: Stapler
     clock: Clock
     scheduler: Jobs
-    # Every certificate name's record, and the certificates with an OCSP URL by leaf
-    # fingerprint (their found files).
-    records: dict[str, Record]
-    groups: dict[str, list[Found]]
+    # What it knows of its certificates: records, groups, what is owed.
+    book: Book
 
     @property
     def stopping(self) -> bool:
@@ -32,10 +31,6 @@ class Host(Protocol):
 
     def monotonic(self) -> float:
         """The event loop's clock (seconds)."""
-        ...
-
-    def records_of(self, fingerprint: str) -> list[Record]:
-        """The records of one certificate's names."""
         ...
 
     def took(self, fingerprint: str, records: list[Record]) -> None:

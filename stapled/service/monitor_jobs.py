@@ -65,7 +65,7 @@ class MonitorJobs:
 
     def start_metrics(self) -> None:
         wanted = self.daemon.config.metrics
-        self.published = tuple(self.daemon.records.values())
+        self.published = tuple(self.daemon.book.records.values())
         if wanted is None:
             return
         # prometheus_client is imported only where metrics are wanted.
@@ -164,15 +164,15 @@ class MonitorJobs:
         # Certificates without an OCSP URL are managed too, with nothing to staple.
         held: Held = {
             r.fingerprint: (None, None)
-            for r in self.daemon.records.values()
+            for r in self.daemon.book.records.values()
             if r.fingerprint is not None
         }
-        for fingerprint, members in self.daemon.groups.items():
+        for fingerprint, members in self.daemon.book.groups.items():
             try:
                 chain = self.daemon.stapler.chain_of(members)
             except StapledError:
                 continue
-            records = self.daemon.records_of(fingerprint)
+            records = self.daemon.book.records_of(fingerprint)
             held[fingerprint] = chain, records[0].current if records else None
         targets = [Target(p.target, p.servername) for p in self.daemon.config.probes]
         now, timeout = self.daemon.clock(), self.daemon.config.timeout
@@ -227,6 +227,6 @@ class MonitorJobs:
 
     def _names(self, judged: Judged) -> str:
         names = sorted(
-            r.name for r in self.daemon.records.values() if r.fingerprint == judged.fingerprint
+            r.name for r in self.daemon.book.records.values() if r.fingerprint == judged.fingerprint
         )
         return ", ".join(names) or "a certificate"

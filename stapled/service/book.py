@@ -1,0 +1,90 @@
+"""What the daemon knows of its certificates, kept in one place: every name's record,
+the certificates with an OCSP URL by leaf fingerprint, failures in a row, and what the
+web servers are owed.  No I/O and no clock: the daemon schedules, writes and logs from
+what these methods answer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..core.model import Found, Owed, Record
+
+
+@dataclass(frozen=True)
+class Rescanned:
+    """What a rescan changed, for the daemon to act on."""
+
+    # Certificates no longer found (their jobs go) and new or moved ones (fetched now).
+    gone: frozenset[str] = frozenset()
+    arrived: tuple[str, ...] = ()
+    # Names no longer found, and records of certificates without a fetch that changed.
+    dropped: tuple[str, ...] = ()
+    changed: tuple[Record, ...] = ()
+
+
+@dataclass
+class Book:
+    records: dict[str, Record] = field(default_factory=dict)
+    groups: dict[str, list[Found]] = field(default_factory=dict)
+    attempts: Counter[str] = field(default_factory=Counter)
+    owed: Owed = field(default_factory=Owed)
+
+    def start(self, records: Iterable[Record], groups: dict[str, list[Found]], owed: Owed) -> None:
+        """The first pass's outcome."""
+        self.groups = dict(groups)
+        self.records = {r.name: r for r in records}
+        self.owed = owed
+
+    def records_of(self, fingerprint: str) -> list[Record]:
+        """The records of one certificate's names, in the order it was found under them."""
+        # By the group's names, not by a walk over every record: the daemon's start asks
+        # this for each of thousands of certificates.
+        names = dict.fromkeys(f.name for f in self.groups.get(fingerprint, []))
+        return [self.records[name] for name in names if name in self.records]
+
+    def take(self, fingerprint: str, records: list[Record]) -> bool:
+        """A refresh's records put in force; False when the certificate was removed
+        meanwhile (nothing is kept).  Their HAProxy pushes become owed."""
+        if fingerprint not in self.groups:
+            return False
+        for rec in records:
+            self.records[rec.name] = rec
+        self.owe(Owed(push=frozenset(r.name for r in records if r.haproxy_changed)))
+        return True
+
+    def rescan(self, records: list[Record], groups: dict[str, list[Found]]) -> Rescanned:
+        """A new scan put in force: what it found replaces what was known."""
+        names = {f.name for members in groups.values() for f in members}
+        names |= {r.name for r in records}
+        dropped = tuple(name for name in self.records if name not in names)
+        for name in dropped:
+            del self.records[name]
+        changed = tuple(r for r in records if self.records.get(r.name) != r)
+        for rec in records:
+            self.records[rec.name] = rec
+        old, self.groups = self.groups, groups
+        gone = frozenset(old.keys() - groups.keys())
+        for fingerprint in gone:
+            self.attempts.pop(fingerprint, None)
+        arrived = tuple(
+            fingerprint
+            for fingerprint, members in groups.items()
+            # New, renewed (a new fingerprint under an old name) or found elsewhere.
+            if {f.name for f in old.get(fingerprint, [])} != {f.name for f in members}
+        )
+        return Rescanned(gone, arrived, dropped, changed)
+
+    def owe(self, owed: Owed) -> None:
+        self.owed |= owed
+
+    def take_owed(self) -> Owed:
+        """What is owed, now handed to a delivery (which gives back what failed)."""
+        owed, self.owed = self.owed, Owed()
+        return owed
+
+    def still_owed(self, left: Owed) -> None:
+        """What a delivery could not do; a push for a name removed meanwhile is owed to
+        nobody."""
+        self.owe(Owed(left.reload, left.push & self.records.keys()))

@@ -1,0 +1,79 @@
+"""The daemon's bookkeeping as values: what a refresh, a rescan and a delivery change."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stapled.core.model import Found, Owed, Record
+from stapled.core.policy import State
+from stapled.service.book import Book
+
+
+def _found(name: str) -> Found:
+    return Found(name, f"/certs/{name}.pem")
+
+
+def _record(name: str, state: State = State.GOOD, **kw: object) -> Record:
+    return Record(name, f"/certs/{name}.pem", state, **kw)  # type: ignore[arg-type]
+
+
+def _book() -> Book:
+    book = Book()
+    groups = {"fp-a": [_found("a"), _found("a2")], "fp-b": [_found("b")]}
+    book.start(
+        [_record("a"), _record("a2"), _record("b"), _record("x", State.NO_OCSP)], groups, Owed()
+    )
+    return book
+
+
+def test_records_of_a_certificate_follow_its_names() -> None:
+    book = _book()
+    assert [r.name for r in book.records_of("fp-a")] == ["a", "a2"]
+    assert book.records_of("fp-gone") == []
+
+
+def test_a_refresh_of_a_removed_certificate_is_not_kept() -> None:
+    book = _book()
+    assert not book.take("fp-gone", [_record("z")])
+    assert "z" not in book.records
+
+
+def test_a_refresh_owes_its_haproxy_pushes() -> None:
+    book = _book()
+    assert book.take("fp-b", [_record("b", haproxy_changed=True)])
+    assert book.owed == Owed(push=frozenset({"b"}))
+
+
+def test_a_rescan_says_what_went_and_what_arrived() -> None:
+    book = _book()
+    book.attempts["fp-b"] = 3
+    found = book.rescan(
+        [_record("x", State.NO_OCSP), _record("y", State.EXPIRED)],
+        {"fp-a": [_found("a"), _found("a2")], "fp-c": [_found("c")]},
+    )
+    assert found.gone == {"fp-b"} and found.arrived == ("fp-c",)
+    assert found.dropped == ("b",)
+    assert [r.name for r in found.changed] == ["y"]  # x is as it was
+    assert "fp-b" not in book.attempts and set(book.groups) == {"fp-a", "fp-c"}
+    # A renewal: the same name under a new fingerprint arrives.
+    again = book.rescan([], {"fp-a2": [_found("a"), _found("a2")], "fp-c": [_found("c")]})
+    assert again.gone == {"fp-a"} and again.arrived == ("fp-a2",)
+
+
+@given(
+    owed=st.booleans(),
+    pushes=st.frozensets(st.sampled_from(["a", "b", "gone"])),
+    left_reload=st.booleans(),
+    left=st.frozensets(st.sampled_from(["a", "b", "gone"])),
+)
+def test_what_a_delivery_leaves_stays_owed_for_names_still_known(
+    owed: bool, pushes: frozenset[str], left_reload: bool, left: frozenset[str]
+) -> None:
+    book = _book()
+    book.owe(Owed(owed, pushes))
+    assert book.take_owed() == Owed(owed, pushes)
+    assert book.owed == Owed()
+    book.owe(Owed(push=frozenset({"a"})))  # a change while the delivery ran
+    book.still_owed(Owed(left_reload, left))
+    assert book.owed == Owed(left_reload, (left - {"gone"}) | {"a"})
