@@ -11,6 +11,7 @@
     ├── OCSPStatusError(url)          responder answered an unsuccessful responseStatus
     ├── InvalidResponseError          an OCSP response that fails validation
     ├── InvalidRequestError           an OCSP request to the local responder that is unusable
+    ├── InvalidCrlError(url)          a certificate revocation list that fails validation
     ├── StoreError(path)              a staple or state file cannot be read or written
     ├── ListenError(address)          an address to listen on cannot be bound   (exit 69)
     │   └── BusyError(path)           another stapled holds the output directory  (exit 75)
@@ -71,6 +72,15 @@ class CertificateError(StapledError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class InvalidCrlError(StapledError):
+    """A certificate revocation list that must not decide anything."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"{url}: {reason}")
 
 
 class MissingInputError(CertificateError):
