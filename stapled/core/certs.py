@@ -111,10 +111,13 @@ class LeafExtensions:
     ca_issuers_urls: tuple[str, ...] = ()
     must_staple: bool = False
     authority_key_id: bytes | None = None
+    # cRLDistributionPoints' full names that are URIs, in its order.
+    crl_urls: tuple[str, ...] = ()
 
 
 def leaf_extensions(cert: x509.Certificate) -> LeafExtensions:
-    """The certificate's CA flag, AIA URLs (in its order), must-staple flag and AKI.
+    """The certificate's CA flag, AIA URLs (in its order), must-staple flag, AKI and CRL
+    distribution point URLs.
 
     A malformed extension of these counts as absent; cryptography refuses a certificate
     whose extensions do not parse at all (CertificateError from the caller's parse).
@@ -123,6 +126,7 @@ def leaf_extensions(cert: x509.Certificate) -> LeafExtensions:
     ocsp: list[str] = []
     issuers: list[str] = []
     authority: bytes | None = None
+    crls: list[str] = []
     for extension in cert.extensions:
         value = extension.value
         if isinstance(value, x509.BasicConstraints):
@@ -140,7 +144,14 @@ def leaf_extensions(cert: x509.Certificate) -> LeafExtensions:
             must_staple = any(f.value == _TLS_FEATURE_STATUS_REQUEST for f in value)
         elif isinstance(value, x509.AuthorityKeyIdentifier):
             authority = value.key_identifier
-    return LeafExtensions(ca, tuple(ocsp), tuple(issuers), must_staple, authority)
+        elif isinstance(value, x509.CRLDistributionPoints):
+            crls += (
+                name.value
+                for point in value
+                for name in point.full_name or ()
+                if isinstance(name, x509.UniformResourceIdentifier)
+            )
+    return LeafExtensions(ca, tuple(ocsp), tuple(issuers), must_staple, authority, tuple(crls))
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -254,6 +265,7 @@ class CertChain:
     ocsp_urls: tuple[str, ...] = ()
     must_staple: bool = False
     ca_issuers_urls: tuple[str, ...] = ()
+    crl_urls: tuple[str, ...] = ()
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -319,6 +331,7 @@ def _build_chain(
         ocsp_urls=extensions.ocsp_urls,
         must_staple=extensions.must_staple,
         ca_issuers_urls=extensions.ca_issuers_urls,
+        crl_urls=extensions.crl_urls,
     )
     if chain.issuer is None and issuer is not None:
         return with_configured_issuer(chain, issuer, leaf)

@@ -119,6 +119,7 @@ class CA:
         *,
         ocsp_urls: Iterable[str] = (),
         ca_issuers_urls: Iterable[str] = (),
+        crl_urls: Iterable[str] = (),
         must_staple: bool = False,
         key_type: str = "ec",
         not_before: datetime | None = None,
@@ -159,6 +160,11 @@ class CA:
         ]
         if access:
             builder = builder.add_extension(x509.AuthorityInformationAccess(access), False)
+        if points := [
+            x509.DistributionPoint([x509.UniformResourceIdentifier(u)], None, None, None)
+            for u in crl_urls
+        ]:
+            builder = builder.add_extension(x509.CRLDistributionPoints(points), critical=False)
         if must_staple:
             builder = builder.add_extension(
                 x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False

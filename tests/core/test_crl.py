@@ -23,6 +23,9 @@ from tests import dermutate
 
 from ..conftest import require_binary
 
+# cryptography warns about some odd fields it can still read (names of an illegal length);
+# stapled's command line logs those warnings at debug level.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 NOW = datetime.now(UTC).replace(microsecond=0)
 URL = "http://crl.example/shard-1.crl"
 THE_CA = CA("crl CA")
@@ -265,3 +268,18 @@ def test_the_issuer_name_is_compared_as_encoded() -> None:
     assert printable.public_bytes() != THE_CA.cert.subject.public_bytes()
     with pytest.raises(InvalidCrlError, match="another CA"):
         check(build(issuer=printable))
+
+
+def test_a_certificate_s_distribution_points_are_read_in_order() -> None:
+    from stapled.core import certs
+
+    urls = ["http://crl.example/a.crl", "http://crl.example/b.crl"]
+    leaf = THE_CA.issue("p.example", crl_urls=urls)
+    chain = certs.build_chain([leaf.cert, THE_CA.cert], "p.pem")
+    assert chain.crl_urls == tuple(urls) and chain.ocsp_urls == ()
+    # And a CRL at the first one decides for it.
+    data = build(revoked={leaf.cert.serial_number: x509.ReasonFlags.cessation_of_operation})
+    entry = crl.check(data, chain.crl_urls[0], THE_CA.cert, [chain.serial], NOW).verdict(
+        chain.serial
+    )
+    assert entry is not None and entry.reason == "cessationOfOperation"
