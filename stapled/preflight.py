@@ -106,13 +106,15 @@ def _output(cfg: Config, found: Findings) -> None:
 
 
 def _commands(cfg: Config, found: Findings) -> None:
+    missing = False
     for key, argv in (
         ("reload_command", cfg.reload_command),
         ("config_test_command", cfg.config_test_command),
     ):
         if argv and shutil.which(argv[0]) is None:
             _error(found, cfg, key, f"{argv[0]} is not a program this user can run")
-            return
+            missing |= key == "config_test_command"
+            continue
         if argv and Path(argv[0]).name in _ROOT_ONLY and os.geteuid() != 0:
             _error(
                 found,
@@ -121,7 +123,7 @@ def _commands(cfg: Config, found: Findings) -> None:
                 f"{Path(argv[0]).name} reloads a service only for root, and stapled runs "
                 "unprivileged: use reload_request_file with stapled-reload.path instead",
             )
-    if not cfg.config_test_command:
+    if not cfg.config_test_command or missing:
         return
     try:
         run_command(cfg.config_test_command, cfg.reload_timeout, "configuration test")

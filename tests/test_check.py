@@ -106,3 +106,12 @@ def test_a_file_that_is_not_toml_is_one_error(
     assert main(["check", "--config", str(site.config_path)]) == EX_CONFIG
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "TOML" in err
+
+
+def test_both_commands_are_checked(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.config(
+        'reload_command = "/nonexistent/reload"\nconfig_test_command = "/nonexistent/test"\n'
+    )
+    assert main(["check", "--config", str(site.config_path)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert "key 'reload_command'" in err and "key 'config_test_command'" in err
