@@ -215,6 +215,8 @@ class Daemon:
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
         self.responder = responder
+        if responder is not None and new.responder is not None:
+            responder.max_clients = new.responder.max_clients
         self.monitor.swap(metrics)
         await old_transport.close_idle()
         if old_responder is not None and old_responder is not responder:

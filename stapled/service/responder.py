@@ -368,7 +368,8 @@ def next_responder(
     old: Config, new: Config, running: Responder | None, index: Index, clock: Clock
 ) -> Responder | None:
     """The responder for a re-read configuration: the running one when its address is
-    unchanged, else a new one (ConfigError when it cannot listen)."""
+    unchanged (its settings are the caller's to apply once the whole configuration is
+    taken), else a new one (ConfigError when it cannot listen)."""
     before, wanted = old.responder, new.responder
     if (
         running is not None
@@ -376,6 +377,5 @@ def next_responder(
         and wanted is not None
         and (before.host, before.port) == (wanted.host, wanted.port)
     ):
-        running.max_clients = wanted.max_clients
         return running
     return start_responder(new, index, clock)
