@@ -158,6 +158,11 @@ def is_ca(cert: x509.Certificate) -> bool:
     return leaf_extensions(cert).ca
 
 
+# A CA's delegated responder signs every answer with the same certificate, embedded in
+# each: its signature is checked once per (responder, issuer) pair, not once per answer.
+# The verdict depends on the two certificates' bytes alone (equal certificates hash and
+# compare by their DER).
+@functools.lru_cache(maxsize=1024)
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     """True when ``issuer``'s name and key signed ``cert`` (the signature is checked)."""
     try:
@@ -172,9 +177,8 @@ def names_issuer(cert: x509.Certificate, candidate: x509.Certificate) -> bool:
 
     RFC 5280 4.2.1.1: a certificate's authorityKeyIdentifier is its issuer's
     subjectKeyIdentifier, and every public CA sets both.  Matching them picks the right
-    certificate out of a bundle as surely as a signature check, for a tenth of the CPU
-    (an ECDSA verification is about 100 us, which at ten thousand certificates is a
-    second per pass).  Without both identifiers the signature is checked.
+    certificate out of a bundle as surely as a signature check, for a fraction of the CPU
+    (docs/performance.md).  Without both identifiers the signature is checked.
 
     For certificates from the operator's own files only: an issuer fetched over plain
     HTTP (caIssuers) could be forged with copied identifiers, so it must pass

@@ -333,24 +333,38 @@ def _find_signer(
             raise InvalidResponseError(
                 "signed by a responder certificate that the issuer did not issue"
             )
-        if not _has_ocsp_signing(cert):
+        facts = _responder(cert)
+        if not facts.ocsp_signing:
             raise InvalidResponseError(
                 "signed by a delegated responder without the OCSPSigning extended key usage"
             )
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        if not facts.not_before <= now <= facts.not_after:
             raise InvalidResponseError("signed by a delegated responder certificate not valid now")
-        return cert, f"delegated responder {cert.subject.rfc4514_string()}"
+        return cert, f"delegated responder {facts.name}"
     raise InvalidResponseError(
         "signed by a key that is neither the issuer nor a responder it authorised"
     )
 
 
-def _has_ocsp_signing(cert: x509.Certificate) -> bool:
+class _Responder(NamedTuple):
+    ocsp_signing: bool
+    not_before: datetime
+    not_after: datetime
+    name: str
+
+
+# The same delegated responder certificate comes embedded in every answer of a CA: what
+# is read of it is read once (the cache holds it by its DER).
+@functools.lru_cache(maxsize=256)
+def _responder(cert: x509.Certificate) -> _Responder:
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        signing = ExtendedKeyUsageOID.OCSP_SIGNING in eku
     except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.OCSP_SIGNING in eku
+        signing = False
+    return _Responder(
+        signing, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.subject.rfc4514_string()
+    )
 
 
 def _verify_signature(resp: ocsp.OCSPResponse, signer: x509.Certificate) -> None:

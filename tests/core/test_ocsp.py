@@ -113,3 +113,16 @@ def test_long_urls_are_posted(world: World) -> None:
     long_url = "http://ocsp.example.com/" + "p" * 200
     http = ocsp.http_request(long_url, der)
     assert http == ocsp.HTTPRequest("POST", long_url, der)
+
+
+def test_a_remembered_delegation_is_the_pair_s_own() -> None:
+    """issued_by is remembered per (certificate, issuer): the same responder certificate
+    against another issuer is checked anew, in either order."""
+    from stapled.core import certs
+    from stapled.demo.ca import CA
+
+    ca, stranger = CA("one"), CA("two")
+    responder = ca.responder().cert
+    for _ in range(2):
+        assert certs.issued_by(responder, ca.cert)
+        assert not certs.issued_by(responder, stranger.cert)
