@@ -46,14 +46,28 @@ _Key = tuple[str, str, int, str]
 
 
 @dataclass(frozen=True)
+class Validators:
+    """What a server said identifies the body it sent (ETag, Last-Modified): asked again
+    with these, it may answer 304 Not Modified instead of sending it again."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
 class Reply:
-    """A successful HTTP exchange: the body and the caching hints that came with it."""
+    """A successful HTTP exchange: the body and the caching hints that came with it.
+
+    ``status`` is 200, or 304 (an empty body) when the request carried validators and
+    the server says nothing changed."""
 
     url: str
     body: bytes
     content_type: str
     max_age: float | None = None
     retry_after: float | None = None
+    status: int = 200
+    validators: Validators = Validators()
 
 
 class _Failed(Exception):
@@ -165,12 +179,26 @@ class Transport:
 
     # ---- the exchange -----------------------------------------------------------------
 
-    async def fetch(self, method: str, url: str, body: bytes | None) -> Reply:
-        """One request, redirects followed, within ``timeout`` from start to last byte."""
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        *,
+        max_size: int | None = None,
+        validators: Validators | None = None,
+    ) -> Reply:
+        """One request, redirects followed, within ``timeout`` from start to last byte.
+
+        ``max_size`` replaces the transport's cap for this request (a CRL is larger than
+        an OCSP response); with ``validators`` the request is conditional (If-None-Match,
+        If-Modified-Since) and a 304 is a reply too.
+        """
         progress = _Progress()
+        limit = max_size if max_size is not None else self.max_size
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._follow(method, url, body, progress)
+                return await self._follow(method, url, body, progress, limit, validators)
         except TimeoutError:
             if not progress.connected:
                 reason = f"cannot connect within {self.timeout:g} s"
@@ -190,11 +218,20 @@ class Transport:
             raise FetchError(url, _in_words(e, progress)) from e
 
     async def _follow(
-        self, method: str, url: str, body: bytes | None, progress: _Progress
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        progress: _Progress,
+        limit: int,
+        validators: Validators | None,
     ) -> Reply:
         target = url
+        conditions = _conditions(validators)
         for _ in range(_MAX_REDIRECTS + 1):
-            status, headers, data = await self._exchange(method, target, body, progress)
+            status, headers, data = await self._exchange(
+                method, target, body, progress, limit, conditions
+            )
             location = headers.get("location")
             if status in _REDIRECTS and location:
                 try:
@@ -211,6 +248,19 @@ class Transport:
                 progress.answered = False
                 continue
             wait = retry_after(headers.get("retry-after"))
+            if status == 304 and validators is not None:
+                # Nothing changed: what identified the body still does, unless renewed.
+                return Reply(
+                    url=url,
+                    body=b"",
+                    content_type="",
+                    max_age=max_age(headers.get("cache-control")),
+                    status=304,
+                    validators=Validators(
+                        headers.get("etag") or validators.etag,
+                        headers.get("last-modified") or validators.last_modified,
+                    ),
+                )
             if status != 200:
                 raise _Failed(f"HTTP {status}", retry_after=wait, status=status)
             assert data is not None
@@ -220,11 +270,18 @@ class Transport:
                 content_type=headers.get("content-type", ""),
                 max_age=max_age(headers.get("cache-control")),
                 retry_after=wait,
+                validators=Validators(headers.get("etag"), headers.get("last-modified")),
             )
         raise _Failed("too many redirects")
 
     async def _exchange(
-        self, method: str, url: str, body: bytes | None, progress: _Progress
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        progress: _Progress,
+        limit: int,
+        conditions: list[tuple[str, str]],
     ) -> tuple[int, dict[str, str], bytes | None]:
         """One request and its answer: status, headers, and the body of a 200."""
         target = self._target(url)
@@ -236,9 +293,10 @@ class Transport:
             progress.connected = True
             answered = [False]
             try:
-                request = conn.http.request(method, target.path, _headers(target, body), body)
+                headers = _headers(target, body) + conditions
+                request = conn.http.request(method, target.path, headers, body)
                 conn.writer.write(request)
-                response = await conn.http.response(conn.reader, self.max_size, answered=answered)
+                response = await conn.http.response(conn.reader, limit, answered=answered)
             except ProtocolError as e:
                 conn.abort()  # whatever is left on it is not the next answer
                 # A kept-alive connection the server has just closed: try a fresh one once.
@@ -418,6 +476,18 @@ def _headers(target: _Target, body: bytes | None) -> list[tuple[str, str]]:
     if body is not None:
         headers.append(("Content-Type", "application/ocsp-request"))
     return headers
+
+
+def _conditions(validators: Validators | None) -> list[tuple[str, str]]:
+    """The headers of a conditional GET (RFC 9110 13.1); none without validators.
+
+    Values that could not travel in a header (line breaks, control characters) are left
+    out rather than sent: they came from a server, not from the operator.
+    """
+    if validators is None:
+        return []
+    found = [("If-None-Match", validators.etag), ("If-Modified-Since", validators.last_modified)]
+    return [(k, v) for k, v in found if v and v.isprintable() and len(v) <= 1024]
 
 
 def _in_words(error: OSError, progress: _Progress) -> str:
