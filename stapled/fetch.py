@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol, TypeVar
 
-from .core import ocsp, urls
+from .core import ocsp, request, urls
 from .core.certs import CertChain
 from .core.model import Fetched
 from .core.times import Clock
@@ -46,7 +46,7 @@ class Fetcher:
         self.client = client
         # Told of every responder asked: (its host, seconds).
         self.timed = timed
-        self.hash = ocsp.hash_algorithm(hash_name)
+        self.hash = request.hash_algorithm(hash_name)
         self.per_host = per_host
         self.clock = clock
         self._limits: dict[str, asyncio.Semaphore] = {}
@@ -60,16 +60,16 @@ class Fetcher:
         if self.client is None:
             return Fetched(error="no network in this mode")
         try:
-            request = ocsp.build_request(chain, self.hash)
+            der = request.build_request(chain, self.hash)
         except CertificateError as e:
             return Fetched(error=str(e))
         errors: list[str] = []
         retry_after: float | None = None
         for url in chain.ocsp_urls:
-            http = ocsp.http_request(url, request)
+            http = request.http_request(url, der)
             started = time.monotonic()
             try:
-                reply, staple = await self._exchange(url, http, request, chain)
+                reply, staple = await self._exchange(url, http, der, chain)
             except (InvalidResponseError, OCSPStatusError) as e:
                 errors.append(str(e.at(url)))
             except FetchError as e:
@@ -84,7 +84,7 @@ class Fetcher:
         return Fetched(error="; ".join(errors), retry_after=retry_after)
 
     async def _exchange(
-        self, url: str, http: ocsp.HTTPRequest, request: bytes, chain: CertChain
+        self, url: str, http: request.HTTPRequest, der: bytes, chain: CertChain
     ) -> tuple[Reply, ocsp.Staple]:
         try:
             reply = await self._ask(url, http.method, http.url, http.body)
@@ -94,7 +94,7 @@ class Fetcher:
                 raise
             # Every responder must take POST (RFC 6960 A.1.1); some refuse GET.
             log.info("%s: GET refused (%s); asking again with POST", url, _why(e))
-            reply = await self._ask(url, "POST", url, request)
+            reply = await self._ask(url, "POST", url, der)
             return reply, self._validate(url, reply, chain)
 
     def _timed(self, url: str, started: float) -> None:

@@ -151,7 +151,7 @@ class Stapler:
         self.sources.update(state.sources(state.entries(saved)))
         records, groups = self.scan()
         if only is not None:
-            records, groups = _limited(records, groups, only)
+            records, groups = discovery.below(records, groups, only)
             if not records and not groups:
                 raise MissingInputError(
                     str(only), "no certificate of the configuration is at or below this path"
@@ -436,18 +436,3 @@ class Stapler:
 def _internal_error(members: list[Found], error: Exception) -> list[Record]:
     log.debug("refreshing %s failed", members[0].name, exc_info=error)
     return plan.internal_error(members, error)
-
-
-def _limited(
-    records: list[Record], groups: dict[str, list[Found]], only: Path
-) -> tuple[list[Record], dict[str, list[Found]]]:
-    """The records and groups found at or below ``only``."""
-    top = only.resolve()
-
-    def below(path: str) -> bool:
-        resolved = Path(path).resolve()
-        # A lineage's cert.pem resolves into archive/: its live/NAME directory counts too.
-        return any(p == top or top in p.parents for p in (Path(path), resolved))
-
-    kept = {fp: members for fp, members in groups.items() if any(below(m.path) for m in members)}
-    return [r for r in records if below(r.path)], kept

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from stapled import config
 from stapled.cli import main
-from stapled.core import certs, der, ocsp, policy
+from stapled.core import certs, der, ocsp, policy, request
 from stapled.errors import (
     CertificateError,
     ConfigError,
@@ -108,7 +108,7 @@ def test_refresh_time_is_inside_the_window(refresh_at: float, lifetime: int) -> 
 @given(st.binary(max_size=1024))
 def test_request_parser_raises_only_invalid_request(data: bytes) -> None:
     with contextlib.suppress(InvalidRequestError):
-        ocsp.parse_request(data)
+        request.parse_request(data)
 
 
 RESPONDER = Responder("127.0.0.1", 0, Index(), lambda: datetime.now(UTC))

@@ -8,30 +8,25 @@ RFC 6960 section 3.2 and RFC 5019 in the order the checks appear there.
 
 from __future__ import annotations
 
-import base64
 import enum
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
-from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from ..errors import CertificateError, InvalidRequestError, InvalidResponseError, OCSPStatusError
+from ..errors import InvalidResponseError, OCSPStatusError
 from . import certs, extensions, foreign
 from .certs import CertChain
 from .times import iso
 
-# RFC 5019 section 5: GET is used when the whole URL fits in 255 bytes, so that
-# responses can be cached by HTTP proxies; larger requests are POSTed.
-MAX_GET_URL = 255
 # Clocks disagree; a thisUpdate this far in the future is still accepted.
 DEFAULT_SKEW = timedelta(minutes=5)
 # HAProxy stops stapling 300 s before nextUpdate; a response closer than that to its end
@@ -48,7 +43,7 @@ def margin_for(lifetime: timedelta) -> timedelta:
 
 _PSS_HASHES: tuple[type[hashes.HashAlgorithm], ...] = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _SHA1 = hashes.SHA1()
-_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": _SHA1, "sha256": hashes.SHA256()}
+CERT_ID_HASHES: dict[str, hashes.HashAlgorithm] = {"sha1": _SHA1, "sha256": hashes.SHA256()}
 
 
 class CertStatus(enum.StrEnum):
@@ -89,25 +84,7 @@ def cert_ids(chain: CertChain) -> frozenset[CertID]:
             certs.key_hash(chain.issuer, algorithm),
             chain.serial,
         )
-        for name, algorithm in _HASHES.items()
-    )
-
-
-def parse_request(der: bytes) -> CertID:
-    """The CertID of a DER OCSPRequest for one certificate.
-
-    Raises InvalidRequestError for anything else (garbage, several certificates, a
-    hash algorithm stapled does not use).
-    """
-    try:
-        request = ocsp.load_der_ocsp_request(der)
-        hash_name = request.hash_algorithm.name
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise InvalidRequestError(f"not a DER OCSP request for one certificate ({e})") from e
-    if hash_name not in _HASHES:
-        raise InvalidRequestError(f"unsupported CertID hash {hash_name}")
-    return CertID(
-        hash_name, request.issuer_name_hash, request.issuer_key_hash, request.serial_number
+        for name, algorithm in CERT_ID_HASHES.items()
     )
 
 
@@ -163,56 +140,6 @@ class Staple:
     def is_older_than(self, other: Staple) -> bool:
         """True when this response predates ``other`` (a replay must never win)."""
         return self.this_update < other.this_update or self.produced_at < other.produced_at
-
-
-def hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    """The CertID hash for a configured name ('sha1', the default everywhere, or 'sha256')."""
-    return _HASHES[name]
-
-
-def build_request(chain: CertChain, algorithm: hashes.HashAlgorithm | None = None) -> bytes:
-    """A DER OCSPRequest for one certificate, without nonce.
-
-    One certificate per request and no nonce (RFC 5019 section 2.1): responders
-    pre-produce responses and ignore nonces.  SHA-1 CertIDs are the default because
-    HAProxy only matches those.
-    """
-    if chain.issuer is None:
-        raise ValueError("an OCSP request needs the issuer certificate")
-    algorithm = algorithm or hashes.SHA1()
-    try:
-        builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-            certs.name_hash(chain.issuer_name, algorithm),
-            certs.key_hash(chain.issuer, algorithm),
-            chain.serial,
-            algorithm,
-        )
-    except foreign.READ_ERRORS as e:
-        # The issuer's key, from a bundle or a caIssuers URL, cannot be read.
-        raise CertificateError(
-            chain.path, f"cannot name it in a request: {foreign.plain(e)}"
-        ) from e
-    return builder.build().public_bytes(serialization.Encoding.DER)
-
-
-@dataclass(frozen=True)
-class HTTPRequest:
-    method: str
-    url: str
-    body: bytes | None
-
-
-def http_request(url: str, der: bytes) -> HTTPRequest:
-    """GET when the URL fits in 255 bytes, else POST (RFC 5019 section 5).
-
-    GET carries the percent-encoded *standard* base64 of the request; responders
-    reject base64url.
-    """
-    encoded = quote(base64.b64encode(der).decode("ascii"), safe="")
-    get_url = (url if url.endswith("/") else url + "/") + encoded
-    if len(get_url.encode()) <= MAX_GET_URL:
-        return HTTPRequest("GET", get_url, None)
-    return HTTPRequest("POST", url, der)
 
 
 def validate(
@@ -428,7 +355,7 @@ def _matching_single(
     matches: list[tuple[int, int, ocsp.OCSPSingleResponse, CertID]] = []
     for index, single in enumerate(resp.responses):
         algorithm = single.hash_algorithm
-        if algorithm.name not in _HASHES:
+        if algorithm.name not in CERT_ID_HASHES:
             continue
         if algorithm.name not in expected:
             expected[algorithm.name] = (

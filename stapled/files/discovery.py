@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ..config import Source
 from ..core import certs
 from ..core.certs import CertChain
-from ..core.model import Found
+from ..core.model import Found, Record
 from ..errors import CertificateError
 
 log = logging.getLogger(__name__)
@@ -368,3 +368,18 @@ def _unique_names(found: list[Found]) -> list[Found]:
                 out[i].name,
             )
     return out
+
+
+def below(
+    records: list[Record], groups: dict[str, list[Found]], only: Path
+) -> tuple[list[Record], dict[str, list[Found]]]:
+    """The records and groups found at or below ``only`` (``once --only``)."""
+    top = only.resolve()
+
+    def below(path: str) -> bool:
+        resolved = Path(path).resolve()
+        # A lineage's cert.pem resolves into archive/: its live/NAME directory counts too.
+        return any(p == top or top in p.parents for p in (Path(path), resolved))
+
+    kept = {fp: members for fp, members in groups.items() if any(below(m.path) for m in members)}
+    return [r for r in records if below(r.path)], kept

@@ -16,9 +16,7 @@ loop of its own.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
-import socket
 import ssl
 import threading
 from collections.abc import Coroutine
@@ -29,6 +27,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .. import __version__
 from ..errors import FetchError
+from .connection import Connection, Progress, in_words, open_connection
 from .http11 import ClientConnection, ProtocolError, max_age, retry_after
 from .proxy import Proxy, ProxyError, ca_bundle, proxy_for
 
@@ -99,33 +98,6 @@ class _Target:
         return (self.scheme, self.host, self.port, self.proxy.url.geturl() if self.proxy else "")
 
 
-class _Connection:
-    __slots__ = ("http", "reader", "reused", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.http = ClientConnection()
-        self.reused = False
-
-    def usable(self) -> bool:
-        # An idle connection with bytes waiting (an end, or an answer to nothing) was
-        # closed or spoiled; StreamReader shows its buffer only as this private field.
-        buffered = getattr(self.reader, "_buffer", b"")
-        return not (self.writer.is_closing() or self.reader.at_eof() or buffered)
-
-    def abort(self) -> None:
-        self.writer.transport.abort()
-
-
-class _Progress:
-    """How far one fetch got, for the words of a timeout."""
-
-    __slots__ = ("answered", "connected")
-
-    def __init__(self) -> None:
-        self.connected = self.answered = False
-
-
 class Transport:
     """Kept-alive connections per responder host; proxies from the environment.
 
@@ -144,7 +116,7 @@ class Transport:
         # Proxy settings are read once per responder scheme and host, not per request.
         self._proxies: dict[str, Proxy | None] = {}
         # Idle connections of each running event loop, closed when its run ends.
-        self._idle: dict[asyncio.AbstractEventLoop, dict[_Key, list[_Connection]]] = {}
+        self._idle: dict[asyncio.AbstractEventLoop, dict[_Key, list[Connection]]] = {}
         self._lock = threading.Lock()
 
     # ---- blocking callers -------------------------------------------------------------
@@ -194,7 +166,7 @@ class Transport:
         an OCSP response); with ``validators`` the request is conditional (If-None-Match,
         If-Modified-Since) and a 304 is a reply too.
         """
-        progress = _Progress()
+        progress = Progress()
         limit = max_size if max_size is not None else self.max_size
         try:
             async with asyncio.timeout(self.timeout):
@@ -215,14 +187,14 @@ class Transport:
         except ssl.SSLError as e:
             raise FetchError(url, f"TLS error ({e.reason or e})") from e
         except OSError as e:
-            raise FetchError(url, _in_words(e, progress)) from e
+            raise FetchError(url, in_words(e, progress)) from e
 
     async def _follow(
         self,
         method: str,
         url: str,
         body: bytes | None,
-        progress: _Progress,
+        progress: Progress,
         limit: int,
         validators: Validators | None,
     ) -> Reply:
@@ -279,7 +251,7 @@ class Transport:
         method: str,
         url: str,
         body: bytes | None,
-        progress: _Progress,
+        progress: Progress,
         limit: int,
         conditions: list[tuple[str, str]],
     ) -> tuple[int, dict[str, str], bytes | None]:
@@ -323,7 +295,7 @@ class Transport:
 
     def _idle_connection(
         self, loop: asyncio.AbstractEventLoop, target: _Target
-    ) -> _Connection | None:
+    ) -> Connection | None:
         with self._lock:
             idle = self._idle.get(loop, {}).get(target.key)
         while idle:
@@ -334,7 +306,7 @@ class Transport:
             conn.abort()
         return None
 
-    def _keep(self, loop: asyncio.AbstractEventLoop, target: _Target, conn: _Connection) -> None:
+    def _keep(self, loop: asyncio.AbstractEventLoop, target: _Target, conn: Connection) -> None:
         with self._lock:
             idle = self._idle.setdefault(loop, {}).setdefault(target.key, [])
             if len(idle) < self._pool_size:
@@ -342,20 +314,22 @@ class Transport:
                 return
         conn.abort()
 
-    async def _connect(self, target: _Target) -> _Connection:
+    async def _connect(self, target: _Target) -> Connection:
         proxy = target.proxy
         if proxy is None:
             tls = self._context() if target.scheme == "https" else None
-            return await _open(target.host, target.port, tls)
+            return await open_connection(target.host, target.port, tls)
         host, port = proxy.url.hostname or "", proxy.url.port or _DEFAULT_PORTS[proxy.url.scheme]
         if proxy.url.scheme == "https" and target.scheme == "https":
             raise _Failed("https through an https proxy is not supported; use an http proxy")
-        conn = await _open(host, port, self._context() if proxy.url.scheme == "https" else None)
+        conn = await open_connection(
+            host, port, self._context() if proxy.url.scheme == "https" else None
+        )
         if target.scheme == "https":
             await self._tunnel(conn, target, proxy)
         return conn
 
-    async def _tunnel(self, conn: _Connection, target: _Target, proxy: Proxy) -> None:
+    async def _tunnel(self, conn: Connection, target: _Target, proxy: Proxy) -> None:
         """CONNECT through the proxy, then TLS with the responder inside the tunnel."""
         authority = target.host_header if ":" in target.host_header else f"{target.host}:443"
         headers = [("Host", authority)]
@@ -443,32 +417,6 @@ def run(coro: Coroutine[Any, Any, _T]) -> _T:
     return box[0]
 
 
-async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
-    """A connection to the first of ``host``'s addresses that accepts one."""
-    loop = asyncio.get_running_loop()
-    try:
-        addresses = [(ipaddress.ip_address(host).compressed, port)]
-    except ValueError:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [(str(info[4][0]), int(info[4][1])) for info in infos]
-    first_error: OSError | None = None
-    for address, address_port in addresses:
-        try:
-            reader, writer = await asyncio.open_connection(
-                address,
-                address_port,
-                ssl=tls,
-                server_hostname=host if tls else None,
-            )
-        except ssl.SSLError:
-            raise
-        except OSError as e:
-            first_error = first_error or e
-            continue
-        return _Connection(reader, writer)
-    raise first_error or OSError(f"no address for {host}")
-
-
 def _headers(target: _Target, body: bytes | None) -> list[tuple[str, str]]:
     headers = [("Host", target.host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*")]
     if target.proxy is not None and target.proxy.authorization and target.scheme == "http":
@@ -488,17 +436,3 @@ def _conditions(validators: Validators | None) -> list[tuple[str, str]]:
         return []
     found = [("If-None-Match", validators.etag), ("If-Modified-Since", validators.last_modified)]
     return [(k, v) for k, v in found if v and v.isprintable() and len(v) <= 1024]
-
-
-def _in_words(error: OSError, progress: _Progress) -> str:
-    """What went wrong with the connection, in words."""
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, ConnectionResetError | BrokenPipeError):
-        return "the connection was reset by the responder"
-    if isinstance(error, socket.gaierror):
-        return "cannot resolve the host name"
-    detail = error.strerror or str(error) or type(error).__name__
-    if not progress.connected:
-        return f"cannot connect ({detail})"
-    return f"request failed ({detail})"

@@ -34,7 +34,8 @@ from datetime import datetime
 from urllib.parse import unquote
 
 from ..config import Config
-from ..core.ocsp import CertID, Staple, parse_request
+from ..core.ocsp import CertID, Staple
+from ..core.request import parse_request
 from ..core.times import Clock
 from ..errors import ConfigError, InvalidRequestError
 from ..net.http11 import ProtocolError, ServerConnection

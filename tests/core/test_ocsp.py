@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, request
 from stapled.demo.ca import CA
 from stapled.errors import InvalidResponseError, OCSPStatusError
 
@@ -90,17 +90,17 @@ def test_replay_ordering(world: World) -> None:
 
 
 def test_request_is_one_sha1_certid_without_nonce(world: World) -> None:
-    der = ocsp.build_request(world.chain)
-    request = x509_ocsp.load_der_ocsp_request(der)
-    assert request.serial_number == world.leaf.cert.serial_number
-    assert request.hash_algorithm.name == "sha1"
-    assert request.issuer_key_hash == certs.key_hash(world.ca.cert, request.hash_algorithm)
-    assert len(request.extensions) == 0  # no nonce
+    der = request.build_request(world.chain)
+    sent = x509_ocsp.load_der_ocsp_request(der)
+    assert sent.serial_number == world.leaf.cert.serial_number
+    assert sent.hash_algorithm.name == "sha1"
+    assert sent.issuer_key_hash == certs.key_hash(world.ca.cert, sent.hash_algorithm)
+    assert len(sent.extensions) == 0  # no nonce
 
 
 def test_get_uses_percent_encoded_standard_base64(world: World) -> None:
-    der = ocsp.build_request(world.chain)
-    http = ocsp.http_request("http://ocsp.example.com", der)
+    der = request.build_request(world.chain)
+    http = request.http_request("http://ocsp.example.com", der)
     assert http.method == "GET" and http.body is None
     assert http.url.startswith("http://ocsp.example.com/")
     encoded = unquote(http.url.rsplit("/", 1)[1])
@@ -109,10 +109,10 @@ def test_get_uses_percent_encoded_standard_base64(world: World) -> None:
 
 
 def test_long_urls_are_posted(world: World) -> None:
-    der = ocsp.build_request(world.chain)
+    der = request.build_request(world.chain)
     long_url = "http://ocsp.example.com/" + "p" * 200
-    http = ocsp.http_request(long_url, der)
-    assert http == ocsp.HTTPRequest("POST", long_url, der)
+    http = request.http_request(long_url, der)
+    assert http == request.HTTPRequest("POST", long_url, der)
 
 
 def test_a_remembered_delegation_is_the_pair_s_own() -> None:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from stapled.cli import build_parser, main
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, request
 
 from ..conftest import Site, require_binary
 from ..daemonproc import DaemonProcess
@@ -174,7 +174,7 @@ def test_the_responder_block_answers_on_its_address(
     assert listen is not None
     reply = requests.post(
         f"http://{listen.group(1)}/",
-        data=ocsp.build_request(chain),
+        data=request.build_request(chain),
         headers={"Content-Type": "application/ocsp-request"},
         timeout=10,
     )

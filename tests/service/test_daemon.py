@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, request
 from stapled.demo import ca as testca
 
 from .. import rawhttp
@@ -212,7 +212,7 @@ def test_the_local_responder_serves_what_the_daemon_fetched(site: Site, daemon) 
     site.config(extra=FAST + f'[responder]\nlisten = "127.0.0.1:{port}"')
     d = daemon()
     chain = certs.build_chain([leaf.cert, site.ca.cert], "a")
-    reply = requests.post(f"http://127.0.0.1:{port}/", data=ocsp.build_request(chain), timeout=5)
+    reply = requests.post(f"http://127.0.0.1:{port}/", data=request.build_request(chain), timeout=5)
     assert reply.status_code == 200 and reply.content == site.staple("a.example")
     assert site.responder.requests == 1  # answered from what stapled holds, not forwarded
     assert d.stop() == 0

@@ -15,7 +15,7 @@ import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, request
 from stapled.demo.ca import CA, Issued
 from stapled.service.responder import MALFORMED_REQUEST, UNAUTHORIZED, Index, Responder
 
@@ -49,7 +49,7 @@ class World:
         return certs.build_chain([issued.cert, self.ca.cert], issued.cert.subject.rfc4514_string())
 
     def request(self, issued: Issued, algorithm: hashes.HashAlgorithm | None = None) -> bytes:
-        return ocsp.build_request(self.chain(issued), algorithm)
+        return request.build_request(self.chain(issued), algorithm)
 
 
 @pytest.fixture

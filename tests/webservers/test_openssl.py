@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from stapled.cli import main
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, request
 from stapled.demo import ca as testca
 from stapled.demo.ca import CA
 
@@ -108,7 +108,7 @@ def test_once_against_openssl_responder(world: tuple[CA, Path], pss: bool, metho
     # stapled POSTs when the GET URL would pass 255 bytes; openssl ignores a POST's path,
     # so a long path makes the same responder take POST.
     url = responder.url + ("x" * 220 if method == "POST" else "")
-    assert ocsp.http_request(url, b"x" * 100).method == method
+    assert request.http_request(url, b"x" * 100).method == method
     leaf = ca.issue("a.example", ocsp_urls=[url])
     responder.index([leaf])
     testca.write(tmp / "certs" / "a.pem", leaf.cert_pem(), ca.cert_pem())
