@@ -24,16 +24,16 @@ def status(stapler: Stapler) -> PassResult:
     """Every certificate's record, from disk and the state file (and one ping of the
     fleet store, in fleet mode).  Raises StoreError when the state file is unreadable."""
     saved = state.entries(state.load(stapler.config.state_path, must_read=True))
-    stapler.sources.update(state.sources(saved))
+    stapler.remember_sources(saved)
     records, groups = stapler.scan()
     now = stapler.clock()
     for members in groups.values():
         try:
-            current = stapler.publisher.current(members, now, stapler.chain_of(members))
+            _, current = stapler.on_disk(members, now)
         except StapledError:
             current = None
         for member in members:
-            rec = stapler.publisher.record(member, current)
+            rec = stapler.record_of(member, current)
             entry = saved.get(member.name, {})
             rec.last_error = state.recorded_error(entry)
             rec.source = stapler.source_of(rec.current)
@@ -57,8 +57,7 @@ def held(stapler: Stapler) -> dict[str, tuple[CertChain | None, Staple | None]]:
     }
     for fp, members in groups.items():
         try:
-            chain = stapler.chain_of(members)
-            found[fp] = chain, stapler.publisher.current(members, now, chain)
+            found[fp] = stapler.on_disk(members, now)
         except StapledError:
             continue
     return found

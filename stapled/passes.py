@@ -132,8 +132,7 @@ class Stapler:
         try:
             return await self.run_pass(force=force, only=only)
         finally:
-            if self.fleet is not None:
-                await self.fleet.store.close()
+            await self.close()
 
     async def run_pass(
         self, *, force: bool = False, only: Path | None = None, log_records: bool = True
@@ -365,6 +364,25 @@ class Stapler:
             if discovery.leaf_fingerprint(member.path) != checked.chain.fingerprint:
                 return member.path
         return None
+
+    def on_disk(self, members: list[Found], now: datetime) -> tuple[CertChain, Staple | None]:
+        """A certificate's chain and its newest valid staple on disk (no network).
+        Raises StapledError when the chain's issuer is still to be fetched."""
+        chain = self.chain_of(members)
+        return chain, self.publisher.current(members, now, chain)
+
+    def record_of(self, member: Found, current: Staple | None) -> Record:
+        """The record of one name of a certificate holding ``current``."""
+        return self.publisher.record(member, current)
+
+    async def close(self) -> None:
+        """Close what this configuration opened on the running loop (the fleet store)."""
+        if self.fleet is not None:
+            await self.fleet.store.close()
+
+    def remember_sources(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Where the staples recorded in a state file came from (``status``)."""
+        self.sources.update(state.sources(saved))
 
     def chain_of(self, members: list[Found]) -> CertChain:
         """A certificate's chain, with its issuer when known (from a bundle, the

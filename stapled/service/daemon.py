@@ -184,8 +184,7 @@ class Daemon:
         # held: another process's may be in flight now.
         if save:
             await self._save_state(stopped=True)
-        if self.stapler.fleet is not None:
-            await self.stapler.fleet.store.close()
+        await self.stapler.close()
         return 0
 
     async def _reconfigure(self) -> None:
@@ -209,8 +208,7 @@ class Daemon:
         log.info("configuration re-read from %s", self.config_path)
         old_responder, old_transport = self.responder, self.transport
         self.fleet_jobs.stop()
-        if self.stapler.fleet is not None:
-            await self.stapler.fleet.store.close()
+        await self.stapler.close()
         stapler.sources.update(self.stapler.sources)
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
