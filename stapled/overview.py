@@ -24,7 +24,7 @@ def status(stapler: Stapler) -> PassResult:
     """Every certificate's record, from disk and the state file (and one ping of the
     fleet store, in fleet mode).  Raises StoreError when the state file is unreadable."""
     saved = state.entries(state.load(stapler.config.state_path, must_read=True))
-    stapler.remember_sources(saved)
+    stapler.sources.update(state.sources(saved))
     records, groups = stapler.scan()
     now = stapler.clock()
     for members in groups.values():
@@ -36,7 +36,7 @@ def status(stapler: Stapler) -> PassResult:
             rec = stapler.record_of(member, current)
             entry = saved.get(member.name, {})
             rec.last_error = state.recorded_error(entry)
-            rec.source = stapler.source_of(rec.current)
+            rec.source = stapler.sources.of(rec.current)
             refresh, retry = state.recorded_times(entry)
             # The daemon's own schedule (with jitter) wins over the computed one.
             rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry

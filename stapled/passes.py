@@ -9,7 +9,7 @@ certificate at a time on its one loop.  The clock and the network are parameters
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from .core.certs import CertChain
 from .core.fleet import digest
 from .core.model import Fetched, Found, Owed, PassResult, Record
 from .core.ocsp import Staple
+from .core.origins import Origins
 from .core.policy import State
 from .core.times import Clock
 from .errors import MissingInputError, StapledError
@@ -100,9 +101,7 @@ class Stapler:
         self.fleet = fleet if fleet is not None else Fleet.of(config, clock, self._rejected)
         # Names by leaf fingerprint, as last scanned (metrics are labelled by name).
         self._names: dict[str, list[str]] = {}
-        # Where each staple held came from ("ca" or "fleet"), by the digest of its bytes;
-        # a staple not in here was found on disk.
-        self.sources: dict[str, str] = {}
+        self.sources = Origins()
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -380,10 +379,6 @@ class Stapler:
         if self.fleet is not None:
             await self.fleet.store.close()
 
-    def remember_sources(self, saved: dict[str, dict[str, Any]]) -> None:
-        """Where the staples recorded in a state file came from (``status``)."""
-        self.sources.update(state.sources(saved))
-
     def chain_of(self, members: list[Found]) -> CertChain:
         """A certificate's chain, with its issuer when known (from a bundle, the
         configuration or the caIssuers cache).  Raises StapledError when it is to be
@@ -411,7 +406,7 @@ class Stapler:
         taken = fetched is not None and settled.current is fetched.staple is not None
         if taken:
             assert fetched is not None and fetched.staple is not None
-            self.sources[digest(fetched.staple.der)] = fetched.source
+            self.sources.note(fetched.staple, fetched.source)
         ids = ocsp.cert_ids(checked.chain)
         records = []
         for member in checked.members:
@@ -429,26 +424,13 @@ class Stapler:
             if fetched is not None:
                 rec.retry_after, rec.max_age = fetched.retry_after, fetched.max_age
             rec.cert_ids = ids
-            rec.source = self.source_of(rec.current)
+            rec.source = self.sources.of(rec.current)
             if taken:
                 self.tally.refreshed(member.name, checked.now.timestamp())
             if rec.changed and rec.source is not None:
                 self.tally.updated(member.name, rec.source)
             records.append(rec)
         return records
-
-    def forget_sources(self, records: Iterable[Record]) -> None:
-        """Keep where-from only for the staples held now: a daemon runs for months, and
-        every refresh adds one."""
-        held = {digest(r.current.der) for r in records if r.current is not None}
-        if len(self.sources) > 2 * len(held):
-            self.sources = {d: s for d, s in self.sources.items() if d in held}
-
-    def source_of(self, staple: Staple | None) -> str | None:
-        """Where a staple held came from: "ca", "fleet" or "disk" (found there)."""
-        if staple is None:
-            return None
-        return self.sources.get(digest(staple.der), "disk")
 
 
 def _internal_error(members: list[Found], error: Exception) -> list[Record]:

@@ -164,6 +164,6 @@ def test_where_staples_came_from_is_kept_only_for_those_held(site: Site) -> None
         site.responder.answer_aged(timedelta(hours=hours))
         records = _refresh(stapler, client)
     assert len(stapler.sources) == 5
-    stapler.forget_sources(records)
+    stapler.sources.keep_only(r.current for r in records)
     (held,) = {r.current for r in records}
-    assert held is not None and stapler.sources == {digest(held.der): "ca"}
+    assert held is not None and stapler.sources.by_digest == {digest(held.der): "ca"}

@@ -209,7 +209,7 @@ class Daemon:
         old_responder, old_transport = self.responder, self.transport
         self.fleet_jobs.stop()
         await self.stapler.close()
-        stapler.sources.update(self.stapler.sources)
+        stapler.sources.update(self.stapler.sources.by_digest)
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
         self.responder = responder
@@ -397,7 +397,7 @@ class Daemon:
                 )
         except StoreError as e:
             log.warning("cannot record state: %s", e)
-        self.stapler.forget_sources(self.book.records.values())
+        self.stapler.sources.keep_only(r.current for r in self.book.records.values())
         self.monitor.published = tuple(self.book.records.values())
         if stopped:
             await self.monitor.write_textfile()
