@@ -222,19 +222,11 @@ class Transport:
             wait = retry_after(headers.get("retry-after"))
             if status == 304 and validators is not None:
                 # Nothing changed: what identified the body still does, unless renewed.
-                return Reply(
-                    url=url,
-                    body=b"",
-                    content_type="",
-                    max_age=max_age(headers.get("cache-control")),
-                    status=304,
-                    validators=Validators(
-                        headers.get("etag") or validators.etag,
-                        headers.get("last-modified") or validators.last_modified,
-                    ),
-                )
-            if status != 200:
+                data, kept = b"", validators
+            elif status != 200:
                 raise _Failed(f"HTTP {status}", retry_after=wait, status=status)
+            else:
+                kept = Validators()
             assert data is not None
             return Reply(
                 url=url,
@@ -242,7 +234,11 @@ class Transport:
                 content_type=headers.get("content-type", ""),
                 max_age=max_age(headers.get("cache-control")),
                 retry_after=wait,
-                validators=Validators(headers.get("etag"), headers.get("last-modified")),
+                status=status,
+                validators=Validators(
+                    headers.get("etag") or kept.etag,
+                    headers.get("last-modified") or kept.last_modified,
+                ),
             )
         raise _Failed("too many redirects")
 
