@@ -331,8 +331,8 @@ def _probe(args: argparse.Namespace) -> int:
             raise UsageError(f"probe: {e}") from e
         # Compared with what stapled holds wherever a configuration is found, like every
         # other command; judged on its own only where there is none.
-        path = config_path(args.config)
-        cfg = config.load(path) if args.config or path.exists() else None
+        named = args.config or os.environ.get(CONFIG_VARIABLE)
+        cfg = load_config(args.config) if named or config_path(None).exists() else None
         targets = [Target(args.target, args.servername)]
     else:
         cfg = load_config(args.config)

@@ -172,3 +172,12 @@ def test_a_truncated_staple_is_told_in_plain_words(
     err = _one_line(capsys.readouterr().err)
     assert "ParseError" not in err and "{" not in err and str(staple) in err
     assert "truncated" in err
+
+
+def test_probe_with_a_config_variable_naming_nothing_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("STAPLED_CONFIG", str(tmp_path / "nonexist.toml"))
+    assert main(["probe", "127.0.0.1:9", "--servername", "x.example"]) == EX_CONFIG
+    err = _one_line(capsys.readouterr().err)
+    assert "nonexist.toml" in err and "$STAPLED_CONFIG names it" in err
