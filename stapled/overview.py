@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from .core import plan
 from .core.certs import CertChain
-from .core.model import PassResult
+from .core.model import NOT_DUE, Due, PassResult
 from .core.ocsp import Staple
 from .errors import StapledError
 from .files import state
@@ -37,11 +38,15 @@ def status(stapler: Stapler) -> PassResult:
             entry = saved.get(member.name, {})
             rec.last_error = state.recorded_error(entry)
             rec.source = stapler.sources.of(rec.current)
-            refresh, retry = state.recorded_times(entry)
-            # The daemon's own schedule (with jitter) wins over the computed one.
-            rec.next_refresh, rec.next_retry = refresh or rec.next_refresh, retry
             records.append(rec)
     result = PassResult(sorted(records, key=lambda r: r.name), now)
+    planned = plan.due(records, stapler.config.refresh_at)
+    for rec in records:
+        recorded = state.recorded_due(saved.get(rec.name, {}))
+        # The daemon's own schedule (with jitter) wins over the computed one.
+        due = Due(recorded.refresh or planned.get(rec.name, NOT_DUE).refresh, recorded.retry)
+        if due != NOT_DUE:
+            result.due[rec.name] = due
     if stapler.fleet is not None:
         result.fleet = stapler.fleet.state(connected=client.run(stapler.fleet.ping()))
     return result

@@ -8,6 +8,7 @@ certificate at a time on its one loop.  The clock and the network are parameters
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,11 +91,9 @@ class Stapler:
             timed=self.tally.timed,
         )
         self.issuers = Issuers(config.state_path / "issuers", transport, clock)
-        self.publisher = Publisher(
-            config.output_dir, nginx_snippets=config.nginx_snippets, refresh_at=config.refresh_at
-        )
+        self.publisher = Publisher(config.output_dir, nginx_snippets=config.nginx_snippets)
         self.servers = Servers(config, clock, reloader=reloader, pusher=pusher)
-        self.lock = DirectoryLock(config.state_path, lock_wait)
+        self._lock = DirectoryLock(config.state_path, lock_wait)
         # What earlier scans read: a rescan reads and parses only the files that changed.
         self._discovered = discovery.Cache()
         # ``[fleet]``: staples shared through a store (None: this host alone).
@@ -133,14 +132,18 @@ class Stapler:
         finally:
             await self.close()
 
+    def writing(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Held while writing into the output or state directory: one writer at a time
+        (another pass, the daemon or certbot's hook wait for it)."""
+        return self._lock.held()
+
     async def run_pass(
         self, *, force: bool = False, only: Path | None = None, log_records: bool = True
     ) -> PassResult:
         """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
-        # One writer at a time: another pass, the daemon or certbot's hook wait for this.
-        async with self.lock.held():
+        async with self.writing():
             return await self._locked_pass(force, only, log_records)
 
     async def _locked_pass(self, force: bool, only: Path | None, log_records: bool) -> PassResult:
@@ -181,9 +184,10 @@ class Stapler:
             batch.flush()
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
+        result.due = plan.due(result.records, self.config.refresh_at)
         if log_records:
             for record in result.records:
-                report.log_record(record)
+                report.log_record(record, result.due.get(record.name))
         self._deliver(result, saved, only)
         return result
 
@@ -209,6 +213,7 @@ class Stapler:
             self.config.state_path,
             result.records,
             owed=delivered.owed,
+            due=result.due,
             others=state.entries(saved) if only is not None else None,
         )
 
@@ -278,7 +283,7 @@ class Stapler:
             if locked:
                 return self._complete(checked, fetched, batch)
             try:
-                async with self.lock.held():
+                async with self.writing():
                     return self._complete_afresh(checked, fetched)
             except StapledError as e:
                 # The lock or the state directory: nothing was written; try again later.
@@ -340,7 +345,7 @@ class Stapler:
             return None
         if fetched is None:
             return None
-        async with self.lock.held():
+        async with self.writing():
             return self._complete_afresh(checked, fetched)
 
     def _complete_afresh(self, before: _Checked, fetched: Fetched | None) -> list[Record]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from .core.model import PassResult, Record
+from .core.model import NOT_DUE, Due, PassResult, Record
 from .core.policy import State
 from .core.times import iso
 
@@ -20,13 +20,15 @@ def rfc3339(t: datetime | None) -> str | None:
 
 
 def as_json(result: PassResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"certificates": [_json_record(r) for r in result.records]}
+    out: dict[str, Any] = {
+        "certificates": [_json_record(r, result.due.get(r.name, NOT_DUE)) for r in result.records]
+    }
     if result.fleet is not None:
         out["fleet"] = result.fleet
     return out
 
 
-def _json_record(r: Record) -> dict[str, Any]:
+def _json_record(r: Record, due: Due) -> dict[str, Any]:
     return {
         "name": r.name,
         "path": r.path,
@@ -36,8 +38,8 @@ def _json_record(r: Record) -> dict[str, Any]:
         "status": str(r.state),
         "this_update": rfc3339(r.this_update),
         "next_update": rfc3339(r.next_update),
-        "next_refresh": rfc3339(r.next_refresh),
-        "next_retry": rfc3339(r.next_retry),
+        "next_refresh": rfc3339(due.refresh),
+        "next_retry": rfc3339(due.retry),
         "last_error": r.last_error,
         "must_staple": r.must_staple,
         "source": r.source,
@@ -85,7 +87,7 @@ def _narrow(result: PassResult) -> list[str]:
             str(r.state),
             _SOURCES.get(r.source or "", "-"),
             _brief(r.next_update),
-            _brief(r.next_retry) + " retry" if r.next_retry else _brief(r.next_refresh),
+            _next(result.due.get(r.name, NOT_DUE), _brief, " retry"),
             r.last_error or "-",
         )
         for r in result.records
@@ -109,7 +111,7 @@ def _wide(result: PassResult) -> list[str]:
             r.serial or "-",
             _short(r.this_update),
             _short(r.next_update),
-            _short(r.next_retry) + " (retry)" if r.next_retry else _short(r.next_refresh),
+            _next(result.due.get(r.name, NOT_DUE), _short, " (retry)"),
             r.staple_path or "-",
             r.path,
             r.ocsp_url or "-",
@@ -130,6 +132,10 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _next(due: Due, show: Callable[[datetime | None], str], retry: str) -> str:
+    return show(due.retry) + retry if due.retry else show(due.refresh)
+
+
 def _brief(t: datetime | None) -> str:
     return t.strftime("%m-%d %H:%MZ") if t else "-"
 
@@ -141,8 +147,9 @@ def _short(t: datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%MZ") if t else "-"
 
 
-def log_record(rec: Record) -> None:
-    """One line for one certificate, at the level its state deserves."""
+def log_record(rec: Record, due: Due | None = None) -> None:
+    """One line for one certificate, at the level its state deserves; ``due`` gives the
+    refresh time a good staple's line names."""
     name = rec.name
     if rec.state is State.NO_OCSP:
         log.info("%s: no OCSP URL in the certificate; nothing to staple", name)
@@ -185,17 +192,16 @@ def log_record(rec: Record) -> None:
             name,
             verb,
             iso(rec.next_update),
-            iso(rec.next_refresh),
+            iso(due.refresh) if due is not None and due.refresh else "-",
         )
 
 
-def summary(records: Iterable[Record]) -> str:
+def summary(records: Iterable[Record], due: Mapping[str, Due]) -> str:
     """One line for systemd's STATUS=, e.g. '12 good, 1 revoked; next refresh 14:02 UTC'."""
     counts: Counter[State] = Counter()
-    upcoming = []
     for r in records:
         counts[r.state] += 1
-        upcoming.append(r.next_retry or r.next_refresh)
+    upcoming = [d.next for d in due.values()]
     labels = {State.NO_OCSP: "without OCSP"}
     parts = [f"{n} {labels.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
     text = ", ".join(parts) or "no certificates"

@@ -8,13 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stapled import report
-from stapled.core.model import PassResult, Record
+from stapled.core.model import Due, PassResult, Record
 from stapled.core.policy import State
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
 _records = st.builds(
-    lambda name, state, error, must, retry, source: Record(
+    lambda name, state, error, must, source: Record(
         name or "x",
         f"/etc/letsencrypt/live/{name}/cert.pem",
         state,
@@ -22,8 +22,6 @@ _records = st.builds(
         ocsp_url="http://r3.o.lencr.org/" + "a" * 40,
         staple_path=f"/var/lib/stapled/{name}.der",
         next_update=NOW + timedelta(days=3),
-        next_refresh=NOW + timedelta(days=1),
-        next_retry=NOW + timedelta(minutes=5) if retry else None,
         last_error=error or None,
         must_staple=must,
         source=source,
@@ -34,14 +32,24 @@ _records = st.builds(
     st.sampled_from(list(State)),
     _text,
     st.booleans(),
-    st.booleans(),
     st.sampled_from([None, "ca", "fleet", "disk"]),
+)
+_due = st.builds(
+    Due,
+    st.just(NOW + timedelta(days=1)),
+    st.none() | st.just(NOW + timedelta(minutes=5)),
 )
 
 
-@given(st.lists(_records, max_size=8), st.booleans())
-def test_the_table_fits_100_columns(records: list[Record], fleet: bool) -> None:
+def _result(records: list[Record], due: list[Due]) -> PassResult:
     result = PassResult(records, NOW)
+    result.due = {r.name: d for r, d in zip(records, due, strict=False)}
+    return result
+
+
+@given(st.lists(_records, max_size=8), st.lists(_due, max_size=8), st.booleans())
+def test_the_table_fits_100_columns(records: list[Record], due: list[Due], fleet: bool) -> None:
+    result = _result(records, due)
     if fleet:
         result.fleet = {
             "redis": "redis://***@10.0.0.5:6379/0",
@@ -59,3 +67,12 @@ def test_wide_shows_every_path_url_and_whole_error(records: list[Record]) -> Non
         assert r.path in text and r.ocsp_url in text and (r.serial or "") in text
         if r.last_error:
             assert r.last_error in text
+
+
+def test_the_next_attempt_is_the_retry_when_one_is_due() -> None:
+    rec = Record("a.example", "/c/a.pem", State.GOOD)
+    result = _result([rec], [Due(NOW + timedelta(days=1), NOW + timedelta(minutes=5))])
+    assert "11-30 12:05Z retry" in report.table(result)
+    assert "2026-11-30 12:05Z (retry)" in report.table(result, wide=True)
+    result.due = {"a.example": Due(NOW + timedelta(days=1))}
+    assert "12-01 12:00Z" in report.table(result) and "retry" not in report.table(result)

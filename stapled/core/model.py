@@ -55,9 +55,25 @@ class Settled:
     unknown: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """When a name is asked about next: its refresh, or a retry after a failure.  Kept
+    apart from its Record: a pass finds out what is, the scheduler decides when."""
+
+    refresh: datetime | None = None
+    retry: datetime | None = None
+
+    @property
+    def next(self) -> datetime | None:
+        return self.retry or self.refresh
+
+
+NOT_DUE = Due()
+
+
 @dataclass(slots=True)
 class Record:
-    """Everything ``status`` shows about one certificate name."""
+    """What one pass found out about one certificate name: ``status`` shows it."""
 
     name: str
     path: str
@@ -67,10 +83,8 @@ class Record:
     staple_path: str | None = None
     this_update: datetime | None = None
     next_update: datetime | None = None
-    next_refresh: datetime | None = None
     last_error: str | None = None
     must_staple: bool = False
-    next_retry: datetime | None = None
     changed: bool = False
     # True when this pass (not an earlier one) failed to refresh it.
     failed_now: bool = False
@@ -146,6 +160,8 @@ class PassResult:
     owed: Owed = field(default_factory=lambda: Owed())
     # ``status`` in fleet mode: {"redis": URL without password, "host_id", "connected"}.
     fleet: dict[str, object] | None = None
+    # When each name is asked about next, by name.
+    due: dict[str, Due] = field(default_factory=dict)
 
     def exit_code(self) -> int:
         """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""

@@ -11,12 +11,10 @@ from datetime import datetime
 
 from . import policy, urls
 from .certs import CertChain
-from .model import Fetched, Found, Record, Settled
+from .model import Due, Fetched, Found, Record, Settled
 from .ocsp import CertStatus, Staple
 from .policy import State
 from .times import iso
-
-# The one revocation reason a CA may take back (RFC 5280 5.3.1, removeFromCRL).
 
 NO_ISSUER = (
     "the issuer certificate is not in the file, no issuer is configured, "
@@ -141,7 +139,6 @@ def record(
     current: Staple | None,
     *,
     staple_path: str,
-    refresh_at: float,
     unknown: bool = False,
 ) -> Record:
     """The record of one name of a fetchable certificate, holding ``current``."""
@@ -161,8 +158,17 @@ def record(
     )
     if current is not None:
         rec.this_update, rec.next_update = current.this_update, current.next_update
-        rec.next_refresh = policy.refresh_time(current, refresh_at)
     return rec
+
+
+def due(records: Iterable[Record], refresh_at: float) -> dict[str, Due]:
+    """When each record's staple is refreshed without a scheduler's jitter or retries:
+    at ``refresh_at`` of its window; nothing for a name without one."""
+    return {
+        r.name: Due(refresh=policy.refresh_time(r.current, refresh_at))
+        for r in records
+        if r.current is not None
+    }
 
 
 def internal_error(members: list[Found], error: Exception) -> list[Record]:

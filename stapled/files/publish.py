@@ -28,10 +28,9 @@ Seen = dict[str, bytes | None]
 
 
 class Publisher:
-    def __init__(self, output_dir: Path, *, nginx_snippets: bool, refresh_at: float) -> None:
+    def __init__(self, output_dir: Path, *, nginx_snippets: bool) -> None:
         self.output_dir = output_dir
         self.nginx_snippets = nginx_snippets
-        self.refresh_at = refresh_at
 
     def staple_path(self, item: Found) -> Path:
         return self.output_dir / f"{item.name}.der"
@@ -41,7 +40,6 @@ class Publisher:
             item,
             current,
             staple_path=str(self.staple_path(item)),
-            refresh_at=self.refresh_at,
             unknown=unknown,
         )
 
@@ -144,7 +142,6 @@ class Publisher:
         on_disk = self.record(member, self.current([member], now, chain))
         rec.state, rec.current = on_disk.state, on_disk.current
         rec.this_update, rec.next_update = on_disk.this_update, on_disk.next_update
-        rec.next_refresh = on_disk.next_refresh
         _note_lost(rec, error)
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..core.fleet import digest
-from ..core.model import Owed, Record
+from ..core.model import Due, Owed, Record
 from ..core.times import iso, parse_iso
 from ..errors import StoreError
 from . import store
@@ -87,9 +86,9 @@ def sources(found: dict[str, dict[str, Any]]) -> dict[str, str]:
     return known
 
 
-def recorded_times(entry: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
-    """(next refresh, next retry) as a daemon recorded them for one certificate."""
-    return parse_iso(entry.get("next_refresh")), parse_iso(entry.get("next_retry"))
+def recorded_due(entry: dict[str, Any]) -> Due:
+    """When a daemon meant to ask about one certificate next, as it recorded it."""
+    return Due(parse_iso(entry.get("next_refresh")), parse_iso(entry.get("next_retry")))
 
 
 def save(
@@ -97,6 +96,7 @@ def save(
     records: Iterable[Record],
     *,
     owed: Owed,
+    due: Mapping[str, Due],
     daemon: dict[str, Any] | None = None,
     others: dict[str, dict[str, Any]] | None = None,
     fleet: dict[str, Any] | None = None,
@@ -110,10 +110,11 @@ def save(
         entry: dict[str, Any] = {}
         if rec.last_error:
             entry["last_error"] = rec.last_error
-        if rec.next_retry:
-            entry["next_retry"] = iso(rec.next_retry)
-        if daemon is not None and rec.next_refresh:
-            entry["next_refresh"] = iso(rec.next_refresh)
+        when = due.get(rec.name)
+        if when is not None and when.retry:
+            entry["next_retry"] = iso(when.retry)
+        if daemon is not None and when is not None and when.refresh:
+            entry["next_refresh"] = iso(when.refresh)
         if rec.current is not None and rec.source in SOURCES:
             entry["source"], entry["staple_sha256"] = rec.source, digest(rec.current.der)
         kept[rec.name] = entry

@@ -1,7 +1,7 @@
-"""What the daemon knows of its certificates, kept in one place: every name's record,
-the certificates with an OCSP URL by leaf fingerprint, failures in a row, and what the
-web servers are owed.  No I/O and no clock: the daemon schedules, writes and logs from
-what these methods answer."""
+"""What the daemon knows of its certificates, kept in one place: every name's record and
+when it is asked about next, the certificates with an OCSP URL by leaf fingerprint,
+failures in a row, and what the web servers are owed.  No I/O and no clock: the daemon
+schedules, writes and logs from what these methods answer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..core.model import Found, Owed, Record
+from ..core.model import Due, Found, Owed, Record
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Book:
     groups: dict[str, list[Found]] = field(default_factory=dict)
     attempts: Counter[str] = field(default_factory=Counter)
     owed: Owed = field(default_factory=Owed)
+    due: dict[str, Due] = field(default_factory=dict)
 
     def start(self, records: Iterable[Record], groups: dict[str, list[Found]], owed: Owed) -> None:
         """The first pass's outcome."""
@@ -61,6 +62,7 @@ class Book:
         dropped = tuple(name for name in self.records if name not in names)
         for name in dropped:
             del self.records[name]
+            self.due.pop(name, None)
         changed = tuple(r for r in records if self.records.get(r.name) != r)
         for rec in records:
             self.records[rec.name] = rec
@@ -75,6 +77,11 @@ class Book:
             if {f.name for f in old.get(fingerprint, [])} != {f.name for f in members}
         )
         return Rescanned(gone, arrived, dropped, changed)
+
+    def plan(self, fingerprint: str, due: Due) -> None:
+        """When one certificate's names are asked about next."""
+        for member in self.groups.get(fingerprint, []):
+            self.due[member.name] = due
 
     def owe(self, owed: Owed) -> None:
         self.owed |= owed

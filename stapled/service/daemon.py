@@ -27,7 +27,7 @@ from typing import Any
 from .. import config as config_module
 from .. import report
 from ..config import Config
-from ..core.model import Owed, PassResult, Record
+from ..core.model import NOT_DUE, Due, Owed, PassResult, Record
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
@@ -105,7 +105,7 @@ class Daemon:
                 self._index(fingerprint, records)
             # Logged once scheduled, so that each line gives the refresh time really set.
             for rec in first.records:
-                report.log_record(rec)
+                report.log_record(rec, self.book.due.get(rec.name))
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
             self.scheduler.every(tick, self._tick, id="tick")
@@ -273,7 +273,7 @@ class Daemon:
         try:
             records, groups = self.stapler.scan()
             # Snippets are files of the output directory too: written with its lock held.
-            async with self.stapler.lock.held():
+            async with self.stapler.writing():
                 self.stapler.publish_snippets(records)
         except Exception as e:  # a rescan must never take the daemon down
             log.error("rescanning the certificate sources failed: %s", e)
@@ -288,7 +288,7 @@ class Daemon:
         for name in found.dropped:
             log.info("%s: no longer found; its schedule is dropped", name)
         for rec in found.changed:
-            report.log_record(rec)
+            report.log_record(rec, self.book.due.get(rec.name))
         for fingerprint in found.arrived:
             self._add_job(fingerprint, now, force=False)
         self.save_state_soon()
@@ -316,7 +316,7 @@ class Daemon:
         self._schedule(fingerprint, records)
         self._index(fingerprint, records)
         for rec in records:
-            report.log_record(rec)
+            report.log_record(rec, self.book.due.get(rec.name))
         self.deliver_soon(reload=any(r.changed for r in records))
         self.save_state_soon()
 
@@ -334,11 +334,11 @@ class Daemon:
         attempts = self.book.attempts
         step = next_run(records[0], attempts[fingerprint], timing, self.clock(), jitter)
         attempts[fingerprint] = step.attempts
-        for r in records:
-            if step.retry:
-                r.next_retry = step.when
-            else:
-                r.next_refresh, r.next_retry = step.when, None
+        if step.retry:
+            earlier = self.book.due.get(records[0].name, NOT_DUE)
+            self.book.plan(fingerprint, Due(earlier.refresh, step.when))
+        else:
+            self.book.plan(fingerprint, Due(refresh=step.when))
         self._add_job(fingerprint, step.when, force=True)
 
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
@@ -384,7 +384,7 @@ class Daemon:
         if stopped:
             daemon["stopped"] = True
         try:
-            async with self.stapler.lock.held():
+            async with self.stapler.writing():
                 state.save(
                     self.config.state_path,
                     list(self.book.records.values()),
@@ -392,6 +392,7 @@ class Daemon:
                         self.book.owed.reload and self.stapler.servers.can_reload,
                         self.book.owed.push,
                     ),
+                    due=self.book.due,
                     daemon=daemon,
                     fleet=self.fleet_jobs.state(),
                 )
@@ -409,7 +410,7 @@ class Daemon:
 
     def summary(self) -> str:
         """One line for systemd's STATUS=."""
-        line = report.summary(self.book.records.values())
+        line = report.summary(self.book.records.values(), self.book.due)
         fleet = self.fleet_jobs.state()
         if fleet is not None and not fleet["connected"]:
             line += f"; fleet store {fleet['redis']} unreachable"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stapled.core import ocsp, plan
-from stapled.core.model import Fetched, Found, Record
+from stapled.core.model import Due, Fetched, Found, Record
 from stapled.core.policy import State
 from stapled.service.schedule import Timing, next_run
 
@@ -192,17 +192,18 @@ def test_an_older_revoked_answer_replaces_a_good_staple() -> None:
 # ---- the record ----------------------------------------------------------------------------
 
 
-def test_the_record_carries_the_staple_and_its_refresh_time() -> None:
+def test_the_record_carries_the_staple_and_plan_due_its_refresh_time() -> None:
     staple = _staple()
-    rec = plan.record(_found("a"), staple, staple_path="/out/a.der", refresh_at=0.5)
+    rec = plan.record(_found("a"), staple, staple_path="/out/a.der")
     assert rec.state is State.GOOD and rec.staple_path == "/out/a.der"
-    assert rec.next_refresh == staple.this_update + staple.lifetime / 2
     revoked = _staple(status=ocsp.CertStatus.REVOKED)
-    assert plan.record(_found(), revoked, staple_path="x", refresh_at=0.5).state is State.REVOKED
-    missing = plan.record(_found(), None, staple_path="x", refresh_at=0.5)
-    assert missing.state is State.MISSING and missing.next_refresh is None
-    unknown = plan.record(_found(), None, staple_path="x", refresh_at=0.5, unknown=True)
+    assert plan.record(_found(), revoked, staple_path="x").state is State.REVOKED
+    missing = plan.record(_found("m"), None, staple_path="x")
+    assert missing.state is State.MISSING
+    unknown = plan.record(_found(), None, staple_path="x", unknown=True)
     assert unknown.state is State.UNKNOWN
+    due = plan.due([rec, missing], refresh_at=0.5)
+    assert due == {"a": Due(refresh=staple.this_update + staple.lifetime / 2)}
 
 
 # ---- the daemon's schedule -----------------------------------------------------------------
