@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled.core.model import Found, Owed, Record
+from stapled.core.model import Due, Found, Owed, Record
 from stapled.core.policy import State
 from stapled.service.book import Book
 
@@ -59,6 +61,16 @@ def test_a_rescan_says_what_went_and_what_arrived() -> None:
     # A renewal: the same name under a new fingerprint arrives.
     again = book.rescan([], {"fp-a2": [_found("a"), _found("a2")], "fp-c": [_found("c")]})
     assert again.gone == {"fp-a"} and again.arrived == ("fp-a2",)
+
+
+def test_a_certificate_is_due_under_each_of_its_names_until_a_name_goes() -> None:
+    book = _book()
+    due = Due(datetime(2026, 12, 1, tzinfo=UTC))
+    book.plan("fp-a", due)
+    book.plan("fp-b", due)
+    assert book.due == {"a": due, "a2": due, "b": due}
+    book.rescan([], {"fp-a": [_found("a"), _found("a2")]})
+    assert book.due == {"a": due, "a2": due}
 
 
 @given(
