@@ -34,6 +34,7 @@ class Shape:
     metrics: int | None
     fleet: bool = False
     probe: int | None = None  # index into the closed ports of the test
+    reload: int | None = None  # which of two marker files its reload_command touches
 
 
 shapes = st.builds(
@@ -43,7 +44,12 @@ shapes = st.builds(
     metrics=st.one_of(st.none(), st.integers(2, 3)),
     fleet=st.booleans(),
     probe=st.one_of(st.none(), st.integers(0, 1)),
+    reload=st.one_of(st.none(), st.integers(0, 1)),
 )
+
+
+def _marker(site: Site, index: int) -> Path:
+    return site.out.parent / f"reloaded-{index}"
 
 
 def _write(
@@ -51,6 +57,8 @@ def _write(
 ) -> None:
     sources = json.dumps([str(site.certs / s) for s in sorted(shape.sources)])
     extra = "probe_interval = 3600\n"
+    if shape.reload is not None:
+        extra += f'reload_command = ["touch", "{_marker(site, shape.reload)}"]\n'
     if shape.responder is not None:
         extra += f'[responder]\nlisten = "127.0.0.1:{ports[shape.responder]}"\n'
     if shape.metrics is not None:
@@ -147,6 +155,14 @@ def test_a_reload_gives_exactly_what_a_start_on_the_new_file_would(
         for i, port in enumerate(closed):
             if a.probe == i and b.probe != i:
                 assert not _probed(d.output()[mark:], port), d.output()[mark:]
+        if b.reload is not None:
+            # A renewal after the reload runs B's reload_command, not A's.
+            for i in (0, 1):
+                _marker(site, i).unlink(missing_ok=True)
+            name = min(b.sources)
+            site.bundle(f"{name}/{name}.example", site.issue(f"{name}.example"))
+            wait_for("B's reload_command", _marker(site, b.reload).exists)
+            assert not _marker(site, 1 - b.reload).exists()
         assert d.proc.poll() is None, d.output()
         assert "Traceback" not in d.output()
     finally:
