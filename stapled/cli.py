@@ -290,7 +290,7 @@ def _status(args: argparse.Namespace) -> int:
     if not result.records:
         print(f"stapled: {cfg.path}: no certificate found in any source", file=sys.stderr)
         return STATUS_UNKNOWN
-    return int(max((r.severity(result.now) for r in result.records), default=0))
+    return int(result.severity())
 
 
 def _check(args: argparse.Namespace) -> int:

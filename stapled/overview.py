@@ -40,6 +40,7 @@ def status(stapler: Stapler) -> PassResult:
             rec.source = stapler.sources.of(rec.current)
             records.append(rec)
     result = PassResult(sorted(records, key=lambda r: r.name), now)
+    result.crl = stapler.revocations.views(stapler.found, now)
     planned = plan.due(records, stapler.config.refresh_at)
     for rec in records:
         recorded = state.recorded_due(saved.get(rec.name, {}))

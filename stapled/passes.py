@@ -37,6 +37,7 @@ from .net import client
 from .net.client import Transport
 from .observe import textfile
 from .observe.tally import Tally
+from .revocations import Revocations
 from .servers import Pusher, Reloader, Servers, haproxy_set_ocsp, run_command
 
 log = logging.getLogger("stapled")
@@ -101,6 +102,10 @@ class Stapler:
         # Names by leaf fingerprint, as last scanned (metrics are labelled by name).
         self._names: dict[str, list[str]] = {}
         self.sources = Origins()
+        self.found: list[Found] = []
+        self.revocations = Revocations.of(
+            config, transport, clock, self.issuers, self.tally.crl_fetched
+        )
 
     # ---- the pass -------------------------------------------------------------------
 
@@ -124,7 +129,9 @@ class Stapler:
         if wanted is None or wanted.textfile is None:
             return
         up = self.fleet.store.connected if self.fleet is not None else None
-        textfile.write(wanted.textfile, __version__, self.tally, result.records, result.now, up)
+        textfile.write(
+            wanted.textfile, __version__, self.tally, result.records, result.now, up, result.crl
+        )
 
     async def _once(self, force: bool, only: Path | None) -> PassResult:
         try:
@@ -144,7 +151,10 @@ class Stapler:
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
         async with self.writing():
-            return await self._locked_pass(force, only, log_records)
+            result = await self._locked_pass(force, only, log_records)
+        # Outside the lock: the command may renew, and certbot's hook then runs a pass.
+        await self.revocations.act(result.records, result.crl)
+        return result
 
     async def _locked_pass(self, force: bool, only: Path | None, log_records: bool) -> PassResult:
         self._remove_leftovers()
@@ -185,6 +195,13 @@ class Stapler:
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
         result.due = plan.due(result.records, self.config.refresh_at)
+        names = {r.name for r in result.records}
+        result.crl = await self.revocations.check(
+            [f for f in self.found if f.name in names],
+            result.now,
+            force=force,
+            keep_others=only is not None,
+        )
         if log_records:
             for record in result.records:
                 report.log_record(record, result.due.get(record.name))
@@ -236,7 +253,7 @@ class Stapler:
 
     def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
         """Find every certificate: records for those needing no fetch, the rest grouped."""
-        found = discovery.discover(self.config.certificates, self._discovered)
+        found = self.found = discovery.discover(self.config.certificates, self._discovered)
         records, groups = plan.classify(found, self.clock())
         self._names = {fp: [m.name for m in members] for fp, members in groups.items()}
         return records, groups

@@ -110,12 +110,18 @@ def _commands(cfg: Config, found: Findings) -> None:
     for key, argv in (
         ("reload_command", cfg.reload_command),
         ("config_test_command", cfg.config_test_command),
+        ("revoked_command", cfg.revoked_command),
     ):
         if argv and shutil.which(argv[0]) is None:
             _error(found, cfg, key, f"{argv[0]} is not a program this user can run")
             missing |= key == "config_test_command"
             continue
-        if argv and Path(argv[0]).name in _ROOT_ONLY and os.geteuid() != 0:
+        if (
+            key == "reload_command"
+            and argv
+            and Path(argv[0]).name in _ROOT_ONLY
+            and os.geteuid() != 0
+        ):
             _error(
                 found,
                 cfg,

@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from .core import revocation
 from .core.model import NOT_DUE, Due, PassResult, Record
 from .core.policy import State
+from .core.revocation import CrlView
 from .core.times import iso
 
 log = logging.getLogger("stapled")
@@ -21,14 +23,28 @@ def rfc3339(t: datetime | None) -> str | None:
 
 def as_json(result: PassResult) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "certificates": [_json_record(r, result.due.get(r.name, NOT_DUE)) for r in result.records]
+        "certificates": [
+            _json_record(r, result.due.get(r.name, NOT_DUE), result.crl.get(r.name))
+            for r in result.records
+        ]
     }
     if result.fleet is not None:
         out["fleet"] = result.fleet
     return out
 
 
-def _json_record(r: Record, due: Due) -> dict[str, Any]:
+def _staple(r: Record) -> str | None:
+    return revocation.staple_verdict(r.state, r.ocsp_url is not None)
+
+
+def _revoked(r: Record, crl: CrlView | None) -> str:
+    """The REVOKED? cell: the verdict from either source (PROBLEM says which)."""
+    found = revocation.verdict(_staple(r), crl, r.crl_url is not None)
+    return "REVOKED" if found == revocation.REVOKED else found or "-"
+
+
+def _json_record(r: Record, due: Due, crl: CrlView | None) -> dict[str, Any]:
+    staple = _staple(r)
     return {
         "name": r.name,
         "path": r.path,
@@ -40,15 +56,37 @@ def _json_record(r: Record, due: Due) -> dict[str, Any]:
         "next_update": rfc3339(r.next_update),
         "next_refresh": rfc3339(due.refresh),
         "next_retry": rfc3339(due.retry),
-        "last_error": r.last_error,
+        "last_error": _errors(r, staple, crl),
         "must_staple": r.must_staple,
         "source": r.source,
+        "revocation": revocation.verdict(staple, crl, r.crl_url is not None),
+        "crl": _json_crl(crl) if crl is not None else None,
     }
+
+
+def _json_crl(c: CrlView) -> dict[str, Any]:
+    return {
+        "url": c.url,
+        "status": c.status,
+        "this_update": rfc3339(c.this_update),
+        "next_update": rfc3339(c.next_update),
+        "revoked_at": rfc3339(c.revoked_at),
+        "reason": c.reason,
+        "last_error": c.last_error,
+        "evidence": c.evidence,
+    }
+
+
+def _errors(r: Record, staple: str | None, crl: CrlView | None) -> str | None:
+    """The record's own error and what its CRL adds (naming the CRL's URL)."""
+    parts = [e for e in (r.last_error, revocation.problem(staple, crl)) if e]
+    return "; ".join(parts) or None
 
 
 _COLUMNS = (
     "NAME",
     "STATE",
+    "REVOKED?",
     "FROM",
     "SERIAL",
     "THIS UPDATE",
@@ -57,13 +95,14 @@ _COLUMNS = (
     "STAPLE",
     "SOURCE",
     "OCSP URL",
+    "CRL URL",
     "LAST ERROR",
 )
 
 
 WIDTH = 100
-_NARROW = ("NAME", "STATE", "FROM", "NEXT UPDATE", "NEXT ATTEMPT", "PROBLEM")
-_NAME_MAX = 32
+_NARROW = ("NAME", "STATE", "REVOKED?", "FROM", "NEXT UPDATE", "NEXT ATTEMPT", "PROBLEM")
+_NAME_MAX = 28
 
 
 def table(result: PassResult, *, wide: bool = False) -> str:
@@ -85,10 +124,11 @@ def _narrow(result: PassResult) -> list[str]:
         (
             _cut(r.name + (" (must-staple)" if r.must_staple else ""), _NAME_MAX),
             str(r.state),
+            _revoked(r, result.crl.get(r.name)),
             _SOURCES.get(r.source or "", "-"),
             _brief(r.next_update),
             _next(result.due.get(r.name, NOT_DUE), _brief, " retry"),
-            r.last_error or "-",
+            _errors(r, _staple(r), result.crl.get(r.name)) or "-",
         )
         for r in result.records
     ]
@@ -107,6 +147,7 @@ def _wide(result: PassResult) -> list[str]:
         (
             r.name + (" (must-staple)" if r.must_staple else ""),
             str(r.state),
+            _revoked(r, result.crl.get(r.name)),
             _SOURCES.get(r.source or "", "-"),
             r.serial or "-",
             _short(r.this_update),
@@ -115,7 +156,8 @@ def _wide(result: PassResult) -> list[str]:
             r.staple_path or "-",
             r.path,
             r.ocsp_url or "-",
-            r.last_error or "-",
+            r.crl_url or "-",
+            _errors(r, _staple(r), result.crl.get(r.name)) or "-",
         )
         for r in result.records
     ]

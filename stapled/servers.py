@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import Config
@@ -27,8 +28,14 @@ HAPROXY_UPDATED = "OCSP Response updated!"
 MAX_SOCKET_REPLY = 64 * 1024
 
 
-def run_command(argv: Sequence[str], timeout: float, what: str = "reload command") -> str:
-    """Run ``argv`` (never through a shell); its output, or ReloadError.
+def run_command(
+    argv: Sequence[str],
+    timeout: float,
+    what: str = "reload command",
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Run ``argv`` (never through a shell), with ``env`` added to the environment; its
+    output, or ReloadError.
 
     A command that hangs is killed after ``timeout`` seconds: a stuck web server must
     not hold stapled.  Standard input is closed so the command cannot wait for it.
@@ -36,6 +43,7 @@ def run_command(argv: Sequence[str], timeout: float, what: str = "reload command
     try:
         done = subprocess.run(
             list(argv),
+            env={**os.environ, **env} if env else None,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -26,7 +26,10 @@ LAYERS: dict[str, tuple[set[str], set[str]]] = {
     "report": ({"report"}, {"core", "errors"}),
     "files": ({"files.*"}, {"core", "config", "errors"}),
     "net": ({"net.*"}, {"core", "errors"}),
-    "edges": ({"fetch", "issuers", "servers"}, {"files", "net", "core", "config", "errors"}),
+    "edges": (
+        {"fetch", "issuers", "servers", "crls", "hooks", "revocations"},
+        {"files", "net", "core", "config", "errors"},
+    ),
     "fleet": ({"fleet.*"}, {"core", "config", "errors"}),
     "observe": ({"observe.*"}, {"core", "config", "errors"}),
     "passes": (

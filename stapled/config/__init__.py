@@ -53,6 +53,10 @@ DEFAULT_RESCAN_INTERVAL = 600.0
 DEFAULT_DEBOUNCE = 2.0
 STATE_DIR_NAME = ".stapled"
 DEFAULT_PROBE_INTERVAL = 300.0
+# ``crl``: which certificates are checked against their CRL.
+CRL_MODES = ("no-ocsp", "all", "off")
+# A revoked_command may renew a certificate: give it as long as a reload.
+REVOKED_COMMAND_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class Config:
     probes: tuple[ProbeConfig, ...] = ()
     probe_interval: float = DEFAULT_PROBE_INTERVAL
     metrics: MetricsConfig | None = None
+    crl: str = "no-ocsp"
+    revoked_command: tuple[str, ...] = ()
 
     @property
     def state_path(self) -> Path:
@@ -114,6 +120,8 @@ _TOP_KEYS = {
     "probe",
     "probe_interval",
     "metrics",
+    "crl",
+    "revoked_command",
 }
 
 
@@ -158,6 +166,9 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     cert_id_hash = raw.get("cert_id_hash", "sha1")
     if cert_id_hash not in ("sha1", "sha256"):
         raise p.error("cert_id_hash", f"must be 'sha1' or 'sha256', not {cert_id_hash!r}")
+    crl = raw.get("crl", "no-ocsp")
+    if crl not in CRL_MODES:
+        raise p.error("crl", f"must be 'no-ocsp', 'all' or 'off', not {crl!r}")
     return Config(
         path=path,
         output_dir=output_dir,
@@ -179,6 +190,8 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         probes=probes(p, raw),
         probe_interval=p.duration(raw, "probe_interval", DEFAULT_PROBE_INTERVAL),
         metrics=metrics(p, raw),
+        crl=crl,
+        revoked_command=p.command(raw, "revoked_command"),
         **_daemon_timing(p, raw),
     )
 

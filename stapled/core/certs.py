@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ..errors import CertificateError
-from . import foreign
+from . import foreign, urls
 from .der import tlv
 
 # RFC 7633: the TLS feature extension; value 5 is status_request ("must-staple").
@@ -278,6 +278,11 @@ class CertChain:
     @property
     def serial_hex(self) -> str:
         return format(self.serial, "X")
+
+    @property
+    def crl_url(self) -> str | None:
+        """The first CRL distribution point stapled can fetch (http or https)."""
+        return next((u for u in self.crl_urls if urls.problem(u) is None), None)
 
     def with_issuer(self, issuer: x509.Certificate) -> CertChain:
         return replace(self, issuer=issuer)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import policy
+from . import policy, revocation
 from .certs import CertChain
 from .ocsp import CertID, Staple
 from .policy import Severity, State
+from .revocation import CrlView
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class Record:
     # Where the staple held came from: "ca", "fleet" (another host's, validated here) or
     # "disk" (found there).
     source: str | None = None
+    # The certificate's first http CRL distribution point.
+    crl_url: str | None = None
 
     @property
     def servable(self) -> Staple | None:
@@ -162,12 +165,21 @@ class PassResult:
     fleet: dict[str, object] | None = None
     # When each name is asked about next, by name.
     due: dict[str, Due] = field(default_factory=dict)
+    # What each name's CRL says, for the names whose CRL is checked.
+    crl: dict[str, CrlView] = field(default_factory=dict)
 
     def exit_code(self) -> int:
-        """0 all good; 1 some refresh or the reload failed, staples still valid; 2 worse."""
+        """0 all good; 1 some refresh, CRL or the reload failed, staples still valid;
+        2 worse (revoked by either source, or no valid staple)."""
         worst = max((r.severity(self.now, aging=False) for r in self.records), default=Severity.OK)
-        if worst is Severity.CRITICAL:
+        crl = revocation.exit_code(self.crl.values())
+        if worst is Severity.CRITICAL or crl == 2:
             return 2
-        if self.reload_error or any(r.failed_now for r in self.records):
+        if self.reload_error or crl or any(r.failed_now for r in self.records):
             return 1
         return 0
+
+    def severity(self) -> Severity:
+        """``status``'s verdict: the worst of each certificate's and each CRL's."""
+        worst = max((r.severity(self.now) for r in self.records), default=Severity.OK)
+        return max(worst, Severity(revocation.exit_code(self.crl.values())))

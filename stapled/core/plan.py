@@ -52,6 +52,7 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
             must_staple=chain.must_staple,
             ocsp_url=chain.ocsp_urls[0] if chain.ocsp_urls else None,
             fingerprint=chain.fingerprint,
+            crl_url=chain.crl_url,
         )
         problems = [urls.problem(u) for u in chain.ocsp_urls]
         usable = tuple(u for u, p in zip(chain.ocsp_urls, problems, strict=True) if p is None)
@@ -155,6 +156,7 @@ def record(
         ocsp_url=chain.ocsp_urls[0],
         must_staple=chain.must_staple,
         staple_path=staple_path,
+        crl_url=chain.crl_url,
     )
     if current is not None:
         rec.this_update, rec.next_update = current.this_update, current.next_update

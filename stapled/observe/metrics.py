@@ -10,8 +10,8 @@ is 0").  The textfile carries no sample timestamps (node_exporter would refuse i
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +28,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from ..core.model import Record
 from ..core.ocsp import CertStatus
+from ..core.policy import State
+from ..core.revocation import CrlView
+from ..core.urls import redacted
 from ..errors import ListenError, StoreError
 from .tally import FETCH_BUCKETS, Counts, Tally
 
@@ -43,6 +46,8 @@ class Snapshot:
     records: tuple[Record, ...] = ()
     now: datetime | None = None
     fleet_up: bool | None = None  # None: not in fleet mode
+    # What each name's CRL says, for the names whose CRL is checked.
+    crl: Mapping[str, CrlView] = field(default_factory=dict)
 
 
 class Metrics:
@@ -93,6 +98,8 @@ class _Collector(Collector):
         build.add_metric([], {"version": self.version})
         yield build
         yield from _certificates(snap.records, snap.now)
+        yield from _revoked(snap.records, snap.crl)
+        yield from _crls(snap.crl, counts)
         yield from _counted(counts)
         yield from _probes(counts)
         if snap.fleet_up is not None:
@@ -150,6 +157,46 @@ def _certificates(records: Iterable[Record], now: datetime | None) -> Iterator[M
             this_update.add_metric([r.name], r.this_update.timestamp())
             next_update.add_metric([r.name], r.next_update.timestamp())
     yield from (info, valid, status, this_update, next_update)
+
+
+def _revoked(records: Iterable[Record], crl: Mapping[str, CrlView]) -> Iterator[Metric]:
+    revoked = GaugeMetricFamily(
+        "stapled_certificate_revoked",
+        "1 when a source says the certificate is revoked, 0 when it says good "
+        "(no series while the source gives no valid answer)",
+        labels=["cert", "source"],
+    )
+    for r in records:
+        staple = r.servable
+        if staple is not None:
+            revoked.add_metric([r.name, "ocsp"], 1.0 if r.state is State.REVOKED else 0.0)
+        view = crl.get(r.name)
+        if view is not None and view.status is not None:
+            revoked.add_metric([r.name, "crl"], 1.0 if view.revoked else 0.0)
+    yield revoked
+
+
+def _crls(crl: Mapping[str, CrlView], counts: Counts) -> Iterator[Metric]:
+    next_update = GaugeMetricFamily(
+        "stapled_crl_next_update_timestamp_seconds",
+        "nextUpdate of the valid CRL held for each distribution point",
+        labels=["url"],
+    )
+    held = {v.url: v.next_update for v in crl.values() if v.next_update is not None}
+    for url, when in sorted(held.items()):
+        next_update.add_metric([redacted(url)], when.timestamp())
+    yield next_update
+    fetches = CounterMetricFamily(
+        "stapled_crl_fetch",
+        "CRL fetches, by result ('success', 'not_modified', 'failure')",
+        labels=["result"],
+    )
+    for result in ("success", "not_modified", "failure"):
+        fetches.add_metric([result], counts.crl_fetches[result])
+    yield fetches
+    size = CounterMetricFamily("stapled_crl_bytes", "Bytes of CRLs received")
+    size.add_metric([], counts.crl_bytes)
+    yield size
 
 
 def _counted(counts: Counts) -> Iterator[Metric]:

@@ -48,6 +48,8 @@ class Counts:
     updates: Counter[tuple[str, str]] = field(default_factory=Counter)
     probes: dict[tuple[str, str], Judged] = field(default_factory=dict)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
+    crl_fetches: Counter[str] = field(default_factory=Counter)
+    crl_bytes: int = 0
 
 
 class Tally:
@@ -87,6 +89,12 @@ class Tally:
         with self._lock:
             self._counts.rejected[name, reason] += 1
 
+    def crl_fetched(self, result: str, size: int) -> None:
+        """One CRL fetch: "success", "not_modified" or "failure", and the bytes received."""
+        with self._lock:
+            self._counts.crl_fetches[result] += 1
+            self._counts.crl_bytes += size
+
     def counts(self) -> Counts:
         with self._lock:
             c = self._counts
@@ -98,4 +106,6 @@ class Tally:
                 Counter(c.updates),
                 dict(c.probes),
                 Counter(c.rejected),
+                Counter(c.crl_fetches),
+                c.crl_bytes,
             )

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..core.model import Due, Found, Owed, Record
+from ..core.revocation import CrlView
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,18 @@ class Book:
     attempts: Counter[str] = field(default_factory=Counter)
     owed: Owed = field(default_factory=Owed)
     due: dict[str, Due] = field(default_factory=dict)
+    # What each name's CRL says, for the names whose CRL is checked.
+    crl: dict[str, CrlView] = field(default_factory=dict)
 
-    def start(self, records: Iterable[Record], groups: dict[str, list[Found]], owed: Owed) -> None:
+    def start(
+        self,
+        records: Iterable[Record],
+        groups: dict[str, list[Found]],
+        owed: Owed,
+        crl: dict[str, CrlView],
+    ) -> None:
         """The first pass's outcome."""
+        self.crl = dict(crl)
         self.groups = dict(groups)
         self.records = {r.name: r for r in records}
         self.owed = owed
@@ -63,6 +73,7 @@ class Book:
         for name in dropped:
             del self.records[name]
             self.due.pop(name, None)
+            self.crl.pop(name, None)
         changed = tuple(r for r in records if self.records.get(r.name) != r)
         for rec in records:
             self.records[rec.name] = rec

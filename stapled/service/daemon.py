@@ -28,12 +28,14 @@ from .. import config as config_module
 from .. import report
 from ..config import Config
 from ..core.model import NOT_DUE, Due, Owed, PassResult, Record
+from ..core.policy import State
 from ..core.times import Clock, iso
 from ..errors import ConfigError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
 from .book import Book
+from .crl_jobs import CrlJobs
 from .fleet_jobs import FleetJobs
 from .jobs import Jobs
 from .monitor_jobs import MonitorJobs
@@ -77,6 +79,7 @@ class Daemon:
         self._pass: asyncio.Future[PassResult] | None = None
         self.fleet_jobs = FleetJobs(self)
         self.monitor = MonitorJobs(self)
+        self.crl_jobs = CrlJobs(self)
 
     # ---- life cycle -------------------------------------------------------------------
 
@@ -98,7 +101,7 @@ class Daemon:
             first = await self._first_pass()
             if first is None:
                 return await self._shutdown(save=False)
-            self.book.start(first.records, first.groups, first.owed)
+            self.book.start(first.records, first.groups, first.owed, first.crl)
             for fingerprint in self.book.groups:
                 records = self.book.records_of(fingerprint)
                 self._schedule(fingerprint, records)
@@ -111,6 +114,7 @@ class Daemon:
             self.scheduler.every(tick, self._tick, id="tick")
             self.scheduler.every(self.config.rescan_interval, self._rescan, id="rescan")
             self.fleet_jobs.start()
+            self.crl_jobs.schedule()
             self.monitor.start_metrics()
             self.monitor.start_probes()
             self.scheduler.start()
@@ -223,6 +227,7 @@ class Daemon:
             self.watcher.stop()
         self._start_watcher()
         await self._rescan()
+        self.crl_jobs.check_soon()
         self.notifier.ready(self.summary())
 
     def _start_responder(self, config: Config) -> Responder | None:
@@ -291,6 +296,8 @@ class Daemon:
             report.log_record(rec, self.book.due.get(rec.name))
         for fingerprint in found.arrived:
             self._add_job(fingerprint, now, force=False)
+        if found.arrived or found.changed or found.dropped:
+            self.crl_jobs.check_soon()
         self.save_state_soon()
 
     async def _refresh_job(self, fingerprint: str, force: bool) -> None:
@@ -317,6 +324,8 @@ class Daemon:
         self._index(fingerprint, records)
         for rec in records:
             report.log_record(rec, self.book.due.get(rec.name))
+        if any(r.state is State.REVOKED for r in records):
+            self.crl_jobs.act_soon()
         self.deliver_soon(reload=any(r.changed for r in records))
         self.save_state_soon()
 

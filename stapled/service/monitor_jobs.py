@@ -114,7 +114,7 @@ class MonitorJobs:
         up = fleet.store.connected if fleet is not None else None
         from ..observe.metrics import Snapshot
 
-        return Snapshot(self.published, self.daemon.clock(), up)
+        return Snapshot(self.published, self.daemon.clock(), up, dict(self.daemon.book.crl))
 
     def textfile_soon(self, *, at_once: bool = False) -> None:
         """Rewrite the textfile: at most once per TEXTFILE_INTERVAL (it costs memory and

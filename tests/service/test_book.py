@@ -24,7 +24,7 @@ def _book() -> Book:
     book = Book()
     groups = {"fp-a": [_found("a"), _found("a2")], "fp-b": [_found("b")]}
     book.start(
-        [_record("a"), _record("a2"), _record("b"), _record("x", State.NO_OCSP)], groups, Owed()
+        [_record("a"), _record("a2"), _record("b"), _record("x", State.NO_OCSP)], groups, Owed(), {}
     )
     return book
 

@@ -1,0 +1,271 @@
+"""Revocation for every certificate: a certificate's CRL fetched from a real nginx (ETag,
+304), made by `openssl ca`, checked once per URL, its verdict in `status`, the exit
+status, the log and `revoked_command`; a CRL that fails never decides."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from stapled import config as config_module
+from stapled.cli import main
+from stapled.demo.ca import CA, Issued
+from stapled.net.client import Transport
+from stapled.passes import Stapler
+
+from .conftest import Site
+from .crltool import CrlServer, OpensslCA, built, publish
+from .servers import free_port
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture
+def crls(tmp_path: Path) -> Iterator[CrlServer]:
+    with CrlServer(tmp_path / "crl-server") as server:
+        yield server
+
+
+@pytest.fixture
+def authority(site: Site, tmp_path: Path) -> OpensslCA:
+    return OpensslCA(site.ca, tmp_path / "openssl-ca")
+
+
+def _no_ocsp(site: Site, name: str, url: str) -> Issued:
+    issued = site.ca.issue(name, ocsp_urls=[], crl_urls=[url])
+    site.bundle(name, issued)
+    return issued
+
+
+def _status(site: Site, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, dict]]:  # type: ignore[type-arg]
+    capsys.readouterr()
+    code = main(["status", "--json", "--config", str(site.config_path)])
+    found = json.loads(capsys.readouterr().out)
+    return code, {c["name"]: c for c in found["certificates"]}
+
+
+def test_a_certificate_without_ocsp_is_good_by_its_crl(
+    site: Site,
+    crls: CrlServer,
+    authority: OpensslCA,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = crls.url("shard-1.crl")
+    _no_ocsp(site, "a.example", url)
+    authority.gencrl(crls.www / "shard-1.crl")
+    site.config()
+    assert site.once() == 0
+    code, found = _status(site, capsys)
+    entry = found["a.example"]
+    assert code == 0, entry
+    assert entry["status"] == "no-ocsp" and entry["revocation"] == "good"
+    assert entry["crl"]["url"] == url and entry["crl"]["status"] == "good"
+    assert entry["crl"]["next_update"] and entry["crl"]["last_error"] is None
+
+
+def test_shared_crl_is_fetched_once_and_a_revoked_one_says_so_everywhere(
+    site: Site,
+    crls: CrlServer,
+    authority: OpensslCA,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = crls.url("shard-2.crl")
+    issued = [_no_ocsp(site, f"{n}.example", url) for n in ("a", "b", "c")]
+    authority.revoke(issued[1], "keyCompromise")
+    served = authority.gencrl(crls.www / "shard-2.crl")
+    site.config()
+    capsys.readouterr()
+    assert site.once() == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "REVOKED" in x]
+    assert "CRITICAL" in line and "b.example" in line and url in line
+    assert crls.requests("shard-2.crl") == ["200"]
+    code, found = _status(site, capsys)
+    assert code == 2
+    b = found["b.example"]
+    assert b["revocation"] == "revoked" and b["crl"]["status"] == "revoked"
+    assert b["crl"]["reason"] == "keyCompromise" and b["crl"]["revoked_at"]
+    assert Path(b["crl"]["evidence"]).read_bytes() == served
+    assert {found[n]["revocation"] for n in ("a.example", "c.example")} == {"good"}
+    # Not due again: nothing fetched; --force asks again, conditionally: 304.
+    assert site.once() == 2
+    assert crls.requests("shard-2.crl") == ["200"]
+    assert site.once("--force") == 2
+    assert crls.requests("shard-2.crl") == ["200", "304"]
+
+
+def test_a_new_serial_under_a_known_url_is_looked_up_at_once(
+    site: Site, crls: CrlServer, authority: OpensslCA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = crls.url("shard-3.crl")
+    _no_ocsp(site, "a.example", url)
+    site.config()
+    authority.gencrl(crls.www / "shard-3.crl")
+    assert site.once() == 0
+    late = _no_ocsp(site, "late.example", url)
+    authority.revoke(late)
+    authority.gencrl(crls.www / "shard-3.crl")
+    # The CRL held covers a.example only: a 304 could not answer for late.example.
+    assert site.once() == 2
+    assert crls.requests("shard-3.crl") == ["200", "200"]
+    assert _status(site, capsys)[1]["late.example"]["revocation"] == "revoked"
+
+
+CA_B = CA("another CA")
+
+
+def test_a_failing_crl_never_decides_and_the_last_verdict_stands_until_next_update(
+    site: Site,
+    crls: CrlServer,
+    authority: OpensslCA,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each kind of failure after a valid verdict: exit 1, the verdict kept, the URL
+    named; another certificate's CRL is not touched."""
+    good_url = crls.url("fine.crl")
+    _no_ocsp(site, "fine.example", good_url)
+    authority.gencrl(crls.www / "fine.crl")
+    revoked = _no_ocsp(site, "r.example", crls.url("bad.crl"))
+    authority.revoke(revoked)
+    authority.gencrl(crls.www / "bad.crl")
+    site.config("min_refresh_interval = 1\n", timeout=1)
+    assert site.once() == 2
+    now = datetime.now(UTC)
+    breakages: dict[str, bytes | None] = {
+        "issued by another CA": built(CA_B),
+        "signature does not verify": built(CA_B, issuer=site.ca.cert.subject),
+        "expired": built(
+            site.ca, this_update=now - timedelta(days=2), next_update=now - timedelta(days=1)
+        ),
+        "in the future": built(site.ca, this_update=now + timedelta(hours=1)),
+        "not a CRL": b"\x30\x03\x02\x01\x00",
+        "HTTP 404": None,
+        "exceeds": b"\x30" * (33 * 1024 * 1024),
+    }
+    for words, body in breakages.items():
+        target = crls.www / "bad.crl"
+        if body is None:
+            target.unlink(missing_ok=True)
+        else:
+            publish(target, body)
+        assert site.once("--force") == 2, words  # still revoked: the verdict stands
+        code, found = _status(site, capsys)
+        r = found["r.example"]
+        assert code == 2 and r["revocation"] == "revoked", (words, r)
+        assert words in r["crl"]["last_error"] and crls.url("bad.crl") in r["last_error"], r
+        assert found["fine.example"]["crl"]["last_error"] is None
+
+
+def test_unreachable_and_hung_distribution_points_are_named(
+    site: Site, crls: CrlServer, authority: OpensslCA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen()
+    try:
+        closed = f"http://127.0.0.1:{free_port()}/x.crl"
+        stuck = f"http://127.0.0.1:{hung.getsockname()[1]}/y.crl"
+        _no_ocsp(site, "closed.example", closed)
+        _no_ocsp(site, "stuck.example", stuck)
+        _no_ocsp(site, "fine.example", crls.url("fine.crl"))
+        authority.gencrl(crls.www / "fine.crl")
+        site.config(timeout=1)
+        assert site.once() == 1
+        code, found = _status(site, capsys)
+        assert code == 1
+        for name, url in (("closed.example", closed), ("stuck.example", stuck)):
+            entry = found[name]
+            assert entry["revocation"] == "unknown" and entry["crl"]["status"] is None
+            assert url in entry["crl"]["last_error"] and url in entry["last_error"]
+        assert found["fine.example"]["revocation"] == "good"
+    finally:
+        hung.close()
+
+
+def test_after_next_update_a_failing_crl_leaves_the_verdict_unknown(
+    site: Site, crls: CrlServer
+) -> None:
+    url = crls.url("short.crl")
+    issued = _no_ocsp(site, "a.example", url)
+    now = datetime.now(UTC)
+    publish(
+        crls.www / "short.crl",
+        built(site.ca, revoked={issued.cert.serial_number: x509.ReasonFlags.superseded}),
+    )
+    cfg = config_module.load(site.config())
+    assert Stapler(cfg, transport=Transport(timeout=2)).once().exit_code() == 2
+    (crls.www / "short.crl").unlink()
+    later = Stapler(cfg, transport=Transport(timeout=2), clock=lambda: now + timedelta(days=2))
+    result = later.once()
+    view = result.crl["a.example"]
+    assert view.status is None and url in (view.last_error or "")
+    assert result.exit_code() == 1
+
+
+def test_crl_all_cross_checks_a_good_staple(
+    site: Site, crls: CrlServer, authority: OpensslCA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = crls.url("all.crl")
+    issued = site.issue("s.example", crl_urls=[url])
+    site.bundle("s.example", issued)
+    authority.revoke(issued, "cessationOfOperation")
+    authority.gencrl(crls.www / "all.crl")
+    site.config('crl = "all"\n')
+    assert site.once() == 2
+    code, found = _status(site, capsys)
+    s = found["s.example"]
+    assert code == 2 and s["status"] == "good" and s["revocation"] == "revoked"
+    assert s["crl"]["status"] == "revoked" and s["crl"]["reason"] == "cessationOfOperation"
+    assert "OCSP staple says good" in s["last_error"] and url in s["last_error"]
+    # The default checks only what has no OCSP: the same certificate is good.
+    site.config()
+    assert site.once() == 0
+    assert _status(site, capsys)[1]["s.example"]["crl"] is None
+
+
+def test_crl_off_checks_nothing(
+    site: Site, crls: CrlServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _no_ocsp(site, "a.example", crls.url("off.crl"))
+    site.config('crl = "off"\n')
+    assert site.once() == 0
+    assert crls.requests("off.crl") == []
+    entry = _status(site, capsys)[1]["a.example"]
+    assert entry["crl"] is None and entry["revocation"] == "unknown"
+
+
+def test_revoked_command_runs_once_per_serial_with_its_environment(
+    site: Site, crls: CrlServer, authority: OpensslCA, tmp_path: Path
+) -> None:
+    url = crls.url("hook.crl")
+    issued = _no_ocsp(site, "h.example", url)
+    authority.revoke(issued, "keyCompromise")
+    authority.gencrl(crls.www / "hook.crl")
+    out = tmp_path / "hook.out"
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "import json, os, sys\n"
+        f"with open({str(out)!r}, 'a') as f:\n"
+        "    f.write(json.dumps({k: v for k, v in os.environ.items()"
+        " if k.startswith('STAPLED_')}) + '\\n')\n"
+    )
+    # "$HOME" stays as written: the command never goes through a shell.
+    site.config(f'revoked_command = ["{os.sys.executable}", "{hook}", "$HOME"]\n')  # type: ignore[attr-defined]
+    assert site.once() == 2
+    assert site.once("--force") == 2
+    (line,) = out.read_text().splitlines()
+    assert json.loads(line) == {
+        "STAPLED_NAME": "h.example",
+        "STAPLED_CERT": str(site.certs / "h.example.pem"),
+        "STAPLED_SERIAL": format(issued.cert.serial_number, "X"),
+        "STAPLED_REASON": "keyCompromise",
+        "STAPLED_SOURCE": "crl",
+    }
