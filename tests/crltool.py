@@ -61,7 +61,7 @@ class OpensslCA:
         would write), for a CRL of that many entries."""
         when = datetime.now(UTC).strftime("%y%m%d%H%M%SZ")
         lines = [
-            f"R\t301231235959Z\t{when},superseded\t{start + i:X}\tunknown\t/CN=n{i}\n"
+            f"R\t301231235959Z\t{when},superseded\t{start + i:012X}\tunknown\t/CN=n{i}\n"
             for i in range(count)
         ]
         with (self.root / "index.txt").open("a") as f:

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +26,7 @@ from stapled.passes import Stapler
 
 from .conftest import Site
 from .crltool import CrlServer, OpensslCA, built, publish
+from .docs.blocks import TOP, block, commands
 from .servers import free_port
 
 pytestmark = pytest.mark.servers
@@ -255,10 +261,11 @@ def test_revoked_command_runs_once_per_serial_with_its_environment(
         "import json, os, sys\n"
         f"with open({str(out)!r}, 'a') as f:\n"
         "    f.write(json.dumps({k: v for k, v in os.environ.items()"
-        " if k.startswith('STAPLED_')}) + '\\n')\n"
+        " if k in {'STAPLED_NAME', 'STAPLED_CERT', 'STAPLED_SERIAL', 'STAPLED_REASON',"
+        " 'STAPLED_SOURCE'}}) + '\\n')\n"
     )
     # "$HOME" stays as written: the command never goes through a shell.
-    site.config(f'revoked_command = ["{os.sys.executable}", "{hook}", "$HOME"]\n')  # type: ignore[attr-defined]
+    site.config(f'revoked_command = ["{sys.executable}", "{hook}", "$HOME"]\n')
     assert site.once() == 2
     assert site.once("--force") == 2
     (line,) = out.read_text().splitlines()
@@ -269,3 +276,97 @@ def test_revoked_command_runs_once_per_serial_with_its_environment(
         "STAPLED_REASON": "keyCompromise",
         "STAPLED_SOURCE": "crl",
     }
+
+
+EXAMPLE_HOOK = Path(__file__).parent.parent / "examples" / "renew-revoked"
+
+
+def _stub_certbot(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A `certbot` on PATH that records its arguments (renewing needs an ACME CA)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "certbot.calls"
+    bin_dir.mkdir()
+    stub = bin_dir / "certbot"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return env, calls
+
+
+def test_the_example_hook_renews_as_root_and_asks_root_otherwise(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("STAPLED_REQUIRE_SERVERS") == "1":
+            pytest.fail("the hook's two users need root to test")
+        pytest.skip("needs root")
+    env, calls = _stub_certbot(tmp_path)
+    # Outside pytest's directory, which only its owner may enter.
+    shared = Path(tempfile.mkdtemp())
+    shared.chmod(0o755)
+    requests = shared / "requests"
+    env |= {"STAPLED_RENEW_REQUESTS": str(requests), "STAPLED_NAME": "www.example.com"}
+    subprocess.run([str(EXAMPLE_HOOK)], env=env, check=True)
+    assert calls.read_text() == "renew --cert-name www.example.com --force-renewal\n"
+    calls.unlink()
+    # As another user (stapled under the shipped units): a request for root.
+    requests.mkdir()
+    os.chown(requests, 65534, 65534)
+    subprocess.run(
+        ["runuser", "-u", "nobody", "--", str(EXAMPLE_HOOK)],
+        env=env | {"STAPLED_SERIAL": "0A"},
+        check=True,
+    )
+    assert not calls.exists()
+    assert (requests / "www.example.com").read_text() == "0A\n"
+    (requests / "-x --deploy-hook evil").write_text("")
+    done = subprocess.run(
+        [str(EXAMPLE_HOOK), "--requests"], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1 and "not a certificate name" in done.stderr
+    assert calls.read_text() == "renew --cert-name www.example.com --force-renewal\n"
+    assert sorted(p.name for p in requests.iterdir()) == ["-x --deploy-hook evil"]
+    shutil.rmtree(shared)
+
+
+def test_the_docs_configuration_block_is_what_it_says(site: Site) -> None:
+    text = block("revocation-config")
+    cfg = config_module.parse(
+        config_module.tomllib.loads(
+            f'output_dir = "{site.out}"\ncertificates = ["{site.certs}"]\n' + text
+        ),
+        site.config_path,
+    )
+    assert cfg.crl == "no-ocsp" and cfg.revoked_command == ("/usr/share/stapled/renew-revoked",)
+    assert cfg.revoked_command[0].endswith(EXAMPLE_HOOK.name)
+
+
+def test_the_docs_crl_object_is_the_one_status_prints(
+    site: Site, crls: CrlServer, authority: OpensslCA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    documented = json.loads(block("revocation-status-json"))
+    issued = _no_ocsp(site, "doc.example", crls.url("doc.crl"))
+    authority.revoke(issued, "keyCompromise")
+    authority.gencrl(crls.www / "doc.crl")
+    site.config()
+    assert site.once() == 2
+    printed = _status(site, capsys)[1]["doc.example"]["crl"]
+    assert set(printed) == set(documented)
+    for key, value in documented.items():
+        assert type(printed[key]) is type(value), key
+        if key.endswith(("_update", "_at")):
+            assert printed[key][-1] == "Z" and len(printed[key]) == len(value)
+
+
+def test_the_docs_benchmark_runs_as_written() -> None:
+    (line,) = commands("revocation-benchmark")
+    words = shlex.split(line)
+    assert words[0] == ".venv/bin/python"
+    done = subprocess.run(
+        [sys.executable, *words[1:]],
+        cwd=TOP,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "3 certificates sharing one CRL of 100,000 entries" in done.stdout
+    assert "--force (304)" in done.stdout and "0.0 MiB fetched" in done.stdout
