@@ -172,7 +172,7 @@ class Crls:
             if reply.status == 304:
                 assert held is not None  # only a conditional request is answered 304
                 self.counted("not_modified", 0)
-                self._unchanged(url, held, now)
+                self._unchanged(url, held, now, "not modified")
                 return
             self.counted("success", len(reply.body))
             checked = crl.check(reply.body, url, want.issuer, want.serials, now)
@@ -186,7 +186,7 @@ class Crls:
             and checked.this_update < held.this_update
         ):
             # An older list than the one held (a lagging mirror): it decides nothing.
-            self._unchanged(url, held, now)
+            self._unchanged(url, held, now, "an older list than the one held")
             return
         evidence = self._keep_evidence(url, reply.body if checked.revoked else None)
         self._entries[url] = _Entry(
@@ -200,11 +200,11 @@ class Crls:
             evidence=evidence,
         )
 
-    def _unchanged(self, url: str, held: _Entry, now: datetime) -> None:
+    def _unchanged(self, url: str, held: _Entry, now: datetime, answer: str) -> None:
         """Nothing newer than what is held: look again later in its window."""
         assert held.next_update is not None
         if now >= held.next_update:
-            reason = f"{url}: not modified, but its nextUpdate {iso(held.next_update)} has passed"
+            reason = f"{url}: {answer}, and the nextUpdate {iso(held.next_update)} has passed"
             held.last_error, held.failures = reason, held.failures + 1
             held.next_check = now + self._retry(held.failures)
             return

@@ -81,12 +81,13 @@ def test_a_config_test_that_fails_for_this_user_is_an_error_with_the_way_out(
     assert "stapled-reload.service" in err
 
 
-def test_a_reload_command_that_is_no_program_is_an_error(
-    site: Site, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("key", ["reload_command", "revoked_command"])
+def test_a_command_that_is_no_program_is_an_error(
+    site: Site, capsys: pytest.CaptureFixture[str], key: str
 ) -> None:
-    site.config('reload_command = "/nonexistent/reload-it now"\n')
+    site.config(f'{key} = "/nonexistent/run-it now"\n')
     assert main(["check", "--config", str(site.config_path)]) == EX_CONFIG
-    assert "key 'reload_command'" in capsys.readouterr().err
+    assert f"key '{key}'" in capsys.readouterr().err
 
 
 def test_an_output_dir_others_can_write_is_an_error(

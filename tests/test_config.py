@@ -54,6 +54,16 @@ BAD = {
         "concurrency",
     ),
     "per-host-zero": ('output_dir = "out"\ncertificates = ["certs"]\nper_host = 0\n', "per_host"),
+    "crl-unknown": ('output_dir = "out"\ncertificates = ["certs"]\ncrl = "yes"\n', "crl"),
+    "crl-bool": ('output_dir = "out"\ncertificates = ["certs"]\ncrl = true\n', "crl"),
+    "revoked-command-number": (
+        'output_dir = "out"\ncertificates = ["certs"]\nrevoked_command = 3\n',
+        "revoked_command",
+    ),
+    "revoked-command-empty": (
+        'output_dir = "out"\ncertificates = ["certs"]\nrevoked_command = []\n',
+        "revoked_command",
+    ),
     "reload-empty": (
         'output_dir = "out"\ncertificates = ["certs"]\nreload_command = ""\n',
         "reload_command",
