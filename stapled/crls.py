@@ -99,6 +99,8 @@ class Crls:
         self.host = host
         self._entries: dict[str, _Entry] = {}
         self._loaded = False
+        # Whether anything changed since the file was read or written.
+        self._changed = False
 
     # ---- verdicts ---------------------------------------------------------------------
 
@@ -144,6 +146,7 @@ class Crls:
         async def one(want: Want) -> None:
             async with limit:
                 await self._fetch(want)
+                self._changed = True
 
         await asyncio.gather(*(one(w) for w in due))
 
@@ -267,6 +270,7 @@ class Crls:
         """Forget the CRLs no certificate names any more (and their evidence)."""
         wanted = set(urls)
         for url in [u for u in self._entries if u not in wanted]:
+            self._changed = True
             entry = self._entries.pop(url)
             if entry.evidence:
                 Path(entry.evidence).unlink(missing_ok=True)
@@ -292,11 +296,14 @@ class Crls:
                 continue  # that one is fetched again
 
     def save(self) -> None:
-        """Raises StoreError when the state directory is unusable."""
+        """Write what changed.  Raises StoreError when the state directory is unusable."""
+        if not self._changed:
+            return
         data = {"version": 1, "crls": {u: _entry_to(e) for u, e in sorted(self._entries.items())}}
         store.prepare_dir(self.state_dir)
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         store.write_atomic(self.state_dir / STATE_FILE, text.encode(), mode=0o600)
+        self._changed = False
 
 
 def _passed(when: datetime | None, now: datetime) -> bool:

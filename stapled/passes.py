@@ -120,18 +120,11 @@ class Stapler:
             result = client.run(self._once(force, only))
         else:
             result = self.transport.run(self._once(force, only))
-        self.write_textfile(result)
-        return result
-
-    def write_textfile(self, result: PassResult) -> None:
-        """``[metrics] textfile``: rewritten after a pass; a failure is logged."""
-        wanted = self.config.metrics
-        if wanted is None or wanted.textfile is None:
-            return
         up = self.fleet.store.connected if self.fleet is not None else None
-        textfile.write(
-            wanted.textfile, __version__, self.tally, result.records, result.now, up, result.crl
-        )
+        wanted = self.config.metrics
+        path = wanted.textfile if wanted is not None else None
+        textfile.write(path, __version__, self.tally, result, up)
+        return result
 
     async def _once(self, force: bool, only: Path | None) -> PassResult:
         try:
@@ -195,13 +188,8 @@ class Stapler:
         result = PassResult(sorted(records, key=lambda r: r.name), self.clock(), groups=groups)
         result.changed = [r.name for r in result.records if r.changed]
         result.due = plan.due(result.records, self.config.refresh_at)
-        names = {r.name for r in result.records}
-        result.crl = await self.revocations.check(
-            [f for f in self.found if f.name in names],
-            result.now,
-            force=force,
-            keep_others=only is not None,
-        )
+        names = {r.name for r in result.records} if only is not None else None
+        result.crl = await self.revocations.check(self.found, result.now, force=force, only=names)
         if log_records:
             for record in result.records:
                 report.log_record(record, result.due.get(record.name))

@@ -82,11 +82,13 @@ class Revocations:
         return chosen
 
     async def check(
-        self, found: Iterable[Found], now: datetime, *, force: bool, keep_others: bool = False
+        self, found: Iterable[Found], now: datetime, *, force: bool, only: set[str] | None = None
     ) -> dict[str, CrlView]:
         """Fetch the CRLs that are due (all with ``force``) and say what each checked
-        certificate's CRL says.  ``keep_others``: a pass over some certificates keeps
-        what is known of the CRLs only others name."""
+        certificate's CRL says.  ``only``: a pass over these names, which keeps what is
+        known of the CRLs only others name."""
+        if only is not None:
+            found = [f for f in found if f.name in only]
         chains = self.checked(found, now)
         wants: dict[str, Want] = {}
         missing: dict[str, str] = {}
@@ -103,8 +105,10 @@ class Revocations:
             serials = frozenset({chain.serial}) | (held.serials if held else frozenset())
             wants[url] = Want(url, issuer.issuer, serials)
         await self.crls.refresh(wants, force=force, concurrency=self.concurrency)
-        if not keep_others:
-            self.crls.keep_only(wants)
+        if only is None:
+            # Every URL a checked certificate names, wanted now or not (its issuer may be
+            # out of reach for a while): the verdicts held stand.
+            self.crls.keep_only(c.crl_url for c in chains.values() if c.crl_url)
         try:
             self.crls.save()
         except StoreError as e:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from stapled import report
 from stapled.core.model import Due, PassResult, Record
 from stapled.core.policy import State
+from stapled.core.revocation import CrlView
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=300)
@@ -41,15 +42,38 @@ _due = st.builds(
 )
 
 
-def _result(records: list[Record], due: list[Due]) -> PassResult:
+_crl = st.one_of(
+    st.none(),
+    st.builds(
+        CrlView,
+        st.just("http://crl.example/" + "s" * 60 + ".crl"),
+        st.sampled_from([None, "good", "revoked"]),
+        last_error=st.one_of(st.none(), _text),
+        reason=st.just("keyCompromise"),
+        revoked_at=st.just(NOW),
+    ),
+)
+
+
+def _result(
+    records: list[Record], due: list[Due], crl: list[CrlView | None] | None = None
+) -> PassResult:
     result = PassResult(records, NOW)
     result.due = {r.name: d for r, d in zip(records, due, strict=False)}
+    result.crl = {r.name: c for r, c in zip(records, crl or [], strict=False) if c is not None}
     return result
 
 
-@given(st.lists(_records, max_size=8), st.lists(_due, max_size=8), st.booleans())
-def test_the_table_fits_100_columns(records: list[Record], due: list[Due], fleet: bool) -> None:
-    result = _result(records, due)
+@given(
+    st.lists(_records, max_size=8),
+    st.lists(_due, max_size=8),
+    st.lists(_crl, max_size=8),
+    st.booleans(),
+)
+def test_the_table_fits_100_columns(
+    records: list[Record], due: list[Due], crl: list[CrlView | None], fleet: bool
+) -> None:
+    result = _result(records, due, crl)
     if fleet:
         result.fleet = {
             "redis": "redis://***@10.0.0.5:6379/0",
@@ -60,13 +84,28 @@ def test_the_table_fits_100_columns(records: list[Record], due: list[Due], fleet
         assert len(line) <= report.WIDTH, line
 
 
-@given(st.lists(_records, min_size=1, max_size=4))
-def test_wide_shows_every_path_url_and_whole_error(records: list[Record]) -> None:
-    text = report.table(PassResult(records, NOW), wide=True)
+@given(st.lists(_records, min_size=1, max_size=4), st.lists(_crl, max_size=4))
+def test_wide_shows_every_path_url_and_whole_error(
+    records: list[Record], crl: list[CrlView | None]
+) -> None:
+    result = _result(records, [], crl)
+    text = report.table(result, wide=True)
     for r in records:
         assert r.path in text and r.ocsp_url in text and (r.serial or "") in text
         if r.last_error:
             assert r.last_error in text
+        view = result.crl.get(r.name)
+        if view is not None and view.last_error:
+            assert view.last_error.strip() in text
+
+
+def test_a_certificate_revoked_by_its_crl_says_so_in_both_tables() -> None:
+    rec = Record("a.example", "/c/a.pem", State.NO_OCSP, crl_url="http://c.example/1.crl")
+    view = CrlView("http://c.example/1.crl", "revoked", reason="keyCompromise", revoked_at=NOW)
+    result = _result([rec], [], [view])
+    for wide in (False, True):
+        (row,) = report.table(result, wide=wide).splitlines()[1:]
+        assert "REVOKED" in row and "revoked according to its CRL" in row
 
 
 def test_the_next_attempt_is_the_retry_when_one_is_due() -> None:

@@ -65,17 +65,19 @@ def verdict(staple: str | None, crl: CrlView | None, has_crl_url: bool) -> str |
 
 
 def problem(staple: str | None, crl: CrlView | None) -> str | None:
-    """What to add to a certificate's last_error about its CRL, naming the URL."""
+    """What to add to a certificate's last_error about its CRL, naming the URL: that it
+    revokes the certificate (and that the staple disagrees), and why it is failing."""
     if crl is None:
         return None
+    parts = []
     if crl.revoked:
         said = f"revoked according to its CRL {crl.url} ({crl.reason}, {iso(crl.revoked_at)})"
-        return said + (" while its OCSP staple says good" if staple == GOOD else "")
+        parts.append(said + (" while its OCSP staple says good" if staple == GOOD else ""))
     if crl.last_error is not None:
-        return crl.last_error
-    if crl.status is None:
-        return f"{crl.url}: no valid CRL held"
-    return None
+        parts.append(crl.last_error)
+    elif crl.status is None:
+        parts.append(f"{crl.url}: no valid CRL held")
+    return "; ".join(parts) or None
 
 
 def exit_code(views: Iterable[CrlView]) -> int:

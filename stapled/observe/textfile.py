@@ -4,12 +4,9 @@ node_exporter.  prometheus_client is imported only when a textfile is wanted."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 
-from ..core.model import Record
-from ..core.revocation import CrlView
+from ..core.model import PassResult
 from ..errors import StoreError
 from .tally import Tally
 
@@ -17,18 +14,14 @@ log = logging.getLogger("stapled")
 
 
 def write(
-    path: Path,
-    version: str,
-    tally: Tally,
-    records: Sequence[Record],
-    now: datetime,
-    fleet_up: bool | None,
-    crl: Mapping[str, CrlView],
+    path: Path | None, version: str, tally: Tally, result: PassResult, fleet_up: bool | None
 ) -> None:
-    """Rewrite ``path`` with the metrics of ``records`` at ``now``; a failure is logged."""
+    """Rewrite ``path`` (if any) with the metrics of a pass's result; a failure is logged."""
+    if path is None:
+        return
     from .metrics import Metrics, Snapshot
 
-    snapshot = Snapshot(tuple(records), now, fleet_up, crl)
+    snapshot = Snapshot(tuple(result.records), result.now, fleet_up, result.crl)
     try:
         Metrics(version, tally, lambda: snapshot).write_textfile(path)
     except StoreError as e:

@@ -103,3 +103,24 @@ inside install -d /etc/haproxy/certs
 inside bash -c '{ echo "output_dir = \"/var/lib/stapled\""; cat /opt/test/web-haproxy.toml; } >/opt/test/haproxy.toml'
 inside stapled check --quiet --config /opt/test/haproxy.toml >/dev/null 2>&1 && c=0 || c=$?
 echo "CHECK haproxy_config $c"
+
+# docs/revocation.md: revoked_command as written, a certificate without OCSP that its CRL
+# revokes (served by nginx here), and certbot as a stub (renewing needs an ACME CA).
+echo "CHECK renew_path $(inside systemctl is-active stapled-renew.path || true)"
+inside bash -c 'printf "#!/bin/sh\necho \"\$@\" >>/var/log/certbot-stub.log\n" >/usr/bin/certbot'
+inside chmod 755 /usr/bin/certbot
+inside cp /opt/test/crl-site.conf /etc/nginx/sites-enabled/crl
+inside systemctl reload nginx.service
+# A new lineage, made as certbot makes one: it takes the default ACL of live/.
+inside mkdir /etc/letsencrypt/live/revoked.example
+inside install -m 644 /opt/test/revoked-cert.pem /etc/letsencrypt/live/revoked.example/cert.pem
+inside install -m 644 /opt/test/revoked-chain.pem /etc/letsencrypt/live/revoked.example/chain.pem
+inside bash -c '{ cat /opt/test/revocation-config.toml; cat /etc/stapled/stapled.toml; } >/tmp/s.toml && cat /tmp/s.toml >/etc/stapled/stapled.toml'
+inside systemctl reload stapled.service || inside journalctl -u stapled --no-pager -q | tail -5
+until_ok 300 test -s "$root/var/log/certbot-stub.log"
+echo "CHECK certbot $(cat "$root/var/log/certbot-stub.log" 2>/dev/null || echo none)"
+[ -s "$root/var/log/certbot-stub.log" ] ||
+    inside journalctl -u stapled -u stapled-renew --no-pager -q | tail -25
+echo "CHECK renew_result $(inside systemctl show stapled-renew.service -p Result --value)"
+inside stapled status >/dev/null 2>&1 && s=0 || s=$?
+echo "CHECK status_revoked $s"

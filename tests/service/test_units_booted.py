@@ -10,10 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from stapled.demo import ca as testca
 
 from ..conftest import REQUIRE_SERVERS, require_binary
+from ..crltool import built
 from ..docs.blocks import block, commands
 
 TOP = Path(__file__).parents[2]
@@ -94,6 +96,17 @@ def test_the_package_and_readme_s_nginx_recipe_under_a_booted_systemd(tmp_path: 
         _write(files, "monitoring-metrics.toml", block("monitoring-metrics"))
         _write(files, "operations-certbot-hook.sh", block("operations-certbot-hook"))
         _write(files, "web-haproxy.toml", block("web-haproxy"))
+        # docs/revocation.md: a certificate without OCSP, revoked in its CRL (served by
+        # the container's nginx), and revoked_command as written.
+        crl_url = "http://127.0.0.1:8089/boot.crl"
+        revoked = ca.issue("revoked.example", ocsp_urls=[], crl_urls=[crl_url])
+        testca.write(files / "revoked-cert.pem", revoked.cert_pem())
+        testca.write(files / "revoked-chain.pem", ca.cert_pem())
+        (files / "www").mkdir()
+        reason = {revoked.cert.serial_number: x509.ReasonFlags.key_compromise}
+        (files / "www" / "boot.crl").write_bytes(built(ca, revoked=reason))
+        _write(files, "crl-site.conf", "server { listen 127.0.0.1:8089; root /opt/test/www; }\n")
+        _write(files, "revocation-config.toml", block("revocation-config"))
         facts, detail = _boot(tmp_path, files, "boot_package.sh")
     assert facts.get("booted") in ("running", "degraded"), detail
     assert facts.get("package") == "install ok installed", detail
@@ -112,6 +125,12 @@ def test_the_package_and_readme_s_nginx_recipe_under_a_booted_systemd(tmp_path: 
     assert facts.get("hook") == "0" and facts.get("textfile") == "1", detail
     assert facts.get("state_owner") == "stapled" and facts.get("status") == "0", detail
     assert facts.get("haproxy_config") == "0", detail
+    # docs/revocation.md: the CRL says revoked; the hook, run by the unprivileged service,
+    # asks root, and stapled-renew.service runs certbot for that lineage.
+    assert facts.get("renew_path") == "active", detail
+    assert facts.get("certbot") == "renew --cert-name revoked.example --force-renewal", detail
+    assert facts.get("renew_result") == "success", detail
+    assert facts.get("status_revoked") == "2", detail
 
 
 def test_the_install_from_a_checkout_and_the_units_under_a_booted_systemd(
