@@ -33,6 +33,8 @@ class Revocations:
         self.issuers = issuers
         self.concurrency = concurrency
         self.hook = hook
+        # One run of the hook at a time: each reads and writes what was done.
+        self._acting = asyncio.Lock()
 
     @classmethod
     def of(
@@ -65,7 +67,8 @@ class Revocations:
         thread: the command may take up to a minute)."""
         found = revocations(records, crl)
         if found and self.hook.command:
-            await asyncio.to_thread(self.hook.run, found)
+            async with self._acting:
+                await asyncio.to_thread(self.hook.run, found)
 
     def checked(self, found: Iterable[Found], now: datetime) -> dict[str, CertChain]:
         """The certificates whose CRL is checked, by name: the mode decides, and an

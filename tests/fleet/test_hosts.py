@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from stapled import config, overview
+from stapled import __version__, config, overview
 from stapled.core import certs, ocsp
 from stapled.core.fleet import Entry, digest
 from stapled.core.model import PassResult
@@ -23,6 +23,7 @@ from stapled.core.policy import State
 from stapled.demo import ca as testca
 from stapled.fleet.store import Lease
 from stapled.net.client import Transport
+from stapled.observe import textfile
 from stapled.passes import Stapler
 
 from ..conftest import Site
@@ -454,10 +455,8 @@ def test_the_fleet_metrics(fleet: Fleet) -> None:
 
     def metrics(host: Host, result: PassResult) -> dict[tuple[str, tuple[str, ...]], float]:
         path = fleet.site.root / f"{host.name}.prom"
-        host.stapler.config = replace(
-            host.stapler.config, metrics=config.MetricsConfig(textfile=path)
-        )
-        host.stapler.write_textfile(result)
+        up = host.stapler.fleet.store.connected if host.stapler.fleet is not None else None
+        textfile.write(path, __version__, host.stapler.tally, result, up)
         return {
             (s.name, tuple(f"{k}={v}" for k, v in sorted(s.labels.items()))): s.value
             for f in text_string_to_metric_families(path.read_text())
