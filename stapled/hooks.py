@@ -51,7 +51,7 @@ class Revocation:
         }
 
 
-def revocations(records: Iterable[Record], crl: Mapping[str, CrlView]) -> list[Revocation]:
+def found_revoked(records: Iterable[Record], crl: Mapping[str, CrlView]) -> list[Revocation]:
     """The certificates revoked by their staple or their CRL (the staple named first)."""
     found = []
     for rec in records:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime
 
 from .config import REVOKED_COMMAND_TIMEOUT, Config
@@ -17,7 +18,7 @@ from .core.revocation import CrlView
 from .core.times import Clock, iso
 from .crls import Crls, Timing, Want
 from .errors import StapledError, StoreError
-from .hooks import RevokedHook, revocations
+from .hooks import RevokedHook, found_revoked
 from .issuers import Issuers
 from .net.client import Transport
 
@@ -65,7 +66,7 @@ class Revocations:
     async def act(self, records: Iterable[Record], crl: Mapping[str, CrlView]) -> None:
         """``revoked_command`` for each certificate newly revoked by either source (in a
         thread: the command may take up to a minute)."""
-        found = revocations(records, crl)
+        found = found_revoked(records, crl)
         if found and self.hook.command:
             async with self._acting:
                 await asyncio.to_thread(self.hook.run, found)
@@ -118,7 +119,8 @@ class Revocations:
             log.error("%s", e)
         views = self._views(chains, now)
         for name, reason in missing.items():
-            views[name] = CrlView(views[name].url, last_error=reason)
+            # What is held stands (until its nextUpdate); the problem is named.
+            views[name] = replace(views[name], last_error=reason)
         for name, view in views.items():
             if view.revoked:
                 log.critical(

@@ -33,6 +33,9 @@ class CrlJobs:
         host = self.host
         urls = {v.url for v in host.book.crl.values()}
         when = host.stapler.revocations.crls.next_check(urls)
+        if when is None and urls:
+            # Checked certificates whose CRL was never asked (their issuer out of reach).
+            when = host.clock() + timedelta(seconds=host.config.retry_max)
         if when is None:
             host.scheduler.cancel("crl")
             return
