@@ -301,7 +301,7 @@ class Crls:
             return
         data = {"version": 1, "crls": {u: _entry_to(e) for u, e in sorted(self._entries.items())}}
         store.prepare_dir(self.state_dir)
-        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        text = json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
         store.write_atomic(self.state_dir / STATE_FILE, text.encode(), mode=0o600)
         self._changed = False
 

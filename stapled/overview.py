@@ -25,7 +25,7 @@ def status(stapler: Stapler) -> PassResult:
     """Every certificate's record, from disk and the state file (and one ping of the
     fleet store, in fleet mode).  Raises StoreError when the state file is unreadable."""
     saved = state.entries(state.load(stapler.config.state_path, must_read=True))
-    stapler.sources.update(state.sources(saved))
+    stapler.remember(saved)
     records, groups = stapler.scan()
     now = stapler.clock()
     for members in groups.values():

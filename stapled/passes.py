@@ -26,6 +26,7 @@ from .core.ocsp import Staple
 from .core.origins import Origins
 from .core.policy import State
 from .core.times import Clock
+from .core.validated import Validated
 from .errors import MissingInputError, StapledError
 from .fetch import Fetcher, each
 from .files import discovery, state, store
@@ -92,7 +93,10 @@ class Stapler:
             timed=self.tally.timed,
         )
         self.issuers = Issuers(config.state_path / "issuers", transport, clock)
-        self.publisher = Publisher(config.output_dir, nginx_snippets=config.nginx_snippets)
+        self.validated = Validated()
+        self.publisher = Publisher(
+            config.output_dir, nginx_snippets=config.nginx_snippets, validated=self.validated
+        )
         self.servers = Servers(config, clock, reloader=reloader, pusher=pusher)
         self._lock = DirectoryLock(config.state_path, lock_wait)
         # What earlier scans read: a rescan reads and parses only the files that changed.
@@ -132,6 +136,12 @@ class Stapler:
         finally:
             await self.close()
 
+    def remember(self, entries: dict[str, dict[str, Any]]) -> None:
+        """What the state file says of the staples held: where each came from, and what
+        validating it found."""
+        self.sources.update(state.sources(entries))
+        self.validated.add(state.validated(entries))
+
     def writing(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Held while writing into the output or state directory: one writer at a time
         (another pass, the daemon or certbot's hook wait for it)."""
@@ -150,9 +160,8 @@ class Stapler:
         return result
 
     async def _locked_pass(self, force: bool, only: Path | None, log_records: bool) -> PassResult:
-        self._remove_leftovers()
         saved = state.load(self.config.state_path)
-        self.sources.update(state.sources(state.entries(saved)))
+        self.remember(state.entries(saved))
         records, groups = self.scan()
         if only is not None:
             records, groups = discovery.below(records, groups, only)
@@ -160,7 +169,7 @@ class Stapler:
                 raise MissingInputError(
                     str(only), "no certificate of the configuration is at or below this path"
                 )
-        self.remove_temp_files(groups)
+        self._remove_leftovers(groups)
         batch = self.new_batch()
         try:
             self.publish_snippets(records, batch)
@@ -226,15 +235,13 @@ class Stapler:
         """Make sure the output directory is usable.  Raises StoreError when it is not."""
         store.prepare_dir(self.config.output_dir)
 
-    def _remove_leftovers(self) -> None:
-        """An interrupted run's temporary files; only with the lock held, since another
-        writer's are in flight otherwise."""
+    def _remove_leftovers(self, groups: dict[str, list[Found]]) -> None:
+        """An interrupted run's temporary files, in the output directory and beside
+        HAProxy's certificates; only with the lock held (another writer's are in flight
+        otherwise)."""
         out = self.config.output_dir
         if removed := store.remove_temp_files(out):
             log.info("removed %d temporary file(s) left by an interrupted run in %s", removed, out)
-
-    def remove_temp_files(self, groups: dict[str, list[Found]]) -> None:
-        """Clear an interrupted write's leftovers beside HAProxy's certificates too."""
         dirs = {Path(f.path).parent for members in groups.values() for f in members if f.haproxy}
         for directory in sorted(dirs):
             store.remove_temp_files(directory)
@@ -417,6 +424,7 @@ class Stapler:
         if taken:
             assert fetched is not None and fetched.staple is not None
             self.sources.note(fetched.staple, fetched.source)
+            self.validated.note(fetched.staple)
         ids = ocsp.cert_ids(checked.chain)
         records = []
         for member in checked.members:

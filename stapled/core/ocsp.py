@@ -105,6 +105,9 @@ class Staple:
     # SingleResponses the response holds (HAProxy takes exactly one, with a SHA-1 CertID).
     cert_id: CertID | None = None
     single_count: int = 1
+    # When the delegated responder certificate that signed it is valid (None: the issuer
+    # signed it).
+    signer_window: tuple[datetime, datetime] | None = None
 
     @property
     def haproxy_problem(self) -> str | None:
@@ -171,7 +174,7 @@ def _validate(
     if issuer is None:
         raise InvalidResponseError("the issuer certificate is not known, so nothing can be checked")
     resp = _parse(der)
-    signer, signer_desc = _find_signer(resp, issuer, now)
+    signer, signer_desc, signer_window = _find_signer(resp, issuer, now)
     _verify_signature(resp, signer)
     facts = extensions.checked(resp.tbs_response_bytes)
     single, index, cert_id = _matching_single(resp, chain, issuer)
@@ -182,16 +185,7 @@ def _validate(
         raise InvalidResponseError(
             "no nextUpdate: nginx would serve it forever and HAProxy refuses it"
         )
-    if this_update > now + skew:
-        raise InvalidResponseError(f"thisUpdate {iso(this_update)} is in the future")
-    if produced_at > now + skew:
-        raise InvalidResponseError(f"producedAt {iso(produced_at)} is in the future")
-    if next_update <= this_update:
-        raise InvalidResponseError("nextUpdate is not after thisUpdate")
-    if margin is None:
-        margin = margin_for(next_update - this_update)
-    if next_update <= now + margin:
-        raise InvalidResponseError(f"expired or about to: nextUpdate {iso(next_update)}")
+    _check_times(this_update, next_update, produced_at, now, skew, margin)
     status = _STATUS[single.certificate_status]
     reason = None
     if status is CertStatus.REVOKED:
@@ -209,7 +203,43 @@ def _validate(
         revocation_reason=reason,
         cert_id=cert_id,
         single_count=len(facts.singles),
+        signer_window=signer_window,
     )
+
+
+def recheck(known: Staple, now: datetime, *, skew: timedelta = DEFAULT_SKEW) -> Staple:
+    """``known`` again at ``now``, for the very bytes it was validated from in full: what
+    the passing of time changes is checked (the bytes, and so their signature and
+    CertID, are the same).  Raises InvalidResponseError as :func:`validate` would."""
+    _check_times(known.this_update, known.next_update, known.produced_at, now, skew, None)
+    if known.signer_window is not None:
+        _check_signer(known.signer_window, now)
+    return known
+
+
+def _check_signer(window: tuple[datetime, datetime], now: datetime) -> None:
+    if not window[0] <= now <= window[1]:
+        raise InvalidResponseError("signed by a delegated responder certificate not valid now")
+
+
+def _check_times(
+    this_update: datetime,
+    next_update: datetime,
+    produced_at: datetime,
+    now: datetime,
+    skew: timedelta,
+    margin: timedelta | None,
+) -> None:
+    if this_update > now + skew:
+        raise InvalidResponseError(f"thisUpdate {iso(this_update)} is in the future")
+    if produced_at > now + skew:
+        raise InvalidResponseError(f"producedAt {iso(produced_at)} is in the future")
+    if next_update <= this_update:
+        raise InvalidResponseError("nextUpdate is not after thisUpdate")
+    if margin is None:
+        margin = margin_for(next_update - this_update)
+    if next_update <= now + margin:
+        raise InvalidResponseError(f"expired or about to: nextUpdate {iso(next_update)}")
 
 
 def _parse(der: bytes) -> ocsp.OCSPResponse:
@@ -237,8 +267,9 @@ _STATUS_NAMES = {
 
 def _find_signer(
     resp: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime
-) -> tuple[x509.Certificate, str]:
-    """The certificate named by the ResponderID, authorised per RFC 6960 section 4.2.2.2."""
+) -> tuple[x509.Certificate, str, tuple[datetime, datetime] | None]:
+    """The certificate named by the ResponderID, authorised per RFC 6960 section 4.2.2.2,
+    how to name it, and a delegated responder certificate's validity."""
     key_hash = resp.responder_key_hash
     name = resp.responder_name
 
@@ -252,7 +283,7 @@ def _find_signer(
         return cert.subject == name
 
     if named(issuer):
-        return issuer, "issuer"
+        return issuer, "issuer", None
     for cert in resp.certificates:
         if not named(cert):
             continue
@@ -265,9 +296,9 @@ def _find_signer(
             raise InvalidResponseError(
                 "signed by a delegated responder without the OCSPSigning extended key usage"
             )
-        if not facts.not_before <= now <= facts.not_after:
-            raise InvalidResponseError("signed by a delegated responder certificate not valid now")
-        return cert, f"delegated responder {facts.name}"
+        window = facts.not_before, facts.not_after
+        _check_signer(window, now)
+        return cert, f"delegated responder {facts.name}", window
     raise InvalidResponseError(
         "signed by a key that is neither the issuer nor a responder it authorised"
     )

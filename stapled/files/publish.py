@@ -18,6 +18,7 @@ from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..core.ocsp import Staple
 from ..core.policy import State
+from ..core.validated import Validated
 from ..errors import InvalidResponseError, OCSPStatusError, StoreError
 from . import store
 
@@ -28,9 +29,11 @@ Seen = dict[str, bytes | None]
 
 
 class Publisher:
-    def __init__(self, output_dir: Path, *, nginx_snippets: bool) -> None:
+    def __init__(self, output_dir: Path, *, nginx_snippets: bool, validated: Validated) -> None:
         self.output_dir = output_dir
         self.nginx_snippets = nginx_snippets
+        # Staples validated before: the same bytes are not checked in full again.
+        self.validated = validated
 
     def staple_path(self, item: Found) -> Path:
         return self.output_dir / f"{item.name}.der"
@@ -61,7 +64,11 @@ class Publisher:
             if der is None:
                 continue
             try:
-                valid.append(ocsp.validate(der, chain, now))
+                staple = self.validated.recall(der, chain, now)
+                if staple is None:
+                    staple = ocsp.validate(der, chain, now)
+                    self.validated.note(staple)
+                valid.append(staple)
             except (InvalidResponseError, OCSPStatusError) as e:
                 log.debug("%s: the staple on disk is not usable: %s", member.name, e)
         return plan.newest(valid)

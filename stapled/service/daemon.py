@@ -214,6 +214,7 @@ class Daemon:
         self.fleet_jobs.stop()
         await self.stapler.close()
         stapler.sources.update(self.stapler.sources.by_digest)
+        stapler.validated.add(self.stapler.validated.remembered())
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
         self.responder = responder
@@ -408,6 +409,7 @@ class Daemon:
         except StoreError as e:
             log.warning("cannot record state: %s", e)
         self.stapler.sources.keep_only(r.current for r in self.book.records.values())
+        self.stapler.validated.keep_only(r.current for r in self.book.records.values())
         self.monitor.published = tuple(self.book.records.values())
         if stopped:
             await self.monitor.write_textfile()
