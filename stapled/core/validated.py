@@ -1,9 +1,13 @@
 """Staples validated before, by the SHA-256 of their bytes: the same bytes for the same
 certificate need only their times checked again, not their signature.  The bytes decide:
-anything not remembered, or remembered for another certificate, is validated in full."""
+anything not remembered, or remembered for another certificate, is validated in full.
+
+What validation found is kept in the state file as one compact string per staple, read
+into a Staple only when its bytes are met again."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
@@ -11,14 +15,14 @@ from datetime import datetime
 from . import ocsp
 from .certs import CertChain
 from .fleet import digest
-from .ocsp import Staple
+from .ocsp import CertID, CertStatus, Staple
 
 
 class Validated:
     def __init__(self) -> None:
-        # Digest -> the staple validated from those bytes (its bytes are the record's,
-        # or empty for one read back from the state file).
-        self._by_digest: dict[str, Staple] = {}
+        # Digest -> the staple validated from those bytes, or what the state file says
+        # of it (read when met).
+        self._by_digest: dict[str, Staple | str] = {}
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -26,15 +30,21 @@ class Validated:
     def note(self, staple: Staple) -> None:
         self._by_digest[digest(staple.der)] = staple
 
-    def remembered(self) -> Iterable[tuple[str, Staple]]:
+    def remembered(self) -> Iterable[tuple[str, Staple | str]]:
         return self._by_digest.items()
 
     def recall(self, der: bytes, chain: CertChain, now: datetime) -> Staple | None:
         """The staple validated from exactly ``der`` for this certificate, its times
         checked at ``now``; None when these bytes were not validated for it.  Raises
         InvalidResponseError when they were, but time has made them unusable."""
-        known = self._by_digest.get(digest(der))
-        if known is None or known.serial != chain.serial or known.cert_id is None:
+        key = digest(der)
+        held = self._by_digest.get(key)
+        known = from_facts(held, der) if isinstance(held, str) else held
+        if known is None:
+            self._by_digest.pop(key, None)  # facts that do not read back: validate anew
+            return None
+        self._by_digest[key] = known
+        if known.serial != chain.serial or known.cert_id is None:
             return None
         # The CertID names the issuer's name and key: the same bytes answering for a
         # certificate of another issuer with the same serial are validated anew.
@@ -42,7 +52,7 @@ class Validated:
             return None
         return ocsp.recheck(known if known.der == der else replace(known, der=der), now)
 
-    def add(self, remembered: Iterable[tuple[str, Staple]]) -> None:
+    def add(self, remembered: Iterable[tuple[str, Staple | str]]) -> None:
         """What is remembered elsewhere (the state file, the configuration before a reload)."""
         self._by_digest.update(remembered)
 
@@ -51,3 +61,68 @@ class Validated:
         kept = {digest(s.der) for s in held if s is not None}
         if len(self._by_digest) > 2 * len(kept):
             self._by_digest = {d: s for d, s in self._by_digest.items() if d in kept}
+
+
+def facts(staple: Staple) -> str:
+    """What validating ``staple`` found, as the state file keeps it (times to the
+    microsecond)."""
+    cert_id, window = staple.cert_id, staple.signer_window
+    return json.dumps(
+        [
+            1,
+            str(staple.cert_status),
+            format(staple.serial, "X"),
+            staple.this_update.isoformat(),
+            staple.next_update.isoformat(),
+            staple.produced_at.isoformat(),
+            staple.signer,
+            staple.revocation_time.isoformat() if staple.revocation_time else None,
+            staple.revocation_reason,
+            [cert_id.hash_name, cert_id.name_hash.hex(), cert_id.key_hash.hex()]
+            if cert_id
+            else None,
+            staple.single_count,
+            [window[0].isoformat(), window[1].isoformat()] if window else None,
+        ],
+        separators=(",", ":"),
+    )
+
+
+def from_facts(text: str, der: bytes) -> Staple | None:
+    """The staple ``facts`` wrote, with its bytes; None for anything else."""
+    try:
+        return _from_facts(text, der)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError):
+        return None
+
+
+def _from_facts(text: str, der: bytes) -> Staple:
+    (version, status, serial, this, nxt, produced, signer, revoked_at, reason, cert_id,
+     count, window) = json.loads(text)  # fmt: skip
+    if version != 1 or not isinstance(signer, str) or type(count) is not int:
+        raise ValueError(text)
+    number = int(serial, 16)
+    hash_name, name_hash, key_hash = cert_id
+    return Staple(
+        der=der,
+        cert_status=CertStatus(status),
+        serial=number,
+        this_update=_when(this),
+        next_update=_when(nxt),
+        produced_at=_when(produced),
+        signer=signer,
+        revocation_time=_when(revoked_at) if revoked_at is not None else None,
+        revocation_reason=str(reason) if reason is not None else None,
+        cert_id=CertID(str(hash_name), bytes.fromhex(name_hash), bytes.fromhex(key_hash), number),
+        single_count=count,
+        signer_window=(_when(window[0]), _when(window[1])) if window is not None else None,
+    )
+
+
+def _when(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise ValueError(value)
+    return at

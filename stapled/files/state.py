@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..core.fleet import digest
 from ..core.model import Due, Owed, Record
-from ..core.ocsp import CertID, CertStatus, Staple
 from ..core.times import iso, parse_iso
+from ..core.validated import facts
 from ..errors import StoreError
 from . import store
 
@@ -90,77 +89,15 @@ def sources(found: dict[str, dict[str, Any]]) -> dict[str, str]:
     return known
 
 
-def validated(found: dict[str, dict[str, Any]]) -> list[tuple[str, Staple]]:
-    """The staples recorded as validated, by the digest of their bytes (without them);
-    an entry that does not read back whole is left out (its staple is validated anew)."""
+def validated(found: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """What validating the staples recorded found, by the digest of their bytes, as
+    written (read into a Staple only when those bytes are met again)."""
     known = []
     for entry in found.values():
-        facts = entry.get("validated")
-        if not isinstance(facts, dict):
-            continue
-        try:
-            known.append((str(facts["sha256"]), _staple(facts)))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            continue
+        digest_, facts = entry.get("staple_sha256"), entry.get("validated")
+        if isinstance(digest_, str) and isinstance(facts, str):
+            known.append((digest_, facts))
     return known
-
-
-def _facts(staple: Staple) -> dict[str, Any]:
-    """What validating ``staple`` found, with times to the microsecond."""
-    cert_id = staple.cert_id
-    window = staple.signer_window
-    return {
-        "sha256": digest(staple.der),
-        "status": str(staple.cert_status),
-        "serial": format(staple.serial, "X"),
-        "this_update": staple.this_update.isoformat(),
-        "next_update": staple.next_update.isoformat(),
-        "produced_at": staple.produced_at.isoformat(),
-        "signer": staple.signer,
-        "revocation_time": staple.revocation_time.isoformat() if staple.revocation_time else None,
-        "revocation_reason": staple.revocation_reason,
-        "cert_id": [
-            cert_id.hash_name,
-            cert_id.name_hash.hex(),
-            cert_id.key_hash.hex(),
-            format(cert_id.serial, "X"),
-        ]
-        if cert_id
-        else None,
-        "single_count": staple.single_count,
-        "signer_window": [window[0].isoformat(), window[1].isoformat()] if window else None,
-    }
-
-
-def _staple(facts: dict[str, Any]) -> Staple:
-    """Raises KeyError, IndexError, TypeError, ValueError or AttributeError for facts
-    not written by _facts."""
-
-    def when(value: object) -> datetime:
-        at = datetime.fromisoformat(str(value))
-        if at.tzinfo is None:
-            raise ValueError(value)
-        return at
-
-    hash_name, name_hash, key_hash, serial = facts["cert_id"]
-    window = facts["signer_window"]
-    revoked_at, reason = facts["revocation_time"], facts["revocation_reason"]
-    return Staple(
-        der=b"",
-        cert_status=CertStatus(facts["status"]),
-        serial=int(facts["serial"], 16),
-        this_update=when(facts["this_update"]),
-        next_update=when(facts["next_update"]),
-        produced_at=when(facts["produced_at"]),
-        signer=str(facts["signer"]),
-        revocation_time=when(revoked_at) if revoked_at is not None else None,
-        revocation_reason=str(reason) if reason is not None else None,
-        cert_id=CertID(
-            str(hash_name), bytes.fromhex(name_hash), bytes.fromhex(key_hash), int(serial, 16)
-        ),
-        single_count=int(facts["single_count"]),
-        signer_window=(when(window[0]), when(window[1])) if window is not None else None,
-    )
 
 
 def recorded_due(entry: dict[str, Any]) -> Due:
@@ -192,10 +129,11 @@ def save(
             entry["next_retry"] = iso(when.retry)
         if daemon is not None and when is not None and when.refresh:
             entry["next_refresh"] = iso(when.refresh)
-        if rec.current is not None and rec.source in SOURCES:
-            entry["source"], entry["staple_sha256"] = rec.source, digest(rec.current.der)
         if rec.current is not None:
-            entry["validated"] = _facts(rec.current)
+            entry["staple_sha256"] = digest(rec.current.der)
+            entry["validated"] = facts(rec.current)
+            if rec.source in SOURCES:
+                entry["source"] = rec.source
         kept[rec.name] = entry
     state: dict[str, Any] = {
         "version": 1,

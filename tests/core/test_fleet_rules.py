@@ -93,7 +93,8 @@ _SECRET = st.text(
 )
 def test_a_password_is_never_shown(secret: str, user: str, scheme: str) -> None:
     assume(secret not in ("127.0.0.1", "6379", "redis", "rediss", "stapled", "***"))
-    assume(not any(secret in s for s in ("redis://", "rediss://", "127.0.0.1:6379/0")))
+    # A secret that is part of what is shown anyway ("pass" in "password=***") proves nothing.
+    assume(not any(secret in s for s in ("redis://", "rediss://", "127.0.0.1:6379/0?password=***")))
     for url in (
         f"{scheme}://{user}:{secret}@127.0.0.1:6379/0",
         f"{scheme}://{secret}@127.0.0.1:6379/0",

@@ -4,14 +4,15 @@ validation would allow, and they are not."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled.core import certs, ocsp
+from stapled.core import certs, ocsp, validated
+from stapled.core.fleet import digest
 from stapled.core.validated import Validated
 from stapled.demo.ca import CA
 from stapled.errors import InvalidResponseError
@@ -82,40 +83,42 @@ def test_what_the_state_file_keeps_reads_back_the_same(signer: str | None) -> No
     der = ca.sign_response(leaf.cert, signer=responder)
     chain = certs.build_chain([leaf.cert, ca.cert], "f.pem")
     staple = ocsp.validate(der, chain, NOW)
-    entry = {"validated": state._facts(staple)}  # what save() writes for a record
-    ((digest, back),) = state.validated({"f.example": entry})
-    assert back == replace(staple, der=b"")
+    entry = {"staple_sha256": digest(der), "validated": validated.facts(staple)}
+    remembered = state.validated({"f.example": entry})
+    assert validated.from_facts(remembered[0][1], der) == staple
     memory = Validated()
-    memory.add([(digest, back)])
+    memory.add(remembered)
     assert memory.recall(der, chain, NOW) == staple
 
 
-def _facts() -> dict[str, object]:
-    return state._facts(ocsp.validate(WORLD.ca.sign_response(WORLD.leaf.cert), WORLD.chain, NOW))
-
-
-@pytest.mark.parametrize("key", sorted(_facts()))
-def test_facts_missing_a_key_are_left_out(key: str) -> None:
-    facts = {k: v for k, v in _facts().items() if k != key}
-    assert state.validated({"x": {"validated": facts}}) == []
+def _facts() -> list[object]:
+    staple = ocsp.validate(WORLD.ca.sign_response(WORLD.leaf.cert), WORLD.chain, NOW)
+    return json.loads(validated.facts(staple))  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
-    ("key", "value"),
+    ("index", "value"),
     [
-        ("status", "fine"),
-        ("serial", "zz"),
-        ("this_update", "2026-12-06T12:00:00"),  # no zone
-        ("next_update", 5),
-        ("cert_id", "x"),
-        ("cert_id", ["sha1", "zz", "00", "1"]),
-        ("signer_window", ["2026-12-06T12:00:00+00:00"]),
-        ("single_count", "one"),
+        (0, 2),  # another version
+        (1, "fine"),
+        (2, "zz"),
+        (3, "2026-12-06T12:00:00"),  # no zone
+        (4, 5),
+        (6, None),
+        (9, "x"),
+        (9, ["sha1", "zz", "00"]),
+        (10, "one"),
+        (11, ["2026-12-06T12:00:00+00:00"]),
     ],
 )
-def test_facts_that_do_not_read_back_are_left_out(key: str, value: object) -> None:
-    facts = _facts() | {key: value}
-    assert state.validated({"x": {"validated": facts}, "y": {"validated": "text"}}) == []
+def test_facts_that_do_not_read_back_are_validated_anew(index: int, value: object) -> None:
+    der = WORLD.ca.sign_response(WORLD.leaf.cert)
+    damaged = _facts()
+    damaged[index] = value
+    memory = Validated()
+    memory.add([(digest(der), json.dumps(damaged))])
+    assert memory.recall(der, WORLD.chain, NOW) is None
+    assert len(memory) == 0
 
 
 _json = st.recursive(
@@ -125,10 +128,9 @@ _json = st.recursive(
 )
 
 
-@given(st.dictionaries(st.sampled_from(sorted(_facts())), _json), st.booleans())
-def test_any_json_in_the_state_file_reads_as_facts_or_nothing(
-    damage: dict[str, object], whole: bool
-) -> None:
-    facts = (_facts() if whole else {}) | damage
-    for _, staple in state.validated({"x": {"validated": facts}}):
-        assert isinstance(staple, ocsp.Staple)
+@given(st.lists(_json, max_size=14) | _json, st.booleans())
+def test_any_json_reads_as_the_staple_or_nothing(damage: object, text: bool) -> None:
+    der = WORLD.ca.sign_response(WORLD.leaf.cert)
+    written = json.dumps(damage) if text else str(damage)
+    found = validated.from_facts(written, der)
+    assert found is None or isinstance(found, ocsp.Staple)
