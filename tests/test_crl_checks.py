@@ -19,14 +19,19 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from stapled import config as config_module
 from stapled.cli import main
+from stapled.core import crl as crl_module
 from stapled.demo.ca import CA, Issued
+from stapled.errors import InvalidCrlError
 from stapled.net.client import Transport
 from stapled.passes import Stapler
 
+from . import dermutate
 from .conftest import Site, require_binary
 from .crltool import CrlServer, OpensslCA, built, publish
 from .daemonproc import DaemonProcess, wait_for
@@ -556,3 +561,60 @@ def test_the_textfile_says_what_status_says_of_revocation(
     )
     assert found[("stapled_crl_fetch_total", (("result", "success"),))] == 1.0
     assert found[("stapled_crl_bytes_total", ())] == len(served)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    body=st.one_of(
+        st.none(),
+        st.binary(max_size=300),
+        st.tuples(st.integers(0, 200), st.binary(min_size=1, max_size=8)),
+    )
+)
+def test_whatever_a_distribution_point_serves_the_verdict_is_a_valid_list_s_or_the_one_held(
+    site: Site, crls: CrlServer, body: bytes | tuple[int, bytes] | None
+) -> None:
+    """Arbitrary bytes, or a newer list that revokes the certificate, as it is or with
+    one field changed and signed again with the CA's key: the pass ends with the verdict
+    of a list that passes every check, or with the verdict held, never with stapled's
+    internal error."""
+    name = "fuzz.example"
+    if not (site.certs / f"{name}.pem").exists():
+        _no_ocsp(site, name, crls.url("fuzz.crl"))
+        site.config("min_refresh_interval = 1\n")
+    shutil.rmtree(site.out, ignore_errors=True)  # examples share the site: not its state
+    pem = (site.certs / f"{name}.pem").read_bytes()
+    leaf = x509.load_pem_x509_certificate(pem)
+    serial = leaf.serial_number
+    first = datetime.now(UTC).replace(microsecond=0)
+    publish(crls.www / "fuzz.crl", built(site.ca, this_update=first))
+    # Newer than the list held, so that a valid one decides.
+    reason = {serial: x509.ReasonFlags.key_compromise}
+    revoking = built(site.ca, revoked=reason, this_update=first + timedelta(seconds=1))
+    cfg = config_module.load(site.config_path)
+    assert Stapler(cfg, transport=Transport(timeout=2)).once(force=True).crl[name].status == "good"
+    if isinstance(body, tuple):
+        index, value = body
+        tbs = dermutate.part(revoking, (0,))
+        data = dermutate.resign(revoking, dermutate.mutated(tbs, index, value), site.ca.issued.key)
+    else:
+        data = body if body is not None else revoking
+    publish(crls.www / "fuzz.crl", data)
+    later = first + timedelta(seconds=2)
+    result = Stapler(cfg, transport=Transport(timeout=2), clock=lambda: later).once(force=True)
+    view = result.crl[name]
+    try:
+        held = crl_module.check(data, crls.url("fuzz.crl"), site.ca.cert, [serial], later)
+    except InvalidCrlError:
+        assert view.status == "good" and view.last_error, view
+    else:
+        expected = "revoked" if held.verdict(serial) else "good"
+        if held.this_update >= first + timedelta(seconds=1):
+            assert view.status == expected, view
+        else:  # older than the list held (its time was changed): it decides nothing
+            assert view.status == "good", view
+    assert "internal error" not in str(view.last_error)
