@@ -20,7 +20,6 @@ from . import __version__, report
 from .config import Config
 from .core import ocsp, plan, policy
 from .core.certs import CertChain
-from .core.fleet import digest
 from .core.model import Fetched, Found, Owed, PassResult, Record
 from .core.ocsp import Staple
 from .core.origins import Origins
@@ -181,7 +180,9 @@ class Stapler:
                     (due if checked.due else fresh).append(checked)
                 except Exception as e:  # the per-certificate boundary: a bug stays here
                     records.extend(_internal_error(members, e))
-            shared = await self._reconcile(fresh)
+            shared = {}
+            if self.fleet is not None:
+                shared = await self.fleet.reconcile_all((c.chain, c.current) for c in fresh)
             for checked in fresh:
                 try:
                     adopted = shared.get(checked.chain.fingerprint)
@@ -322,26 +323,6 @@ class Stapler:
     def _rejected(self, fingerprint: str, reason: str) -> None:
         for name in self._names.get(fingerprint, [fingerprint[:16]]):
             self.tally.rejected(name, reason)
-
-    async def _reconcile(self, fresh: list[_Checked]) -> dict[str, Fetched]:
-        """Certificates that need no fetch, against the fleet store: what the fleet holds
-        that is valid and newer, to adopt; this host's staples where the store holds
-        nothing, something older or garbage (a store restarted empty is seeded again)."""
-        adopted: dict[str, Fetched] = {}
-        if self.fleet is None or not fresh:
-            return adopted
-        try:
-            stored = await self.fleet.store.digests(c.chain.fingerprint for c in fresh)
-            for checked in fresh:
-                fp = checked.chain.fingerprint
-                held = digest(checked.current.der) if checked.current is not None else None
-                if stored.get(fp) != held:
-                    got = await self.fleet.reconcile(checked.chain, checked.current)
-                    if got is not None:
-                        adopted[fp] = got
-        except StapledError as e:  # the store went away: what is on disk stays
-            log.debug("reconciling with the fleet store: %s", e)
-        return adopted
 
     async def adopt(self, members: list[Found]) -> list[Record] | None:
         """For the daemon, when the fleet store changed for this certificate: its

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -223,6 +223,29 @@ class Fleet:
         return await fetch(chain)
 
     # ---- what the store holds -----------------------------------------------------------
+
+    async def reconcile_all(
+        self, held: Iterable[tuple[CertChain, Staple | None]]
+    ) -> dict[str, Fetched]:
+        """Certificates that need no fetch, against the store: by fingerprint, what it
+        holds that is valid and newer, to adopt; this host's staples are offered where
+        it holds nothing, something older or garbage (a store restarted empty is seeded
+        again).  The store gone away leaves what is on disk as it is."""
+        held = list(held)
+        adopted: dict[str, Fetched] = {}
+        if not held:
+            return adopted
+        try:
+            stored = await self.store.digests(chain.fingerprint for chain, _ in held)
+            for chain, current in held:
+                mine = fleet.digest(current.der) if current is not None else None
+                if stored.get(chain.fingerprint) != mine:
+                    got = await self.reconcile(chain, current)
+                    if got is not None:
+                        adopted[chain.fingerprint] = got
+        except StapledError as e:
+            log.debug("reconciling with the fleet store: %s", e)
+        return adopted
 
     async def reconcile(self, chain: CertChain, current: Staple | None) -> Fetched | None:
         """For a certificate whose stored digest differs from this host's: the store's
