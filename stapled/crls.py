@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .core import crl, revocation
 from .core.crl import Revoked
+from .core.policy import Timing
 from .core.revocation import CrlView
 from .core.times import Clock, iso, parse_iso
 from .errors import StapledError, StoreError
@@ -47,14 +48,6 @@ class Want:
     url: str
     issuer: x509.Certificate
     serials: frozenset[int]
-
-
-@dataclass(frozen=True)
-class Timing:
-    refresh_at: float
-    retry_min: float
-    retry_max: float
-    min_interval: float
 
 
 @dataclass
@@ -211,7 +204,7 @@ class Crls:
             held.last_error, held.failures = reason, held.failures + 1
             held.next_check = now + self._retry(held.failures)
             return
-        floor = timedelta(seconds=self.timing.min_interval)
+        floor = timedelta(seconds=self.timing.min_refresh_interval)
         held.last_error, held.failures = None, 0
         held.next_check = revocation.recheck_time(now, held.next_update, floor)
 
@@ -234,7 +227,7 @@ class Crls:
     def _retry(self, failures: int) -> timedelta:
         t = self.timing
         wait = min(t.retry_max, t.retry_min * 2 ** min(failures - 1, 20))
-        return timedelta(seconds=max(wait, t.min_interval))
+        return timedelta(seconds=max(wait, t.min_refresh_interval))
 
     def _refresh_time(
         self, url: str, this_update: datetime, next_update: datetime, now: datetime
@@ -244,7 +237,7 @@ class Crls:
         if due > now:
             return due
         # Fetched late in its window: the CA has not published a newer one yet.
-        floor = timedelta(seconds=self.timing.min_interval)
+        floor = timedelta(seconds=self.timing.min_refresh_interval)
         return revocation.recheck_time(now, next_update, floor)
 
     def _keep_evidence(self, url: str, body: bytes | None) -> str | None:

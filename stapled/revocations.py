@@ -16,7 +16,7 @@ from .core.certs import CertChain
 from .core.model import Found, Record
 from .core.revocation import CrlView
 from .core.times import Clock, iso
-from .crls import Crls, Timing, Want
+from .crls import Crls, Want
 from .errors import StapledError, StoreError
 from .hooks import RevokedHook, found_revoked
 from .issuers import Issuers
@@ -47,14 +47,11 @@ class Revocations:
         counted: Callable[[str, int], None],
     ) -> Revocations:
         """``counted(result, size)``: each CRL fetch, for the metrics."""
-        timing = Timing(
-            config.refresh_at, config.retry_min, config.retry_max, config.min_refresh_interval
-        )
         crls = Crls(
             config.state_path,
             transport,
             clock,
-            timing,
+            config.timing,
             counted,
             host=socket.gethostname(),
         )

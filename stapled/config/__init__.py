@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.policy import Timing
 from ..errors import ConfigError
 from .checks import Checker
 from .source import Source
@@ -88,6 +89,11 @@ class Config:
     metrics: MetricsConfig | None = None
     crl: str = "no-ocsp"
     revoked_command: tuple[str, ...] = ()
+
+    @property
+    def timing(self) -> Timing:
+        """When staples and CRLs are asked for again."""
+        return Timing(self.refresh_at, self.retry_min, self.retry_max, self.min_refresh_interval)
 
     @property
     def state_path(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from .ocsp import CertStatus, Staple
@@ -26,6 +27,16 @@ class Severity(enum.IntEnum):
     OK = 0
     WARNING = 1
     CRITICAL = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The settings that bear on when a staple or a CRL is asked for again."""
+
+    refresh_at: float
+    retry_min: float
+    retry_max: float
+    min_refresh_interval: float
 
 
 # A staple in the last quarter of its validity means refreshes have been failing.

@@ -40,7 +40,7 @@ from .fleet_jobs import FleetJobs
 from .jobs import Jobs
 from .monitor_jobs import MonitorJobs
 from .responder import Index, Responder, next_responder, start_responder
-from .schedule import Timing, next_run
+from .schedule import next_run
 from .sdnotify import Notifier
 from .watcher import Watcher, roots_of
 
@@ -334,12 +334,7 @@ class Daemon:
         """The next job for one certificate: its refresh, or a retry after a failure."""
         if not records:
             return
-        timing = Timing(
-            refresh_at=self.config.refresh_at,
-            retry_min=self.config.retry_min,
-            retry_max=self.config.retry_max,
-            min_refresh_interval=self.config.min_refresh_interval,
-        )
+        timing = self.config.timing
         jitter = self.rng.uniform(-1.0, 1.0)
         attempts = self.book.attempts
         step = next_run(records[0], attempts[fingerprint], timing, self.clock(), jitter)

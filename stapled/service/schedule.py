@@ -8,16 +8,7 @@ from datetime import datetime, timedelta
 
 from ..core import policy
 from ..core.model import Record
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """The daemon's settings that bear on the schedule (from the configuration)."""
-
-    refresh_at: float
-    retry_min: float
-    retry_max: float
-    min_refresh_interval: float
+from ..core.policy import Timing
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from stapled.core import ocsp, plan
 from stapled.core.model import Due, Fetched, Found, Record
-from stapled.core.policy import State
-from stapled.service.schedule import Timing, next_run
+from stapled.core.policy import State, Timing
+from stapled.service.schedule import next_run
 
 from ..pki import World
 
