@@ -75,16 +75,20 @@ class CertID(NamedTuple):
 
 def cert_ids(chain: CertChain) -> frozenset[CertID]:
     """Every CertID a client may use for the chain's leaf (SHA-1 and SHA-256)."""
-    if chain.issuer is None:
-        return frozenset()
-    return frozenset(
-        CertID(
-            name,
-            certs.name_hash(chain.issuer_name, algorithm),
-            certs.key_hash(chain.issuer, algorithm),
-            chain.serial,
-        )
-        for name, algorithm in CERT_ID_HASHES.items()
+    return frozenset(i for name in CERT_ID_HASHES if (i := cert_id(chain, name)) is not None)
+
+
+def cert_id(chain: CertChain, hash_name: str) -> CertID | None:
+    """The chain's CertID with ``hash_name`` (one of CERT_ID_HASHES); None without an
+    issuer or for another hash."""
+    algorithm = CERT_ID_HASHES.get(hash_name)
+    if chain.issuer is None or algorithm is None:
+        return None
+    return CertID(
+        hash_name,
+        certs.name_hash(chain.issuer_name, algorithm),
+        certs.key_hash(chain.issuer, algorithm),
+        chain.serial,
     )
 
 

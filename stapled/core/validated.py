@@ -48,7 +48,7 @@ class Validated:
             return None
         # The CertID names the issuer's name and key: the same bytes answering for a
         # certificate of another issuer with the same serial are validated anew.
-        if known.cert_id not in ocsp.cert_ids(chain):
+        if ocsp.cert_id(chain, known.cert_id.hash_name) != known.cert_id:
             return None
         return ocsp.recheck(known if known.der == der else replace(known, der=der), now)
 
