@@ -32,7 +32,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,11 +85,12 @@ def export(rev: str, into: Path) -> Version:
 
 @dataclass
 class World:
-    top: Path
+    top: Path  # the certificates (letsencrypt/, ca.pem)
     ca_cert: x509.Certificate
     ca_key: ec.EllipticCurvePrivateKey
     leaves: list[x509.Certificate]
     url: str
+    scratch: Path  # configurations, logs and responders' files of this run
 
     @property
     def ca_pem(self) -> Path:
@@ -145,7 +146,38 @@ def build(top: Path, n: int, url: str) -> World:
         )
         leaves.append(leaf)
         write_lineage(top / "letsencrypt", cn, leaf, ca_pem, key_pem, 1)
-    return World(top, ca_cert, ca_key, leaves, url)
+    return World(top, ca_cert, ca_key, leaves, url, top)
+
+
+def cached(cache: Path, n: int, url: str) -> World:
+    """The N certificates built once under ``cache`` and read back on later runs.
+
+    100,000 lineages take minutes to build; the CA's key is kept beside them so the
+    responders can sign for them again.
+    """
+    top = cache / f"n{n}"
+    done = top / "complete"
+    if not done.exists():
+        shutil.rmtree(top, ignore_errors=True)
+        top.mkdir(parents=True)
+        world = build(top, n, url)
+        key = world.ca_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        (top / "ca.key").write_bytes(key)
+        done.write_text(f"{n}\n")
+        return world
+    ca_key = serialization.load_pem_private_key((top / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    live = top / "letsencrypt" / "live"
+    leaves = [
+        x509.load_pem_x509_certificate((lineage / "cert.pem").read_bytes())
+        for lineage in sorted(live.iterdir())
+    ]
+    ca_cert = x509.load_pem_x509_certificate((top / "ca.pem").read_bytes())
+    return World(top, ca_cert, ca_key, leaves, url, top)
 
 
 def write_lineage(
@@ -253,7 +285,7 @@ class OpenSSLResponder:
     """The real `openssl ocsp` responder over an index of every certificate."""
 
     def __init__(self, world: World) -> None:
-        top = world.top / "openssl"
+        top = world.scratch / "openssl"
         top.mkdir()
         expiry = (datetime.now(UTC) + timedelta(days=90)).strftime("%y%m%d%H%M%SZ")
         lines = [
@@ -358,7 +390,7 @@ def measure(argv: list[str], **kw: object) -> tuple[float, float, float, int]:
 
 
 def stapled_config(world: World, out: Path, url: str, extra: str = "") -> Path:
-    path = world.top / "stapled.toml"
+    path = world.scratch / "stapled.toml"
     path.write_text(
         f'output_dir = "{out}"\n'
         f'certificates = [{{ path = "{world.top / "letsencrypt"}", ocsp_url = "{url}" }}]\n'
@@ -410,7 +442,7 @@ def daemon_figures(
     """`stapled run` at this scale: ready time, memory, idle CPU, a renewal picked up."""
     cfg = stapled_config(world, out, responder.url, "debounce = 0.5\n")
     started = time.monotonic()
-    log = world.top / "daemon.log"
+    log = world.scratch / "daemon.log"
     proc = subprocess.Popen(
         version.argv("run", "--config", str(cfg)),
         stdout=log.open("wb"),
@@ -444,7 +476,7 @@ def daemon_figures(
         builder = builder.add_extension(extension.value, extension.critical)
     renewed = builder.sign(world.ca_key, hashes.SHA256())
     responder.sign(world, renewed, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
-    staple = out / f"{cn}.der"
+    staple = out / f"{cn!s}.der"
     before = staple.read_bytes()
     t0 = time.monotonic()
     write_lineage(world.top / "letsencrypt", str(cn), renewed, world.ca_pem.read_bytes(), b"", 2)
@@ -497,15 +529,15 @@ def run_size(
         for version in versions:
             out = top / f"staples-daemon-{version.label}"
             notes += daemon_figures(world, out, responder, args.idle, version)
-            _renew_back(world, top, responder)
+            _renew_back(world, responder)
     return notes
 
 
-def _renew_back(world: World, top: Path, responder: FastResponder) -> None:
+def _renew_back(world: World, responder: FastResponder) -> None:
     """Put the first lineage back as it was, so the next version renews the same way."""
     leaf = world.leaves[0]
     cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    write_lineage(top / "letsencrypt", str(cn), leaf, world.ca_pem.read_bytes(), b"", 3)
+    write_lineage(world.top / "letsencrypt", str(cn), leaf, world.ca_pem.read_bytes(), b"", 3)
 
 
 def main() -> int:
@@ -519,6 +551,12 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60.0, help="idle seconds to measure")
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to build the certificates (default: TMPDIR)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="build the certificates here once and reuse them (outputs still go to --dir)",
     )
     parser.add_argument(
         "--compare", metavar="REV", help="also run the package as it was at git revision REV"
@@ -543,7 +581,10 @@ def main() -> int:
             fast = FastResponder()
             responder: FastResponder | OpenSSLResponder = fast
             try:
-                world = build(top, n, fast.url)
+                if args.cache is not None:
+                    world = replace(cached(args.cache, n, fast.url), scratch=top)
+                else:
+                    world = build(top, n, fast.url)
                 # Written back before any run: a pass's syncfs would otherwise wait for
                 # the certificates just built, and charge the first version for it.
                 os.sync()

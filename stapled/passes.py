@@ -26,9 +26,9 @@ from .core.origins import Origins
 from .core.policy import State
 from .core.times import Clock
 from .core.validated import Validated
-from .errors import MissingInputError, StapledError
+from .errors import MissingInputError, StapledError, StoreError
 from .fetch import Fetcher, each
-from .files import discovery, state, store
+from .files import discovery, parsed, state, store
 from .files.lock import WAIT_SECONDS, DirectoryLock
 from .files.publish import Publisher, Seen
 from .fleet.share import Fleet
@@ -98,8 +98,9 @@ class Stapler:
         )
         self.servers = Servers(config, clock, reloader=reloader, pusher=pusher)
         self._lock = DirectoryLock(config.state_path, lock_wait)
-        # What earlier scans read: a rescan reads and parses only the files that changed.
-        self._discovered = discovery.Cache()
+        # What earlier scans read: a rescan reads and parses only the files that changed;
+        # the first scan takes what an earlier process parsed from the state directory.
+        self._discovered = discovery.Cache(earlier=parsed.Parsed.load(config.state_path))
         # ``[fleet]``: staples shared through a store (None: this host alone).
         self.fleet = fleet if fleet is not None else Fleet.of(config, clock, self._rejected)
         # Names by leaf fingerprint, as last scanned (metrics are labelled by name).
@@ -231,6 +232,18 @@ class Stapler:
             due=result.due,
             others=state.entries(saved) if only is not None else None,
         )
+        self.keep_parsed()
+
+    def keep_parsed(self) -> None:
+        """What the scans parsed, for the next process; written only when it changed."""
+        if not self._discovered.changed:
+            return
+        try:
+            parsed.save(self.config.state_path, self._discovered.outcomes())
+        except StoreError as e:
+            log.debug("cannot keep the certificates parsed: %s", e)
+        else:
+            self._discovered.changed = False
 
     def prepare(self) -> None:
         """Make sure the output directory is usable.  Raises StoreError when it is not."""

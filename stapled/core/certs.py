@@ -86,6 +86,37 @@ def parse_certificates(
     return certs
 
 
+_BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+
+
+def first_der(data: bytes) -> bytes | None:
+    """The DER of the first certificate in ``data`` as :func:`parse_certificates` finds
+    it, not parsed; None when there is none."""
+    begin = data.find(_BEGIN)
+    if begin != -1 and data.rfind(b"-----BEGIN ", 0, begin) == -1:
+        # The common case, a file that starts with a certificate, without the regex.
+        end = data.find(_END, begin)
+        if end != -1:
+            try:
+                body = b"".join(data[begin + len(_BEGIN) : end].split())
+                return base64.b64decode(body, validate=True)
+            except ValueError:
+                return None
+    saw_pem = False
+    for match in _PEM_BLOCK.finditer(data):
+        saw_pem = True
+        if match.group(1) in (b"CERTIFICATE", b"X509 CERTIFICATE"):
+            try:
+                return base64.b64decode(b"".join(match.group(2).split()), validate=True)
+            except ValueError:
+                return None
+    return data if not saw_pem and data[:1] == b"\x30" else None
+
+
+def der_of(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
 def parse_issuer_bytes(data: bytes, source: str) -> x509.Certificate:
     """The first certificate in an issuer file or AIA caIssuers body: DER, PEM or PKCS#7."""
     try:
@@ -288,7 +319,21 @@ class CertChain:
         return replace(self, issuer=issuer)
 
     def with_ocsp_urls(self, urls: tuple[str, ...]) -> CertChain:
-        return replace(self, ocsp_urls=urls)
+        # Every certificate of a source with ocsp_url: spelled out, since replace() is
+        # several times slower than the constructor.
+        return CertChain(
+            self.leaf_der,
+            self.issuer,
+            self.path,
+            self.serial,
+            self.not_after,
+            self.fingerprint,
+            self.issuer_name,
+            urls,
+            self.must_staple,
+            self.ca_issuers_urls,
+            self.crl_urls,
+        )
 
 
 def build_chain(
@@ -324,7 +369,7 @@ def _build_chain(
     if leaf.serial_number < 0:
         # RFC 5280 4.1.2.2; no CertID can name it either.
         raise CertificateError(path, "the serial number is negative, which RFC 5280 forbids")
-    issuer_name = _shared(issuer_name)
+    issuer_name = shared(issuer_name)
     if issuer_name == subject_name and issued_by(leaf, leaf):
         raise CertificateError(path, "self-signed certificate: there is no CA to ask for OCSP")
     aki = extensions.authority_key_id
@@ -368,7 +413,7 @@ def _name_hash(issuer_name: bytes, algorithm: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=1024)
-def _shared(value: bytes) -> bytes:
+def shared(value: bytes) -> bytes:
     """One object for equal values (an issuer's name, the same in thousands of leaves)."""
     return value
 

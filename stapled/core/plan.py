@@ -44,6 +44,13 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
                 )
             )
             continue
+        problems = [urls.problem(u) for u in chain.ocsp_urls]
+        usable = tuple(u for u, p in zip(chain.ocsp_urls, problems, strict=True) if p is None)
+        if usable and (chain.issuer is not None or chain.ca_issuers_urls) and now < chain.not_after:
+            if usable != chain.ocsp_urls:
+                item = replace(item, chain=chain.with_ocsp_urls(usable))
+            groups[chain.fingerprint].append(item)
+            continue
         base = Record(
             item.name,
             item.path,
@@ -54,28 +61,20 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
             fingerprint=chain.fingerprint,
             crl_url=chain.crl_url,
         )
-        problems = [urls.problem(u) for u in chain.ocsp_urls]
-        usable = tuple(u for u, p in zip(chain.ocsp_urls, problems, strict=True) if p is None)
         if not chain.ocsp_urls:
-            records.append(base)
+            pass
         elif not usable:
             base.state = State.ERROR
             base.last_error = (
                 f"the certificate's OCSP URL {problems[0]}; "
                 "set ocsp_url for this source to use another responder"
             )
-            records.append(base)
         elif chain.issuer is None and not chain.ca_issuers_urls:
             base.state, base.last_error = State.ERROR, NO_ISSUER
-            records.append(base)
-        elif now >= chain.not_after:
+        else:
             base.state = State.EXPIRED
             base.last_error = f"the certificate expired on {iso(chain.not_after)}"
-            records.append(base)
-        else:
-            if usable != chain.ocsp_urls:
-                item = replace(item, chain=chain.with_ocsp_urls(usable))
-            groups[chain.fingerprint].append(item)
+        records.append(base)
     return records, groups
 
 

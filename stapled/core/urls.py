@@ -6,6 +6,7 @@ parsed must be that certificate's error, never an exception in the middle of a p
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import urlsplit
 
 SCHEMES = ("http", "https")
@@ -17,6 +18,8 @@ def shown(url: str) -> str:
     return url if printable and url else repr(url)
 
 
+# Thousands of certificates name the few URLs of their CA: each is checked once.
+@functools.lru_cache(maxsize=4096)
 def problem(url: str) -> str | None:
     """Why ``url`` cannot be asked over HTTP (a clause naming it), or None when it can."""
     try:

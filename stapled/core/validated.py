@@ -65,26 +65,21 @@ class Validated:
 
 def facts(staple: Staple) -> str:
     """What validating ``staple`` found, as the state file keeps it (times to the
-    microsecond)."""
-    cert_id, window = staple.cert_id, staple.signer_window
-    return json.dumps(
-        [
-            1,
-            str(staple.cert_status),
-            format(staple.serial, "X"),
-            staple.this_update.isoformat(),
-            staple.next_update.isoformat(),
-            staple.produced_at.isoformat(),
-            staple.signer,
-            staple.revocation_time.isoformat() if staple.revocation_time else None,
-            staple.revocation_reason,
-            [cert_id.hash_name, cert_id.name_hash.hex(), cert_id.key_hash.hex()]
-            if cert_id
-            else None,
-            staple.single_count,
-            [window[0].isoformat(), window[1].isoformat()] if window else None,
-        ],
-        separators=(",", ":"),
+    microsecond): a JSON array, written out directly since a pass writes one for every
+    certificate; only the responder's texts need escaping."""
+    cert_id, window, revoked = staple.cert_id, staple.signer_window, staple.revocation_time
+    ids = (
+        f'["{cert_id.hash_name}","{cert_id.name_hash.hex()}","{cert_id.key_hash.hex()}"]'
+        if cert_id
+        else "null"
+    )
+    times = f'["{window[0].isoformat()}","{window[1].isoformat()}"]' if window else "null"
+    return (
+        f'[1,"{staple.cert_status}","{staple.serial:X}","{staple.this_update.isoformat()}",'
+        f'"{staple.next_update.isoformat()}","{staple.produced_at.isoformat()}",'
+        f"{json.dumps(staple.signer)},"
+        f"{json.dumps(revoked.isoformat() if revoked else None)},"
+        f"{json.dumps(staple.revocation_reason)},{ids},{staple.single_count},{times}]"
     )
 
 

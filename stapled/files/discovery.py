@@ -29,13 +29,14 @@ from ..core import certs
 from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..errors import CertificateError
+from . import parsed
+from .parsed import Outcome, Parsed
 
 log = logging.getLogger(__name__)
 
 CERT_SUFFIXES = (".pem", ".crt", ".cer")
 # Certbot's layout: live/NAME/{cert,chain,fullchain,privkey}.pem
 LINEAGE_CERT = "cert.pem"
-LINEAGE_CHAINS = ("chain.pem", "fullchain.pem")
 # Refuse to slurp something that cannot be a certificate bundle.
 MAX_CERT_FILE = 1024 * 1024
 
@@ -66,6 +67,17 @@ class Cache:
     shared: dict[bytes, x509.Certificate] = field(default_factory=dict)
     # Files changed within this many nanoseconds are not kept (a test may trust all).
     recent_ns: int = RECENT_NS
+    # What an earlier process parsed (the state directory's), for the next scan only.
+    earlier: Parsed | None = None
+    # Whether what is kept for the next process differs from what it was given.
+    changed: bool = False
+
+    def outcomes(self) -> Iterator[tuple[bytes, Outcome]]:
+        """What the files read so far parsed to, for :func:`parsed.save`."""
+        for _, loaded in self.files.values():
+            outcome = loaded.chain or loaded.skip
+            if loaded.key is not None and outcome is not None:
+                yield loaded.key, outcome
 
 
 def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Found]:
@@ -82,17 +94,23 @@ def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Fo
             if loaded.identity in seen:
                 continue  # one file reached by two sources or through a symlink
             seen.add(loaded.identity)
-            item = _found(path, lineage, source, loaded, issuers)
+            item = _found(path, lineage is not None, source, loaded, issuers)
             if item is not None:
                 found.append(item)
+    if cache.earlier is not None:
+        cache.changed |= not cache.earlier.all_taken
+        cache.earlier = None  # held for one scan: the files cache serves later ones
     for directory, reason in unlisted:
         # The certificates it may hold are unknown: that is an error, never "none".
         found.append(Found(directory, directory, error=reason, directory=True))
     return _unique_names(found)
 
 
-def _expand(source: Source, unlisted: list[tuple[str, str]]) -> Iterator[tuple[str, bool, bool]]:
-    """(path, is a certbot lineage directory, named directly) for each match of a source.
+def _expand(
+    source: Source, unlisted: list[tuple[str, str]]
+) -> Iterator[tuple[str, tuple[str, ...] | None, bool]]:
+    """(path, the files of a certbot lineage directory or None for a file, named
+    directly) for each match of a source.
 
     A file named directly must be a certificate; one met while scanning a directory may
     be anything (DH parameters, a CA bundle) and is skipped quietly when it is not a leaf.
@@ -108,12 +126,12 @@ def _expand(source: Source, unlisted: list[tuple[str, str]]) -> Iterator[tuple[s
             for found, lineage in _scan_dir(match, set(), unlisted):
                 yield found, lineage, False
         elif not is_key_file(Path(match)):
-            yield match, False, not source.is_glob
+            yield match, None, not source.is_glob
 
 
 def _scan_dir(
     directory: str, visited: set[tuple[int, int]], unlisted: list[tuple[str, str]]
-) -> Iterator[tuple[str, bool]]:
+) -> Iterator[tuple[str, tuple[str, ...] | None]]:
     """Certificate files and certbot lineages below ``directory``, in name order.
 
     A directory that cannot be listed goes to ``unlisted`` with the reason.  A lineage is
@@ -121,9 +139,10 @@ def _scan_dir(
     stat per plain file, since at ten thousand lineages the walk is most of a scan.
     Symbolic links are followed; a loop is cut where a directory comes round again.
     """
-    if _is_lineage(directory):
+    lineage = _lineage_files(directory)
+    if lineage is not None:
         # Two lstats instead of listing it: live/ holds one such directory per certificate.
-        yield directory, True
+        yield directory, lineage
         return
     try:
         st = os.stat(directory)
@@ -146,21 +165,12 @@ def _scan_dir(
             if not entry.name.startswith("."):
                 subdirs.append(entry.path)
         elif entry.name.lower().endswith(CERT_SUFFIXES) and not is_key_file(Path(entry.name)):
-            yield entry.path, False
+            yield entry.path, None
     if "live" in names and "archive" in names:
         # certbot's archive/ holds every old certificate too
         subdirs = [d for d in subdirs if os.path.basename(d) == "live"]
     for subdir in subdirs:
         yield from _scan_dir(subdir, visited, unlisted)
-
-
-def _is_lineage(directory: str) -> bool:
-    """A certbot lineage: cert.pem beside chain.pem or fullchain.pem (links, as certbot
-    makes them, dangling or not)."""
-    lexists, join = os.path.lexists, os.path.join
-    return lexists(join(directory, LINEAGE_CERT)) and any(
-        lexists(join(directory, name)) for name in LINEAGE_CHAINS
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,48 +182,57 @@ class _Loaded:
     chain: CertChain | None = None  # with the issuer the file holds, if it holds it
     error: str | None = None  # a CertificateError's reason
     skip: str | None = None  # why a file met in a directory scan is not a certificate
+    key: bytes | None = None  # its entry for the next process (parsed.key)
 
 
 def _loaded(
     path: str,
-    lineage: bool,
+    lineage_files: tuple[str, ...] | None,
     named: bool,
     before: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]],
     cache: Cache,
 ) -> _Loaded:
     """``path`` read and parsed, or what an earlier scan made of it if it is unchanged."""
-    files = _lineage_files(path) if lineage else (path,)
+    lineage = lineage_files is not None
+    files = lineage_files or (path,)
     shown = os.path.join(path, LINEAGE_CERT) if lineage else path
     key = (path, lineage, named)
-    try:
-        signature = _signature(files)
-    except CertificateError as e:
-        return _Loaded(path, shown, error=_reason(e, shown))
     earlier = before.get(key)
-    if earlier is not None and earlier[0] == signature:
-        cache.files[key] = earlier
-        return earlier[1]
-    loaded = _load(files, shown, lineage, named, cache.shared)
-    if time.time_ns() - max(signature[3::5] + signature[4::5]) > cache.recent_ns:
+    if earlier is not None:
+        try:
+            unchanged = _signature(files) == earlier[0]
+        except CertificateError as e:
+            return _Loaded(path, shown, error=_reason(e, shown))
+        if unchanged:
+            cache.files[key] = earlier
+            return earlier[1]
+    loaded, signature = _load(files, shown, lineage, named, cache)
+    if signature and time.time_ns() - max(signature[3::5] + signature[4::5]) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
     return loaded
 
 
-def _lineage_files(path: str) -> tuple[str, ...]:
-    """The files a certbot lineage is read from.
+def _lineage_files(directory: str) -> tuple[str, ...] | None:
+    """The files a certbot lineage is read from; None when ``directory`` is not one.
 
-    fullchain.pem (cert.pem followed by chain.pem) is what web servers are pointed at,
-    so its leaf is the certificate they serve; it is also one read instead of two.
-    Without it, cert.pem and chain.pem.
+    A lineage is cert.pem beside chain.pem or fullchain.pem (links, as certbot makes
+    them, dangling or not).  fullchain.pem (cert.pem followed by chain.pem) is what web
+    servers are pointed at, so its leaf is the certificate they serve; it is also one
+    read instead of two.  Without it, cert.pem and chain.pem.
     """
-    full = os.path.join(path, "fullchain.pem")
-    if os.path.lexists(full):
+    lexists, join = os.path.lexists, os.path.join
+    cert = join(directory, LINEAGE_CERT)
+    if not lexists(cert):
+        return None
+    full = join(directory, "fullchain.pem")
+    if lexists(full):
         return (full,)
-    return (os.path.join(path, LINEAGE_CERT), os.path.join(path, "chain.pem"))
+    chain = join(directory, "chain.pem")
+    return (cert, chain) if lexists(chain) else None
 
 
 def _signature(files: tuple[str, ...]) -> Signature:
-    out: list[int] = []
+    stats: list[os.stat_result] = []
     for name in files:
         try:
             st = os.stat(name)
@@ -221,36 +240,69 @@ def _signature(files: tuple[str, ...]) -> Signature:
             raise CertificateError(name, f"cannot read ({e.strerror})") from e
         if not stat.S_ISREG(st.st_mode):
             raise CertificateError(name, "not a regular file")
-        out += (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return tuple(out)
+        stats.append(st)
+    return _signature_of(stats)
+
+
+def _signature_of(stats: list[os.stat_result]) -> Signature:
+    return tuple(
+        n
+        for st in stats
+        for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    )
 
 
 def _load(
-    files: tuple[str, ...],
+    files: tuple[str, ...], shown: str, lineage: bool, named: bool, cache: Cache
+) -> tuple[_Loaded, Signature | None]:
+    """The files read and parsed (or found parsed before), and the signature of what
+    was read (None when a file could not be read)."""
+    identity: object = files[0]
+    parts: list[bytes] = []
+    stats: list[os.stat_result] = []
+    try:
+        for name in files:
+            data, st = _read(name)
+            parts.append(data)
+            stats.append(st)
+    except CertificateError as e:
+        if stats:  # the file that holds the leaf identifies the certificate
+            identity = (stats[0].st_dev, stats[0].st_ino)
+        return _Loaded(identity, shown, error=_reason(e, shown)), None
+    identity = (stats[0].st_dev, stats[0].st_ino)
+    signature = _signature_of(stats)
+    data = b"\n".join(parts)
+    key = parsed.key(data, lineage, named)
+    if cache.earlier is not None:
+        outcome = cache.earlier.take(key, data, shown, cache.shared)
+        if isinstance(outcome, str):
+            return _Loaded(identity, shown, skip=outcome, key=key), signature
+        if outcome is not None:
+            return _Loaded(identity, shown, chain=outcome, key=key), signature
+    try:
+        loaded = _parse(data, identity, shown, lineage, named, cache.shared)
+    except CertificateError as e:
+        return _Loaded(identity, shown, error=_reason(e, shown)), signature
+    cache.changed = True
+    return replace(loaded, key=key), signature
+
+
+def _parse(
+    data: bytes,
+    identity: object,
     shown: str,
     lineage: bool,
     named: bool,
     shared: dict[bytes, x509.Certificate],
 ) -> _Loaded:
-    identity: object = files[0]
-    try:
-        parts: list[bytes] = []
-        for name in files:
-            data, st = _read(name)
-            if not parts:  # the file that holds the leaf identifies the certificate
-                identity = (st.st_dev, st.st_ino)
-            parts.append(data)
-        data = b"\n".join(parts)
-        if not named and not lineage and not _may_hold_certificate(data):
-            return _Loaded(identity, shown, skip="no certificate in it")
-        parsed = certs.parse_certificates(data, shown, shared)
-        if not named and not lineage and all(certs.is_ca(c) for c in parsed):
-            return _Loaded(identity, shown, skip="CA certificates only, no leaf")
-        if lineage and len(parsed) > 1 and parsed[1] == parsed[0]:
-            parsed = parsed[:1] + parsed[2:]  # fullchain.pem repeats the leaf
-        return _Loaded(identity, shown, chain=certs.build_chain(parsed, shown))
-    except CertificateError as e:
-        return _Loaded(identity, shown, error=_reason(e, shown))
+    if not named and not lineage and not _may_hold_certificate(data):
+        return _Loaded(identity, shown, skip="no certificate in it")
+    found = certs.parse_certificates(data, shown, shared)
+    if not named and not lineage and all(certs.is_ca(c) for c in found):
+        return _Loaded(identity, shown, skip="CA certificates only, no leaf")
+    if lineage and len(found) > 1 and found[1] == found[0]:
+        found = found[:1] + found[2:]  # fullchain.pem repeats the leaf
+    return _Loaded(identity, shown, chain=certs.build_chain(found, shown))
 
 
 def _reason(error: CertificateError, shown: str) -> str:

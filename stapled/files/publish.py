@@ -34,9 +34,14 @@ class Publisher:
         self.nginx_snippets = nginx_snippets
         # Staples validated before: the same bytes are not checked in full again.
         self.validated = validated
+        # A pass asks for each name's path several times; a Path costs microseconds.
+        self._paths: dict[str, Path] = {}
 
     def staple_path(self, item: Found) -> Path:
-        return self.output_dir / f"{item.name}.der"
+        path = self._paths.get(item.name)
+        if path is None:
+            path = self._paths[item.name] = self.output_dir / f"{item.name}.der"
+        return path
 
     def record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
         return plan.record(

@@ -80,14 +80,19 @@ def read(path: Path) -> bytes | None:
         if path.is_symlink():
             raise StoreError(str(path), "is a symbolic link; stapled does not follow it") from e
         raise StoreError(str(path), f"cannot read ({e.strerror})") from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(str(path), "is not a regular file")
+        # One read of the size the file has, and one to see that it ended there.
+        parts = [os.read(fd, st.st_size + 1)]
+        while parts[-1]:
+            parts.append(os.read(fd, 1 << 16))
+        return b"".join(parts)
+    except OSError as e:
+        raise StoreError(str(path), f"cannot read ({e.strerror})") from e
+    finally:
         os.close(fd)
-        raise StoreError(str(path), "is not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            return f.read()
-        except OSError as e:
-            raise StoreError(str(path), f"cannot read ({e.strerror})") from e
 
 
 # What the caller read of the target before: not known, so write_atomic reads it itself.

@@ -401,6 +401,7 @@ class Daemon:
                     daemon=daemon,
                     fleet=self.fleet_jobs.state(),
                 )
+                self.stapler.keep_parsed()
         except StoreError as e:
             log.warning("cannot record state: %s", e)
         self.stapler.sources.keep_only(r.current for r in self.book.records.values())

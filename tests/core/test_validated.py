@@ -5,6 +5,7 @@ validation would allow, and they are not."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -89,6 +90,32 @@ def test_what_the_state_file_keeps_reads_back_the_same(signer: str | None) -> No
     memory = Validated()
     memory.add(remembered)
     assert memory.recall(der, chain, NOW) == staple
+
+
+@given(
+    signer=st.text(),
+    reason=st.none() | st.text(),
+    at=st.datetimes(timezones=st.just(UTC)),
+    serial=st.integers(min_value=0, max_value=2**160),
+)
+def test_facts_of_any_texts_times_and_serial_read_back(
+    signer: str, reason: str | None, at: datetime, serial: int
+) -> None:
+    """Whatever a responder puts in the texts validation keeps (its name, a revocation
+    reason), and whatever the times and serial, the facts read back as they were."""
+    der = WORLD.ca.sign_response(WORLD.leaf.cert)
+    staple = ocsp.validate(der, WORLD.chain, NOW)
+    assert staple.cert_id is not None
+    staple = replace(
+        staple,
+        cert_id=staple.cert_id._replace(serial=serial),
+        signer=signer,
+        revocation_reason=reason,
+        revocation_time=at if reason is not None else None,
+        this_update=at,
+        serial=serial,
+    )
+    assert validated.from_facts(validated.facts(staple), der) == staple
 
 
 def _facts() -> list[object]:

@@ -1,0 +1,188 @@
+"""Certificate files parsed before, kept in the state directory by the SHA-256 of their
+bytes, so that a pass in a new process parses only files it has not met.
+
+What a file's bytes parse to depends on those bytes alone (and on how the file was
+found), so an entry is keyed by their digest: a changed file is simply not found and is
+parsed anew.  Only what parsing derived is kept; the leaf's DER is taken from the file
+read now and must hash to the fingerprint remembered, or the file is parsed anew.
+Damage is never fatal: the file's first line is the SHA-256 of the rest, and a file
+that does not match it, or an entry that does not read back, is parsed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from ..core import certs, foreign
+from ..core.certs import CertChain
+from . import store
+
+log = logging.getLogger(__name__)
+
+PARSED_FILE = "certificates.json"
+_VERSION = 1
+
+# A file parsed to a chain (its path is the caller's), or the reason it is skipped.
+Outcome = CertChain | str
+
+
+def key(data: bytes, lineage: bool, named: bool) -> bytes:
+    """The entry of a file's bytes found this way (a directory scan skips what a file
+    named directly must hold)."""
+    return hashlib.sha256(b"LN"[lineage : lineage + 1] + bytes([named]) + data).digest()
+
+
+class Parsed:
+    """Entries read from the state directory, each taken at most once by a scan."""
+
+    def __init__(self, raw: dict[str, Any] | None = None) -> None:
+        raw = raw or {}
+        files, issuers, names = raw.get("files"), raw.get("issuers"), raw.get("names")
+        ok = isinstance(files, dict) and isinstance(issuers, list) and isinstance(names, list)
+        self._files: dict[str, Any] = files if ok else {}  # type: ignore[assignment]
+        self._issuers: list[Any] = issuers if ok else []  # type: ignore[assignment]
+        self._names: list[Any] = names if ok else []  # type: ignore[assignment]
+        self._issuer_objects: dict[int, x509.Certificate] = {}
+        self._name_values: dict[int, bytes] = {}
+        self._taken: set[str] = set()
+
+    @property
+    def all_taken(self) -> bool:
+        """Every entry was met again: nothing to forget."""
+        return len(self._taken) == len(self._files)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Parsed:
+        try:
+            check, _, body = (state_dir / PARSED_FILE).read_bytes().partition(b"\n")
+            if hashlib.sha256(body).hexdigest().encode() != check:
+                return cls()
+            raw = json.loads(body)
+        except (OSError, ValueError, RecursionError):
+            return cls()
+        if not isinstance(raw, dict) or raw.get("version") != _VERSION:
+            return cls()
+        return cls(raw)
+
+    def take(
+        self, entry_key: bytes, data: bytes, path: str, shared: dict[bytes, x509.Certificate]
+    ) -> Outcome | None:
+        """What ``data`` parsed to before (the chain named by ``path``); None when it was
+        not parsed before or its entry does not read back."""
+        name = entry_key.hex()
+        entry = self._files.get(name)
+        if entry is None:
+            return None
+        try:
+            outcome = self._outcome(entry, data, path, shared)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            return None
+        if outcome is not None:
+            self._taken.add(name)
+        return outcome
+
+    def _outcome(
+        self, entry: Any, data: bytes, path: str, shared: dict[bytes, x509.Certificate]
+    ) -> Outcome | None:
+        if isinstance(entry, str):
+            return entry
+        (fingerprint, serial, not_after, name, issuer, ocsp_urls, must_staple,
+         ca_issuers_urls, crl_urls) = entry  # fmt: skip
+        if not (
+            isinstance(fingerprint, str)
+            and isinstance(serial, str)
+            and _ints(not_after, name)
+            and (issuer is None or _ints(issuer))
+            and must_staple in (0, 1)
+            and type(must_staple) is int
+        ):
+            raise TypeError(entry)
+        der = certs.first_der(data)
+        if der is None or hashlib.sha256(der).hexdigest() != fingerprint:
+            return None
+        return CertChain(
+            leaf_der=der,
+            issuer=self._issuer(issuer, shared) if issuer is not None else None,
+            path=path,
+            serial=int(serial, 16),
+            not_after=datetime.fromtimestamp(not_after, UTC),
+            fingerprint=fingerprint,
+            issuer_name=self._name(name),
+            ocsp_urls=_strings(ocsp_urls),
+            must_staple=bool(must_staple),
+            ca_issuers_urls=_strings(ca_issuers_urls),
+            crl_urls=_strings(crl_urls),
+        )
+
+    def _issuer(self, index: int, shared: dict[bytes, x509.Certificate]) -> x509.Certificate:
+        if index not in self._issuer_objects:
+            der = base64.b64decode(self._issuers[index], validate=True)
+            try:
+                cert = shared.get(der) or x509.load_der_x509_certificate(der)
+            except foreign.READ_ERRORS as e:
+                raise ValueError(index) from e
+            shared.setdefault(der, cert)
+            self._issuer_objects[index] = cert
+        return self._issuer_objects[index]
+
+    def _name(self, index: int) -> bytes:
+        if index not in self._name_values:
+            self._name_values[index] = certs.shared(base64.b64decode(self._names[index]))
+        return self._name_values[index]
+
+
+def _ints(*values: object) -> bool:
+    return all(type(v) is int for v in values)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(value)
+    return tuple(value)
+
+
+def save(state_dir: Path, outcomes: Iterable[tuple[bytes, Outcome]]) -> None:
+    """Keep ``outcomes`` (and only those) for the next process.  Raises StoreError."""
+    issuers: dict[bytes, int] = {}
+    names: dict[bytes, int] = {}
+    files: dict[str, Any] = {}
+    for entry_key, outcome in outcomes:
+        if isinstance(outcome, str):
+            files[entry_key.hex()] = outcome
+            continue
+        issuer = None
+        if outcome.issuer is not None:
+            der = certs.der_of(outcome.issuer)
+            issuer = issuers.setdefault(der, len(issuers))
+        files[entry_key.hex()] = [
+            outcome.fingerprint,
+            format(outcome.serial, "x"),
+            int(outcome.not_after.timestamp()),
+            names.setdefault(outcome.issuer_name, len(names)),
+            issuer,
+            outcome.ocsp_urls,
+            int(outcome.must_staple),
+            outcome.ca_issuers_urls,
+            outcome.crl_urls,
+        ]
+    body = json.dumps(
+        {
+            "version": _VERSION,
+            "issuers": [base64.b64encode(d).decode() for d in issuers],
+            "names": [base64.b64encode(n).decode() for n in names],
+            "files": files,
+        },
+        separators=(",", ":"),
+    ).encode()
+    text = hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    store.prepare_dir(state_dir)
+    store.write_atomic(state_dir / PARSED_FILE, text, mode=0o600)
