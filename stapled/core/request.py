@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -69,6 +68,11 @@ def build_request(chain: CertChain, algorithm: hashes.HashAlgorithm | None = Non
     return builder.build().public_bytes(serialization.Encoding.DER)
 
 
+# What percent-encoding changes in standard base64 (urllib's quote, safe=""), in one
+# pass instead of quote's Python loop over every character.
+_PERCENT = str.maketrans({"+": "%2B", "/": "%2F", "=": "%3D"})
+
+
 @dataclass(frozen=True)
 class HTTPRequest:
     method: str
@@ -82,7 +86,7 @@ def http_request(url: str, der: bytes) -> HTTPRequest:
     GET carries the percent-encoded *standard* base64 of the request; responders
     reject base64url.
     """
-    encoded = quote(base64.b64encode(der).decode("ascii"), safe="")
+    encoded = base64.b64encode(der).decode("ascii").translate(_PERCENT)
     get_url = (url if url.endswith("/") else url + "/") + encoded
     if len(get_url.encode()) <= MAX_GET_URL:
         return HTTPRequest("GET", get_url, None)

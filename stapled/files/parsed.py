@@ -153,6 +153,8 @@ def _strings(value: object) -> tuple[str, ...]:
 def save(state_dir: Path, outcomes: Iterable[tuple[bytes, Outcome]]) -> None:
     """Keep ``outcomes`` (and only those) for the next process.  Raises StoreError."""
     issuers: dict[bytes, int] = {}
+    # Thousands of chains hold the same few issuer objects: each is encoded once.
+    encoded: dict[int, tuple[x509.Certificate, int]] = {}
     names: dict[bytes, int] = {}
     files: dict[str, Any] = {}
     for entry_key, outcome in outcomes:
@@ -161,8 +163,14 @@ def save(state_dir: Path, outcomes: Iterable[tuple[bytes, Outcome]]) -> None:
             continue
         issuer = None
         if outcome.issuer is not None:
-            der = certs.der_of(outcome.issuer)
-            issuer = issuers.setdefault(der, len(issuers))
+            held = encoded.get(id(outcome.issuer))
+            if held is None:
+                der = certs.der_of(outcome.issuer)
+                held = encoded[id(outcome.issuer)] = (
+                    outcome.issuer,
+                    issuers.setdefault(der, len(issuers)),
+                )
+            issuer = held[1]
         files[entry_key.hex()] = [
             outcome.fingerprint,
             format(outcome.serial, "x"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stapled.core import certs, ocsp, request
 from stapled.demo.ca import CA
@@ -106,6 +108,13 @@ def test_get_uses_percent_encoded_standard_base64(world: World) -> None:
     encoded = unquote(http.url.rsplit("/", 1)[1])
     assert base64.b64decode(encoded, validate=True) == der  # standard, not urlsafe
     assert "+" not in http.url.rsplit("/", 1)[1] and "/" not in http.url.rsplit("/", 1)[1]
+
+
+@given(st.binary(max_size=120))
+def test_get_encodes_any_request_as_percent_encoding_does(der: bytes) -> None:
+    http = request.http_request("http://o.example/", der)
+    if http.method == "GET":
+        assert http.url == "http://o.example/" + quote(base64.b64encode(der).decode(), safe="")
 
 
 def test_long_urls_are_posted(world: World) -> None:
