@@ -59,6 +59,7 @@ def roots_of(paths: Iterable[str]) -> list[tuple[Path, bool]]:
     """(directory to watch, recursively?) for each configured source path or glob.
 
     Directories are resolved first: a watch on a symlink to a directory sees nothing.
+    In certbot's tree only live/ is watched below the top (one watch per lineage).
     """
     roots: dict[Path, bool] = {}
     for raw in paths:
@@ -75,6 +76,11 @@ def roots_of(paths: Iterable[str]) -> list[tuple[Path, bool]]:
         else:
             root, recursive = path.parent, False
         root = root.resolve()
+        if recursive and (root / "live").is_dir() and (root / "archive").is_dir():
+            # certbot's tree: a renewal replaces the links in live/NAME, and archive/
+            # (skipped by the scan too) would double the kernel's watches.
+            roots[root / "live"] = True
+            recursive = False
         roots[root] = roots.get(root, False) or recursive
     return sorted(roots.items())
 

@@ -73,6 +73,15 @@ def test_roots_of_sources(tmp_path: Path) -> None:
     assert roots[tmp_path / "g"] is True
 
 
+def test_only_live_is_watched_below_certbots_tree(tmp_path: Path) -> None:
+    """A watch per directory: archive/ would double them, and a renewal replaces the
+    links in live/NAME, where the watch is."""
+    for part in ("live/a.example", "archive/a.example", "renewal"):
+        (tmp_path / "le" / part).mkdir(parents=True)
+    roots = dict(roots_of([str(tmp_path / "le")]))
+    assert roots == {tmp_path / "le": False, tmp_path / "le" / "live": True}
+
+
 def test_watcher_batches_changes_and_ignores_reads(tmp_path: Path) -> None:
     batches: list[set[str]] = []
     got = threading.Event()
