@@ -1,11 +1,13 @@
 """stapled at scale, side by side with a plain loop of `openssl ocsp` client calls.
 
-Builds N certificates in certbot's lineage layout, starts a local responder (a fast one
-that pre-signs every response, or the real `openssl ocsp`), and prints one table row per
-run: wall time, CPU time, peak memory and the requests the responder counted.
+Builds N certificates in certbot's lineage layout, starts local responders (a fast one
+that pre-signs every response, for stapled's own cost, and the real `openssl ocsp`,
+signing each answer, up to --openssl-max), and prints one table row per run: wall time,
+CPU time, peak memory and the requests the responder counted.  The openssl loop runs
+against the real responder; with ``--runs`` the medians follow the table.
 
     .venv/bin/python benchmarks/scale.py                       # N = 100, 1000, 10000
-    .venv/bin/python benchmarks/scale.py --sizes 1000 --responder openssl
+    .venv/bin/python benchmarks/scale.py --sizes 1000 --runs 3  # medians, both responders
     .venv/bin/python benchmarks/scale.py --sizes 10000 --daemon --idle 60
     .venv/bin/python benchmarks/scale.py --sizes 1000,10000 --compare HEAD~5 --daemon
 
@@ -26,6 +28,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import sysconfig
@@ -59,6 +62,15 @@ class Version:
         # -S: no site processing, so the editable install's finder cannot pick the
         # working tree's package over ``src``; the dependencies come from PYTHONPATH.
         return [PYTHON, "-S", "-m", "stapled", *args]
+
+    def compile(self) -> None:
+        """Bytecode for every module, as an installed package has (pip and the Debian
+        package compile it), so no run pays for compiling."""
+        subprocess.run(
+            [PYTHON, "-m", "compileall", "-q", str(self.src / "stapled")],
+            check=True,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
+        )
 
     def env(self) -> dict[str, str]:
         paths = dict.fromkeys([str(self.src), *sysconfig.get_paths().values()])
@@ -462,7 +474,7 @@ def daemon_figures(
     idle_cpu = _cpu(proc.pid) - cpu0
     # A renewal: a new certificate for the first site, as certbot writes it.
     leaf = world.leaves[0]
-    cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    cn = _common_name(leaf)
     builder = (
         x509.CertificateBuilder()
         .subject_name(leaf.subject)
@@ -476,10 +488,10 @@ def daemon_figures(
         builder = builder.add_extension(extension.value, extension.critical)
     renewed = builder.sign(world.ca_key, hashes.SHA256())
     responder.sign(world, renewed, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
-    staple = out / f"{cn!s}.der"
+    staple = out / f"{cn}.der"
     before = staple.read_bytes()
     t0 = time.monotonic()
-    write_lineage(world.top / "letsencrypt", str(cn), renewed, world.ca_pem.read_bytes(), b"", 2)
+    write_lineage(world.top / "letsencrypt", cn, renewed, world.ca_pem.read_bytes(), b"", 2)
     while staple.read_bytes() == before and time.monotonic() - t0 < 120:
         time.sleep(0.05)
     pickup = time.monotonic() - t0
@@ -491,6 +503,11 @@ def daemon_figures(
         f"{who}, N={n}: CPU over {idle:.0f} idle seconds: {idle_cpu:.2f} s",
         f"{who}, N={n}: a renewed certificate stapled {pickup:.2f} s after certbot's swap",
     ]
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    value = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    return value if isinstance(value, str) else value.decode()
 
 
 def _rss(pid: int) -> int:
@@ -508,42 +525,78 @@ def _cpu(pid: int) -> float:
 # ---- main ---------------------------------------------------------------------------
 
 
+Responder = FastResponder | OpenSSLResponder
+
+
 def run_size(
     world: World,
     top: Path,
-    responder: FastResponder | OpenSSLResponder,
+    responders: dict[str, Responder],
     args: argparse.Namespace,
     versions: list[Version],
 ) -> list[str]:
-    """Print the table rows for one N; the daemon's figures, as notes for the end."""
+    """Print the table rows for one N; medians and the daemon's figures, as notes."""
     notes: list[str] = []
-    for version in versions:
-        out = top / f"staples-{version.label}"
-        for kind in ("cold", "warm"):
-            label = f"stapled once ({kind}, {version.label})"
-            print(stapled_once(world, out, responder, label, version).line(), flush=True)
-            os.sync()  # each run starts with nothing of the last one's left to write back
-    if len(world.leaves) <= args.openssl_max:
-        print(openssl_loop(world, top / "openssl-out", responder.url).line(), flush=True)
-    if args.daemon and isinstance(responder, FastResponder):
+    n = len(world.leaves)
+    for tag, responder in responders.items():
+        walls: dict[str, list[float]] = {}
+        suffix = "" if tag == "fast" else ", openssl"
+        for run in range(args.runs):
+            for version in versions:
+                out = top / f"staples-{tag}-{version.label}-{run}"
+                for kind in ("cold", "warm"):
+                    label = f"stapled once ({kind}, {version.label}{suffix})"
+                    row = stapled_once(world, out, responder, label, version)
+                    print(row.line(), flush=True)
+                    walls.setdefault(f"{kind}, {version.label}", []).append(row.wall)
+                    os.sync()  # each run starts with nothing of the last one's to write
+            loop_here = tag == "openssl" or "openssl" not in responders
+            if loop_here and n <= args.openssl_max:
+                loop = openssl_loop(world, top / f"openssl-out-{tag}-{run}", responder.url)
+                print(loop.line(), flush=True)
+                walls.setdefault("loop", []).append(loop.wall)
+        notes += _medians(n, tag, walls)
+    fast = responders.get("fast")
+    if args.daemon and isinstance(fast, FastResponder):
         for version in versions:
             out = top / f"staples-daemon-{version.label}"
-            notes += daemon_figures(world, out, responder, args.idle, version)
-            _renew_back(world, responder)
+            notes += daemon_figures(world, out, fast, args.idle, version)
+            _renew_back(world, fast)
+    return notes
+
+
+def _medians(n: int, tag: str, walls: dict[str, list[float]]) -> list[str]:
+    """The median wall time of each kind of run, and each stapled cold run's against the
+    openssl loop's."""
+    medians = {kind: statistics.median(times) for kind, times in walls.items()}
+    notes = [
+        f"N={n}, {tag} responder, median wall of {len(walls[kind])}: {kind} {median:.2f} s"
+        for kind, median in medians.items()
+    ]
+    loop = medians.get("loop")
+    for kind, median in medians.items():
+        if loop is not None and kind.startswith("cold"):
+            notes.append(f"N={n}, {tag} responder: {kind} {loop / median:.1f}x the openssl loop")
     return notes
 
 
 def _renew_back(world: World, responder: FastResponder) -> None:
     """Put the first lineage back as it was, so the next version renews the same way."""
     leaf = world.leaves[0]
-    cn = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    write_lineage(world.top / "letsencrypt", str(cn), leaf, world.ca_pem.read_bytes(), b"", 3)
+    cn = _common_name(leaf)
+    write_lineage(world.top / "letsencrypt", cn, leaf, world.ca_pem.read_bytes(), b"", 3)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
-    parser.add_argument("--responder", choices=["fast", "openssl"], default="fast")
+    parser.add_argument(
+        "--responder",
+        choices=["fast", "openssl", "both"],
+        default="both",
+        help="both: the fast one at every N, the real openssl one too up to --openssl-max",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs of each kind, for medians")
     parser.add_argument(
         "--openssl-max", type=int, default=1000, help="largest N for the openssl loop (slow)"
     )
@@ -575,11 +628,13 @@ def main() -> int:
         if args.compare:
             tops.append(Path(tempfile.mkdtemp(prefix="stapled-bench-rev-", dir=args.dir)))
             versions.append(export(args.compare, tops[-1]))
+        for version in versions:
+            version.compile()
         for n in sizes:
             top = Path(tempfile.mkdtemp(prefix=f"stapled-bench-{n}-", dir=args.dir))
             tops.append(top)
             fast = FastResponder()
-            responder: FastResponder | OpenSSLResponder = fast
+            responders: dict[str, Responder] = {}
             try:
                 if args.cache is not None:
                     world = replace(cached(args.cache, n, fast.url), scratch=top)
@@ -588,14 +643,17 @@ def main() -> int:
                 # Written back before any run: a pass's syncfs would otherwise wait for
                 # the certificates just built, and charge the first version for it.
                 os.sync()
-                if args.responder == "openssl":
-                    responder = OpenSSLResponder(world)
-                else:
+                if args.responder in ("fast", "both"):
                     fast.sign_all(world)
-                notes += run_size(world, top, responder, args, versions)
+                    responders["fast"] = fast
+                wanted = args.responder == "openssl" or n <= args.openssl_max
+                if args.responder in ("openssl", "both") and wanted:
+                    responders["openssl"] = OpenSSLResponder(world)
+                notes += run_size(world, top, responders, args, versions)
             finally:
-                if responder is not fast:
-                    responder.stop()
+                for responder in responders.values():
+                    if responder is not fast:
+                        responder.stop()
                 fast.stop()
     finally:
         for top in tops:
