@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,9 +261,12 @@ class Stapler:
         for directory in sorted(dirs):
             store.remove_temp_files(directory)
 
-    def scan(self) -> tuple[list[Record], dict[str, list[Found]]]:
-        """Find every certificate: records for those needing no fetch, the rest grouped."""
-        found = self.found = discovery.discover(self.config.certificates, self._discovered)
+    def scan(
+        self, changed: AbstractSet[str] | None = None
+    ) -> tuple[list[Record], dict[str, list[Found]]]:
+        """Find every certificate: records for those needing no fetch, the rest grouped.
+        ``changed``: the paths seen changing since the last scan (discovery.discover)."""
+        found = self.found = discovery.discover(self.config.certificates, self._discovered, changed)
         records, groups = plan.classify(found, self.clock())
         self._names = {fp: [m.name for m in members] for fp, members in groups.items()}
         return records, groups

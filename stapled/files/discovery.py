@@ -6,18 +6,17 @@ never stops the others from being served.  Private key files are never opened.
 
 # Paths are plain strings here: a pathlib object per file and per directory entry is a
 # measurable part of a scan of ten thousand certificates.
-# ruff: noqa: PTH112, PTH116, PTH118, PTH119, PTH122
+# ruff: noqa: PTH113, PTH116, PTH118, PTH119, PTH120, PTH122
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
 import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,21 +28,13 @@ from ..core import certs
 from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..errors import CertificateError
-from . import parsed
+from . import parsed, walk
 from .parsed import Outcome, Parsed
 
 log = logging.getLogger(__name__)
 
-CERT_SUFFIXES = (".pem", ".crt", ".cer")
-# Certbot's layout: live/NAME/{cert,chain,fullchain,privkey}.pem
-LINEAGE_CERT = "cert.pem"
 # Refuse to slurp something that cannot be a certificate bundle.
 MAX_CERT_FILE = 1024 * 1024
-
-
-def is_key_file(path: Path) -> bool:
-    """Private key files by name: never opened, whatever they hold."""
-    return certs.is_key_name(path.name)
 
 
 # What identifies a file's content without reading it: device, inode, size, times.
@@ -71,6 +62,10 @@ class Cache:
     earlier: Parsed | None = None
     # Whether what is kept for the next process differs from what it was given.
     changed: bool = False
+    # What the last whole scan found, in order, for a scan of a few changed files.
+    items: list[_Item] = field(default_factory=list)
+    unlisted: list[tuple[str, str]] = field(default_factory=list)
+    positions: dict[str, int] = field(default_factory=dict)
 
     def outcomes(self) -> Iterator[tuple[bytes, Outcome]]:
         """What the files read so far parsed to, for :func:`parsed.save`."""
@@ -80,97 +75,91 @@ class Cache:
                 yield loaded.key, outcome
 
 
-def discover(sources: tuple[Source, ...], cache: Cache | None = None) -> list[Found]:
-    """Every certificate the configured sources hold, with unique staple names."""
+def discover(
+    sources: tuple[Source, ...], cache: Cache | None = None, changed: Set[str] | None = None
+) -> list[Found]:
+    """Every certificate the configured sources hold, with unique staple names.
+
+    ``changed``: the paths a watcher saw change since the last scan with this cache.
+    When each is a file of a certificate that scan found, only those are read again;
+    anything else (a new file, a directory made or removed) makes it a whole scan.
+    """
     cache = cache or Cache()
+    if changed is not None:
+        again = _rediscover(cache, changed)
+        if again is not None:
+            return again
     before, cache.files = cache.files, {}
     issuers: dict[Path, x509.Certificate | str] = {}
-    found: list[Found] = []
-    seen: set[object] = set()
+    items: list[_Item] = []
     unlisted: list[tuple[str, str]] = []
     for source in sources:
-        for path, lineage, named in _expand(source, unlisted):
+        for path, lineage, named in walk.expand(source, unlisted):
             loaded = _loaded(path, lineage, named, before, cache)
-            if loaded.identity in seen:
-                continue  # one file reached by two sources or through a symlink
-            seen.add(loaded.identity)
-            item = _found(path, lineage is not None, source, loaded, issuers)
-            if item is not None:
-                found.append(item)
+            found = _found(path, lineage is not None, source, loaded, issuers)
+            items.append(_Item(source, path, lineage is not None, named, loaded.identity, found))
     if cache.earlier is not None:
         cache.changed |= not cache.earlier.all_taken
         cache.earlier = None  # held for one scan: the files cache serves later ones
+    cache.items, cache.unlisted = items, unlisted
+    cache.positions = {item.path: i for i, item in enumerate(items)}
+    return _assembled(items, unlisted)
+
+
+def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
+    """The last scan with only the certificates under ``changed`` read again; None when
+    a path is not a file of a certificate that scan found."""
+    if not cache.items:
+        return None
+    affected: set[int] = set()
+    for path in changed:
+        at = cache.positions.get(path)
+        if at is not None and not cache.items[at].lineage:
+            affected.add(at)  # a certificate file
+            continue
+        at = cache.positions.get(os.path.dirname(path))
+        if at is None or not cache.items[at].lineage:
+            return None  # a new file, a directory made or removed: scan it all
+        affected.add(at)  # a file in a certbot lineage
+    issuers: dict[Path, x509.Certificate | str] = {}
+    items = list(cache.items)
+    for at in sorted(affected):
+        item = items[at]
+        lineage = walk.lineage_files(item.path) if item.lineage else None
+        if lineage is None and (item.lineage or not os.path.isfile(item.path)):
+            return None  # no longer a lineage, a file gone or made a directory
+        loaded = _loaded(item.path, lineage, item.named, cache.files, cache)
+        found = _found(item.path, item.lineage, item.source, loaded, issuers)
+        items[at] = replace(item, identity=loaded.identity, found=found)
+    cache.items = items
+    return _assembled(items, cache.unlisted)
+
+
+def _assembled(items: list[_Item], unlisted: list[tuple[str, str]]) -> list[Found]:
+    found: list[Found] = []
+    seen: set[object] = set()
+    for item in items:
+        if item.identity in seen:
+            continue  # one file reached by two sources or through a symlink
+        seen.add(item.identity)
+        if item.found is not None:
+            found.append(item.found)
     for directory, reason in unlisted:
         # The certificates it may hold are unknown: that is an error, never "none".
         found.append(Found(directory, directory, error=reason, directory=True))
     return _unique_names(found)
 
 
-def _expand(
-    source: Source, unlisted: list[tuple[str, str]]
-) -> Iterator[tuple[str, tuple[str, ...] | None, bool]]:
-    """(path, the files of a certbot lineage directory or None for a file, named
-    directly) for each match of a source.
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One path a scan met, under the source that led to it, and what came of it."""
 
-    A file named directly must be a certificate; one met while scanning a directory may
-    be anything (DH parameters, a CA bundle) and is skipped quietly when it is not a leaf.
-    """
-    if source.is_glob:
-        matches = sorted(glob.glob(source.path, recursive=True))  # noqa: PTH207 (absolute)
-        if not matches:
-            log.info("%s: the glob matches no file yet", source.path)
-    else:
-        matches = [source.path]
-    for match in matches:
-        if os.path.isdir(match):
-            for found, lineage in _scan_dir(match, set(), unlisted):
-                yield found, lineage, False
-        elif not is_key_file(Path(match)):
-            yield match, None, not source.is_glob
-
-
-def _scan_dir(
-    directory: str, visited: set[tuple[int, int]], unlisted: list[tuple[str, str]]
-) -> Iterator[tuple[str, tuple[str, ...] | None]]:
-    """Certificate files and certbot lineages below ``directory``, in name order.
-
-    A directory that cannot be listed goes to ``unlisted`` with the reason.  A lineage is
-    recognised by two lstats and not listed; any other directory is listed once, with no
-    stat per plain file, since at ten thousand lineages the walk is most of a scan.
-    Symbolic links are followed; a loop is cut where a directory comes round again.
-    """
-    lineage = _lineage_files(directory)
-    if lineage is not None:
-        # Two lstats instead of listing it: live/ holds one such directory per certificate.
-        yield directory, lineage
-        return
-    try:
-        st = os.stat(directory)
-        with os.scandir(directory) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
-    except OSError as e:
-        unlisted.append((directory, f"cannot list the directory ({e.strerror or e})"))
-        return
-    if (st.st_dev, st.st_ino) in visited:
-        return  # a symlink loop
-    visited.add((st.st_dev, st.st_ino))
-    names = {e.name for e in entries}
-    subdirs: list[str] = []
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            if not entry.name.startswith("."):
-                subdirs.append(entry.path)
-        elif entry.name.lower().endswith(CERT_SUFFIXES) and not is_key_file(Path(entry.name)):
-            yield entry.path, None
-    if "live" in names and "archive" in names:
-        # certbot's archive/ holds every old certificate too
-        subdirs = [d for d in subdirs if os.path.basename(d) == "live"]
-    for subdir in subdirs:
-        yield from _scan_dir(subdir, visited, unlisted)
+    source: Source
+    path: str
+    lineage: bool
+    named: bool
+    identity: object
+    found: Found | None  # None: skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +184,7 @@ def _loaded(
     """``path`` read and parsed, or what an earlier scan made of it if it is unchanged."""
     lineage = lineage_files is not None
     files = lineage_files or (path,)
-    shown = os.path.join(path, LINEAGE_CERT) if lineage else path
+    shown = os.path.join(path, walk.LINEAGE_CERT) if lineage else path
     key = (path, lineage, named)
     earlier = before.get(key)
     if earlier is not None:
@@ -210,25 +199,6 @@ def _loaded(
     if signature and time.time_ns() - max(signature[3::5] + signature[4::5]) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
     return loaded
-
-
-def _lineage_files(directory: str) -> tuple[str, ...] | None:
-    """The files a certbot lineage is read from; None when ``directory`` is not one.
-
-    A lineage is cert.pem beside chain.pem or fullchain.pem (links, as certbot makes
-    them, dangling or not).  fullchain.pem (cert.pem followed by chain.pem) is what web
-    servers are pointed at, so its leaf is the certificate they serve; it is also one
-    read instead of two.  Without it, cert.pem and chain.pem.
-    """
-    lexists, join = os.path.lexists, os.path.join
-    cert = join(directory, LINEAGE_CERT)
-    if not lexists(cert):
-        return None
-    full = join(directory, "fullchain.pem")
-    if lexists(full):
-        return (full,)
-    chain = join(directory, "chain.pem")
-    return (cert, chain) if lexists(chain) else None
 
 
 def _signature(files: tuple[str, ...]) -> Signature:

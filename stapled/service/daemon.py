@@ -76,6 +76,9 @@ class Daemon:
         self.responder: Responder | None = None
         self._stop = False
         self._hup = False
+        # Paths the watcher saw change, not rescanned yet (None: rescan everything).
+        self._changes: set[str] | None = set()
+        self._rescanning: asyncio.Future[None] | None = None
         self._pass: asyncio.Future[PassResult] | None = None
         self.fleet_jobs = FleetJobs(self)
         self.monitor = MonitorJobs(self)
@@ -182,6 +185,8 @@ class Daemon:
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
         self.scheduler.stop()
+        if self._rescanning is not None:
+            self._rescanning.cancel()
         if self.responder is not None:
             self.responder.stop()
         # Temporary files are left to the next pass, which removes them with the lock
@@ -262,14 +267,30 @@ class Daemon:
         """From the watcher's thread: rescan on the loop."""
         log.debug("changes under %s", ", ".join(sorted(paths)[:5]))
         with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
-            self._loop.call_soon_threadsafe(self._rescan_soon)
+            self._loop.call_soon_threadsafe(self._rescan_soon, paths)
 
-    def _rescan_soon(self) -> None:
-        if not self._stop:
-            self.scheduler.now(self._rescan, id="rescan-now")
+    def _rescan_soon(self, paths: set[str] | None = None) -> None:
+        """A rescan now: of the files under ``paths`` when all were seen before, else of
+        everything (``None``).  Changes seen while one runs are taken by it next, so
+        none is lost to a rescan already under way."""
+        if self._stop:
+            return
+        if paths is None or self._changes is None:
+            self._changes = None
+        else:
+            self._changes |= paths
+        if self._rescanning is None or self._rescanning.done():
+            self._rescanning = asyncio.ensure_future(self._rescan_changes())
 
-    async def _rescan(self) -> None:
+    async def _rescan_changes(self) -> None:
+        while self._changes != set() and not self._stop:
+            changed, self._changes = self._changes, set()
+            await self._rescan(changed)
+
+    async def _rescan(self, changed: set[str] | None = None) -> None:
         """Find certificates again: new ones are fetched now, removed ones unscheduled.
+        ``changed``: only the files under these paths changed since the last scan (the
+        periodic rescan, with none, reads everything).
 
         Runs on the loop, so it never interleaves with another rescan or a refresh's
         bookkeeping: an older scan is never applied after a newer one.
@@ -277,7 +298,7 @@ class Daemon:
         if self._stop:
             return
         try:
-            records, groups = self.stapler.scan()
+            records, groups = self.stapler.scan(changed)
             # Snippets are files of the output directory too: written with its lock held.
             async with self.stapler.writing():
                 self.stapler.publish_snippets(records)
