@@ -1,11 +1,12 @@
 """``stapled run``: the long-running service, on one event loop.
 
-After a first pass like ``once``, every certificate has one job at its next refresh (or
-retry) time.  Jobs are coroutines on the same loop as every fetch, so refreshes share
-kept-alive connections and the per-host limit.  A watcher rescans when certificate files
-change, a periodic rescan is the safety net, and reloads are coalesced so that many
-staples changing together cause one.  Reload commands and HAProxy pushes block, so they
-run in a worker thread while the loop goes on.
+After a first pass like ``once``, every certificate has one run pending at its next
+refresh (or retry) time, all of them on one timeline (``jobs.Timeline``).  Runs are
+coroutines on the same loop as every fetch, so refreshes share kept-alive connections
+and the per-host limit.  A watcher rescans what changed, a periodic rescan of everything
+is the safety net, and reloads are coalesced so that many staples changing together
+cause one.  Reload commands and HAProxy pushes block, so they run in a worker thread
+while the loop goes on.
 
 Late jobs always run (see ``jobs``), and a short periodic tick makes the scheduler look
 at the wall clock again: its waits are measured on a clock that stops during suspend.
@@ -37,7 +38,7 @@ from ..passes import Stapler, utc_now
 from .book import Book
 from .crl_jobs import CrlJobs
 from .fleet_jobs import FleetJobs
-from .jobs import Jobs
+from .jobs import Jobs, Timeline
 from .monitor_jobs import MonitorJobs
 from .responder import Index, Responder, next_responder, start_responder
 from .schedule import next_run
@@ -100,6 +101,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, self._signal, signum)
         self.scheduler = Jobs(loop)
+        self.refreshes = Timeline(self.scheduler, self._refresh_job, id="refresh")
         try:
             first = await self._first_pass()
             if first is None:
@@ -185,6 +187,7 @@ class Daemon:
         # Jobs not started yet are dropped; a refresh waiting on the network is cancelled
         # (its files are written only after its fetch, in one step of the loop).
         self.scheduler.stop()
+        self.refreshes.stop()
         if self._rescanning is not None:
             self._rescanning.cancel()
         if self.responder is not None:
@@ -311,7 +314,7 @@ class Daemon:
             self.deliver_soon(reload=True)
         found = self.book.rescan(records, groups)
         for fingerprint in found.gone:
-            self.scheduler.cancel(fingerprint)
+            self.refreshes.cancel(fingerprint)
         for name in found.dropped:
             log.info("%s: no longer found; its schedule is dropped", name)
         for rec in found.changed:
@@ -368,7 +371,7 @@ class Daemon:
         self._add_job(fingerprint, step.when, force=True)
 
     def _add_job(self, fingerprint: str, when: datetime, *, force: bool) -> None:
-        self.scheduler.at(when, self._refresh_job, id=fingerprint, args=[fingerprint, force])
+        self.refreshes.at(when, fingerprint, force=force)
 
     def deliver_soon(self, *, reload: bool) -> None:
         """Tell the web server shortly: a reload if ``reload`` (or one is owed), and pushes."""

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
@@ -78,3 +80,82 @@ class Jobs:
 
     def pending(self, id: str) -> bool:
         return self._scheduler.get_job(id) is not None
+
+
+class Timeline:
+    """One-shot runs of one coroutine, at most one pending per key, behind one job.
+
+    A job per certificate cost about a kilobyte each (APScheduler's job, its trigger, a
+    wrapper); here a key costs a heap entry, and one job is armed for the earliest.
+    Jobs' rules hold: a late run runs, once; a key is never run twice at a time (a run
+    due while the key's last one is still going is dropped, as APScheduler drops it:
+    that run schedules the key's next one itself).
+    """
+
+    def __init__(self, jobs: Jobs, run: Callable[[str, bool], Awaitable[None]], *, id: str) -> None:
+        self._jobs, self._run = jobs, run
+        # Two job ids taken in turn: a firing arms the next under the other, so the
+        # next is never refused as a second instance of the one still running.
+        self._ids, self._turn = (f"{id}-a", f"{id}-b"), 0
+        self._due: dict[str, tuple[datetime, int, bool]] = {}
+        self._heap: list[tuple[datetime, int, str]] = []
+        self._order = itertools.count()
+        self._armed: datetime | None = None
+        self._running: dict[str, asyncio.Future[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def at(self, when: datetime, key: str, *, force: bool) -> None:
+        """Run ``key`` at ``when`` (replacing the time it had)."""
+        order = next(self._order)
+        self._due[key] = (when, order, force)
+        heapq.heappush(self._heap, (when, order, key))
+        if len(self._heap) > 2 * len(self._due) + 64:
+            # Replaced and cancelled entries, dropped now and then rather than searched.
+            self._heap = [(w, o, k) for k, (w, o, _) in self._due.items()]
+            heapq.heapify(self._heap)
+        if self._armed is None or when < self._armed:
+            self._arm(when)
+
+    def cancel(self, key: str) -> None:
+        self._due.pop(key, None)  # its heap entry is skipped when met
+
+    def stop(self) -> None:
+        """Forget every pending run and cancel the running ones."""
+        self._due.clear()
+        self._heap.clear()
+        self._armed = None
+        for task in list(self._running.values()):
+            task.cancel()
+
+    def _arm(self, when: datetime) -> None:
+        self._armed = when
+        self._jobs.at(when, self._fire, id=self._ids[self._turn])
+
+    async def _fire(self) -> None:
+        """Start every run due by now, and arm the job for the next."""
+        now = datetime.now(UTC)
+        heap, due = self._heap, self._due
+        while heap and (heap[0][0] <= now or due.get(heap[0][2], (0, -1))[1] != heap[0][1]):
+            _, order, key = heapq.heappop(heap)
+            held = due.get(key)
+            if held is None or held[1] != order:
+                continue  # cancelled or replaced
+            del due[key]
+            if key not in self._running:
+                self._running[key] = asyncio.ensure_future(self._one(key, held[2]))
+        self._armed = None
+        self._turn ^= 1
+        if heap:
+            self._arm(heap[0][0])
+
+    async def _one(self, key: str, force: bool) -> None:
+        try:
+            await self._run(key, force)
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # one key's failure must not stop the others
+            log.exception("the scheduled run for %s failed", key)
+        finally:
+            self._running.pop(key, None)
