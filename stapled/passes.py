@@ -19,7 +19,7 @@ from typing import Any
 
 from . import __version__, report
 from .config import Config
-from .core import ocsp, plan, policy
+from .core import plan, policy
 from .core.certs import CertChain
 from .core.model import Fetched, Found, Owed, PassResult, Record
 from .core.ocsp import Staple
@@ -104,8 +104,8 @@ class Stapler:
         self._discovered = discovery.Cache(earlier=parsed.Parsed.load(config.state_path))
         # ``[fleet]``: staples shared through a store (None: this host alone).
         self.fleet = fleet if fleet is not None else Fleet.of(config, clock, self._rejected)
-        # Names by leaf fingerprint, as last scanned (metrics are labelled by name).
-        self._names: dict[str, list[str]] = {}
+        # The certificates of the last scan by fingerprint (metrics name them).
+        self._groups: dict[str, list[Found]] = {}
         self.sources = Origins()
         self.found: list[Found] = []
         self.revocations = Revocations.of(
@@ -154,8 +154,11 @@ class Stapler:
         """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
-        async with self.writing():
-            result = await self._locked_pass(force, only, log_records)
+        try:
+            async with self.writing():
+                result = await self._locked_pass(force, only, log_records)
+        finally:
+            self.publisher.forget_paths()
         # Outside the lock: the command may renew, and certbot's hook then runs a pass.
         await self.revocations.act(result.records, result.crl)
         return result
@@ -268,7 +271,7 @@ class Stapler:
         ``changed``: the paths seen changing since the last scan (discovery.discover)."""
         found = self.found = discovery.discover(self.config.certificates, self._discovered, changed)
         records, groups = plan.classify(found, self.clock())
-        self._names = {fp: [m.name for m in members] for fp, members in groups.items()}
+        self._groups = groups
         return records, groups
 
     def publish_snippets(self, records: list[Record], batch: store.Batch | None = None) -> None:
@@ -338,7 +341,8 @@ class Stapler:
         return await self.fleet.obtain(checked.chain, checked.current, fetch)
 
     def _rejected(self, fingerprint: str, reason: str) -> None:
-        for name in self._names.get(fingerprint, [fingerprint[:16]]):
+        members = self._groups.get(fingerprint)
+        for name in [m.name for m in members] if members else [fingerprint[:16]]:
             self.tally.rejected(name, reason)
 
     async def adopt(self, members: list[Found]) -> list[Record] | None:
@@ -423,7 +427,6 @@ class Stapler:
             assert fetched is not None and fetched.staple is not None
             self.sources.note(fetched.staple, fetched.source)
             self.validated.note(fetched.staple)
-        ids = ocsp.cert_ids(checked.chain)
         records = []
         for member in checked.members:
             rec = self.publisher.publish(
@@ -439,7 +442,6 @@ class Stapler:
                 rec.failed(settled.error)
             if fetched is not None:
                 rec.retry_after, rec.max_age = fetched.retry_after, fetched.max_age
-            rec.cert_ids = ids
             rec.source = self.sources.of(rec.current)
             if taken:
                 self.tally.refreshed(member.name, checked.now.timestamp())

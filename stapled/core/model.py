@@ -7,7 +7,7 @@ from datetime import datetime
 
 from . import policy, revocation
 from .certs import CertChain
-from .ocsp import CertID, Staple
+from .ocsp import Staple
 from .policy import Severity, State
 from .revocation import CrlView
 
@@ -97,8 +97,6 @@ class Record:
     # Where HAProxy reads this certificate's staple, and whether this pass rewrote it.
     haproxy_staple_path: str | None = None
     haproxy_changed: bool = False
-    # The CertIDs clients may ask about (the local responder's index).
-    cert_ids: frozenset[CertID] = field(default_factory=frozenset, repr=False)
     # False for what is not a certificate (a directory that cannot be listed): no
     # staple or snippet is ever written under its name.
     files: bool = True

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .fleet import digest
+from .fleet import digest, held_digest
 from .ocsp import Staple
 
 
@@ -18,7 +18,7 @@ class Origins:
         return len(self.by_digest)
 
     def note(self, staple: Staple, source: str) -> None:
-        self.by_digest[digest(staple.der)] = source
+        self.by_digest[held_digest(staple.der)] = source
 
     def update(self, known: Mapping[str, str]) -> None:
         """Add what is known elsewhere (the state file, the configuration before a reload)."""

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from . import ocsp
 from .certs import CertChain
-from .fleet import digest
+from .fleet import digest, held_digest
 from .ocsp import CertID, CertStatus, Staple
 
 
@@ -28,7 +28,7 @@ class Validated:
         return len(self._by_digest)
 
     def note(self, staple: Staple) -> None:
-        self._by_digest[digest(staple.der)] = staple
+        self._by_digest[held_digest(staple.der)] = staple
 
     def remembered(self) -> Iterable[tuple[str, Staple | str]]:
         return self._by_digest.items()

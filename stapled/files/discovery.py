@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import stat
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Set
@@ -38,7 +39,8 @@ MAX_CERT_FILE = 1024 * 1024
 
 
 # What identifies a file's content without reading it: device, inode, size, times.
-Signature = tuple[int, ...]
+Signature = bytes
+_SIGNATURE = struct.Struct("=QQqqq")
 # A file changed this recently may change again within the same timestamp tick (some
 # filesystems count whole seconds) without its signature changing: it is read again at
 # the next scan rather than trusted from the cache.
@@ -196,7 +198,7 @@ def _loaded(
             cache.files[key] = earlier
             return earlier[1]
     loaded, signature = _load(files, shown, lineage, named, cache)
-    if signature and time.time_ns() - max(signature[3::5] + signature[4::5]) > cache.recent_ns:
+    if signature and time.time_ns() - _changed_last(signature) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
     return loaded
 
@@ -215,11 +217,20 @@ def _signature(files: tuple[str, ...]) -> Signature:
 
 
 def _signature_of(stats: list[os.stat_result]) -> Signature:
-    return tuple(
-        n
+    # Packed: five Python ints and a tuple per file were a tenth of the daemon's memory
+    # for each certificate.
+    return b"".join(
+        _SIGNATURE.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         for st in stats
-        for n in (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     )
+
+
+def _changed_last(signature: Signature) -> int:
+    """The latest change time, in nanoseconds, among the files of ``signature``."""
+    times: list[int] = []
+    for at in range(0, len(signature), _SIGNATURE.size):
+        times += _SIGNATURE.unpack_from(signature, at)[3:]
+    return max(times)
 
 
 def _load(

@@ -34,7 +34,8 @@ class Publisher:
         self.nginx_snippets = nginx_snippets
         # Staples validated before: the same bytes are not checked in full again.
         self.validated = validated
-        # A pass asks for each name's path several times; a Path costs microseconds.
+        # A pass asks for each name's path several times, and a Path costs microseconds;
+        # kept for one pass, not for the daemon's life.
         self._paths: dict[str, Path] = {}
 
     def staple_path(self, item: Found) -> Path:
@@ -42,6 +43,9 @@ class Publisher:
         if path is None:
             path = self._paths[item.name] = self.output_dir / f"{item.name}.der"
         return path
+
+    def forget_paths(self) -> None:
+        self._paths = {}
 
     def record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
         return plan.record(

@@ -28,10 +28,11 @@ from typing import Any
 from .. import config as config_module
 from .. import report
 from ..config import Config
+from ..core import ocsp
 from ..core.model import NOT_DUE, Due, Owed, PassResult, Record
 from ..core.policy import State
 from ..core.times import Clock, iso
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StapledError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
@@ -114,6 +115,7 @@ class Daemon:
             # Logged once scheduled, so that each line gives the refresh time really set.
             for rec in first.records:
                 report.log_record(rec, self.book.due.get(rec.name))
+            del first  # the book holds what lasts; the pass's schedule would stay here
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
             self.scheduler.every(tick, self._tick, id="tick")
@@ -156,6 +158,7 @@ class Daemon:
             return None
         finally:
             keepalive.cancel()
+            self._pass = None  # a done future would hold the whole pass's result
 
     async def _extend_start(self) -> None:
         while True:
@@ -226,6 +229,10 @@ class Daemon:
         self.config, self.transport, self.stapler = new, transport, stapler
         self.fleet_jobs.start()
         self.responder = responder
+        if responder is None:
+            self.index.keep_only(set())
+        elif old_responder is None:
+            self._fill_index()
         if responder is not None and new.responder is not None:
             responder.max_clients = new.responder.max_clients
         self.monitor.swap(metrics)
@@ -247,11 +254,21 @@ class Daemon:
         return next_responder(self.config, new, self.responder, self.index, self.clock)
 
     def _index(self, fingerprint: str, records: list[Record]) -> None:
-        """Tell the local responder what is now valid for one certificate."""
-        if not records:
+        """Tell the local responder what is now valid for one certificate.  Without one
+        nothing is kept: at 100,000 certificates the index is tens of megabytes."""
+        if not records or self.responder is None:
             return
-        rec = records[0]
-        self.index.update(fingerprint, rec.cert_ids, rec.servable)
+        members = self.book.groups.get(fingerprint)
+        try:
+            ids = ocsp.cert_ids(self.stapler.chain_of(members)) if members else frozenset()
+        except StapledError:
+            ids = frozenset()  # the issuer is still to be fetched: no CertID names it yet
+        self.index.update(fingerprint, ids, records[0].servable)
+
+    def _fill_index(self) -> None:
+        """Every certificate in the index, for a responder a reload has just started."""
+        for fingerprint in self.book.groups:
+            self._index(fingerprint, self.book.records_of(fingerprint))
 
     def _start_watcher(self) -> None:
         self.watcher = Watcher(
