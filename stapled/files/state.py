@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,39 @@ def load(state_dir: Path, *, must_read: bool = False) -> dict[str, Any]:
 
 def write(state_dir: Path, state: dict[str, Any]) -> None:
     """Raises StoreError when the state directory is unusable."""
+    head = {k: v for k, v in state.items() if k != "certificates"}
+    _write(state_dir, head, state.get("certificates", {}).items())
+
+
+def _write(
+    state_dir: Path, head: dict[str, Any], entries: Iterable[tuple[str, dict[str, Any]]]
+) -> None:
     store.prepare_dir(state_dir)
-    # Compact: with an indent, json encodes in Python, which at thousands of certificates
-    # costs more than the rest of a pass that asks nothing (`jq .` shows it indented).
-    text = json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n"
-    store.write_atomic(state_dir / STATE_FILE, text.encode(), mode=0o600)
+    store.write_atomic_parts(state_dir / STATE_FILE, _encoded(head, entries), mode=0o600)
+
+
+def _encoded(
+    head: dict[str, Any], entries: Iterable[tuple[str, dict[str, Any]]]
+) -> Iterator[bytes]:
+    """The state file's JSON, a thousand certificates at a time: at 100,000 the whole
+    document and its text took a few hundred megabytes at once.  Compact: with an
+    indent, json encodes in Python (`jq .` shows it indented)."""
+    encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+    opening = encode(head)[:-1] + "," if head else "{"
+    yield (opening + '"certificates":{').encode()
+    batch: list[str] = []
+    sep = ""
+    for name, entry in entries:
+        batch.append(f"{encode(name)}:{encode(entry)}")
+        if len(batch) == _BATCH:
+            yield (sep + ",".join(batch)).encode()
+            batch, sep = [], ","
+    if batch:
+        yield (sep + ",".join(batch)).encode()
+    yield b"}}\n"
+
+
+_BATCH = 1000
 
 
 def entries(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -119,33 +147,38 @@ def save(
 
     ``others`` are earlier entries kept as they are (for a pass over some certificates).
     """
-    kept: dict[str, dict[str, Any]] = dict(others or {})
-    for rec in records:
-        entry: dict[str, Any] = {}
-        if rec.last_error:
-            entry["last_error"] = rec.last_error
-        when = due.get(rec.name)
-        if when is not None and when.retry:
-            entry["next_retry"] = iso(when.retry)
-        if daemon is not None and when is not None and when.refresh:
-            entry["next_refresh"] = iso(when.refresh)
-        if rec.current is not None:
-            entry["staple_sha256"] = digest(rec.current.der)
-            entry["validated"] = facts(rec.current)
-            if rec.source in SOURCES:
-                entry["source"] = rec.source
-        kept[rec.name] = entry
-    state: dict[str, Any] = {
+    records = list(records)
+
+    def entries() -> Iterator[tuple[str, dict[str, Any]]]:
+        # Made one at a time as the file is written, never all at once.
+        for rec in records:
+            entry: dict[str, Any] = {}
+            if rec.last_error:
+                entry["last_error"] = rec.last_error
+            when = due.get(rec.name)
+            if when is not None and when.retry:
+                entry["next_retry"] = iso(when.retry)
+            if daemon is not None and when is not None and when.refresh:
+                entry["next_refresh"] = iso(when.refresh)
+            if rec.current is not None:
+                entry["staple_sha256"] = digest(rec.current.der)
+                entry["validated"] = facts(rec.current)
+                if rec.source in SOURCES:
+                    entry["source"] = rec.source
+            yield rec.name, entry
+        names = {rec.name for rec in records}
+        yield from ((n, e) for n, e in (others or {}).items() if n not in names)
+
+    head: dict[str, Any] = {
         "version": 1,
         "reload_pending": owed.reload,
         "haproxy_pending": sorted(owed.push),
-        "certificates": kept,
     }
     if daemon is not None:
-        state["daemon"] = daemon
+        head["daemon"] = daemon
     if fleet is not None:
-        state["fleet"] = fleet
+        head["fleet"] = fleet
     try:
-        write(state_dir, state)
+        _write(state_dir, head, entries())
     except StoreError as e:
         log.warning("cannot record state: %s", e)

@@ -14,7 +14,7 @@ import itertools
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from errno import ENOSYS, EPERM
 from pathlib import Path
 from typing import cast
@@ -122,6 +122,15 @@ def write_atomic(
     _rename(tmp, path)
     fsync_dir(path.parent)
     return True
+
+
+def write_atomic_parts(path: Path, parts: Iterable[bytes], mode: int = STAPLE_MODE) -> None:
+    """:func:`write_atomic` of the bytes ``parts`` yields, each written as it comes, so
+    that a large file (the state of 100,000 certificates) is never whole in memory.
+    Always written."""
+    tmp = _write_temp(path, parts, mode, sync=True)
+    _rename(tmp, path)
+    fsync_dir(path.parent)
 
 
 class Batch:
@@ -233,7 +242,7 @@ def _unchanged(path: Path, data: bytes, existing: bytes | object | None) -> bool
         return False  # unreadable: write it
 
 
-def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> str:
+def _write_temp(path: Path, data: bytes | Iterable[bytes], mode: int, *, sync: bool) -> str:
     """``data`` in a new temporary file beside ``path``, fsynced if ``sync``; its path."""
     try:
         fd, tmp = _create_temp(path.parent)
@@ -241,18 +250,21 @@ def _write_temp(path: Path, data: bytes, mode: int, *, sync: bool) -> str:
         raise StoreError(str(path), f"cannot create a temporary file ({e.strerror})") from e
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for part in [data] if isinstance(data, bytes) else data:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)  # explicit: a umask of 077 must not hide staples from nginx
             if sync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError as e:
+    except BaseException as e:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StoreError(str(path), f"cannot write ({e.strerror})") from e
+            os.unlink(tmp)  # whatever stopped the writing, the half-written file goes
+        if isinstance(e, OSError):
+            raise StoreError(str(path), f"cannot write ({e.strerror})") from e
+        raise
     return tmp
 
 

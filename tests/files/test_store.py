@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stapled.errors import StoreError
 from stapled.files import state, store
@@ -41,7 +44,41 @@ def test_damaged_state_is_rebuilt(tmp_path: Path) -> None:
     (tmp_path / state.STATE_FILE).write_text("{not json")
     assert state.load(tmp_path) == {}
     state.write(tmp_path, {"version": 1})
-    assert state.load(tmp_path) == {"version": 1}
+    assert state.load(tmp_path) == {"version": 1, "certificates": {}}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    head=st.dictionaries(st.text().filter(lambda k: k != "certificates"), JSON, max_size=3),
+    entries=st.dictionaries(st.text(), st.dictionaries(st.text(), JSON, max_size=3), max_size=2500),
+)
+def test_the_state_file_written_in_parts_reads_back_whole(
+    tmp_path: Path, head: dict[str, object], entries: dict[str, dict[str, object]]
+) -> None:
+    """Written a thousand certificates at a time, whatever the names and values."""
+    state.write(tmp_path, {**head, "certificates": entries})
+    assert state.load(tmp_path) == {**head, "certificates": entries}
+
+
+def test_a_write_in_parts_that_fails_midway_leaves_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+
+    def parts() -> Iterator[bytes]:
+        yield b"new, half of it"
+        raise ValueError("cannot encode")
+
+    with pytest.raises(ValueError, match="cannot encode"):
+        store.write_atomic_parts(target, parts())
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"], "no temporary file is left"
 
 
 def test_remove_temp_files_leaves_staples(tmp_path: Path) -> None:
