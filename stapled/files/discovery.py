@@ -104,7 +104,11 @@ def discover(
         cache.changed |= not cache.earlier.all_taken
         cache.earlier = None  # held for one scan: the files cache serves later ones
     cache.items, cache.unlisted = items, unlisted
-    cache.positions = {item.path: i for i, item in enumerate(items)}
+    positions: dict[str, int] = {}
+    for i, item in enumerate(items):
+        # A path reached by two sources is left to a whole scan (-1).
+        positions[item.path] = -1 if item.path in positions else i
+    cache.positions = positions
     return _assembled(items, unlisted)
 
 
@@ -114,17 +118,18 @@ def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
     if not cache.items:
         return None
     affected: set[int] = set()
+    positions, items = cache.positions, cache.items
     for path in changed:
-        at = cache.positions.get(path)
-        if at is not None and not cache.items[at].lineage:
+        at = positions.get(path)
+        if at is not None and at >= 0 and not items[at].lineage:
             affected.add(at)  # a certificate file
             continue
-        at = cache.positions.get(os.path.dirname(path))
-        if at is None or not cache.items[at].lineage:
-            return None  # a new file, a directory made or removed: scan it all
+        at = positions.get(os.path.dirname(path), -1)
+        if at < 0 or not items[at].lineage:
+            return None  # a new file, a directory made or removed, or reached twice
         affected.add(at)  # a file in a certbot lineage
     issuers: dict[Path, x509.Certificate | str] = {}
-    items = list(cache.items)
+    items = list(items)
     for at in sorted(affected):
         item = items[at]
         lineage = walk.lineage_files(item.path) if item.lineage else None

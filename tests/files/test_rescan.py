@@ -38,7 +38,12 @@ class Tree:
         self.touched.clear()
 
     def sources(self) -> tuple[Source, ...]:
-        return (Source(path=str(self.le)), Source(path=str(self.certs)))
+        # certs/ twice, the second time by a glob: its files are reached by both.
+        return (
+            Source(path=str(self.le)),
+            Source(path=str(self.certs)),
+            Source(path=str(self.certs / "*.pem")),
+        )
 
     def lineage(self, name: str, leaf: testca.Issued) -> None:
         """certbot: new files in archive/NAME, then live/NAME's links replaced."""
