@@ -468,6 +468,9 @@ def daemon_figures(
             raise SystemExit(log.read_text()[-2000:])
         time.sleep(0.2)
     ready = time.monotonic() - started
+    # Idle from the line that ends its start (the summary it logs is worked out first).
+    while b"running: " not in log.read_bytes() and proc.poll() is None:
+        time.sleep(0.2)
     rss = _rss(proc.pid)
     cpu0 = _cpu(proc.pid)
     time.sleep(idle)
