@@ -417,11 +417,12 @@ def stapled_once(
     responder: FastResponder | OpenSSLResponder,
     label: str,
     version: Version,
+    command: tuple[str, ...] = ("once", "--quiet"),
 ) -> Row:
     cfg = stapled_config(world, out, responder.url)
     before = responder.requests
     wall, cpu, peak, code = measure(
-        version.argv("once", "--quiet", "--config", str(cfg)),
+        version.argv(*command, "--config", str(cfg)),
         stdout=subprocess.DEVNULL,
         env=version.env(),
         cwd=version.src,  # python -m puts the working directory first on sys.path
@@ -547,9 +548,14 @@ def run_size(
         for run in range(args.runs):
             for version in versions:
                 out = top / f"staples-{tag}-{version.label}-{run}"
-                for kind in ("cold", "warm"):
-                    label = f"stapled once ({kind}, {version.label}{suffix})"
-                    row = stapled_once(world, out, responder, label, version)
+                for kind in ("cold", "warm", "status"):
+                    if kind == "status":  # what was just written, read back
+                        label = f"stapled status ({version.label}{suffix})"
+                        command: tuple[str, ...] = ("status",)
+                    else:
+                        label = f"stapled once ({kind}, {version.label}{suffix})"
+                        command = ("once", "--quiet")
+                    row = stapled_once(world, out, responder, label, version, command)
                     print(row.line(), flush=True)
                     walls.setdefault(f"{kind}, {version.label}", []).append(row.wall)
                     os.sync()  # each run starts with nothing of the last one's to write
