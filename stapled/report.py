@@ -225,7 +225,7 @@ def log_record(rec: Record, due: Due | None = None) -> None:
             " (must-staple: browsers refuse the site without it)" if rec.must_staple else "",
             rec.last_error,
         )
-    else:
+    elif log.isEnabledFor(logging.INFO):  # its times are formatted only to be shown
         verb = "written" if rec.changed else "kept"
         if rec.changed and rec.source == "fleet":
             verb = "written (from the fleet store)"

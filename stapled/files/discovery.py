@@ -368,12 +368,15 @@ def _read(path: str) -> tuple[bytes, os.stat_result]:
             raise CertificateError(path, "not a regular file")
         parts: list[bytes] = []
         size = 0
+        # The size it has, and one byte more: a short read is the end of the file.
+        ask = min(st.st_size, MAX_CERT_FILE) + 1
         while size <= MAX_CERT_FILE:
-            chunk = os.read(fd, MAX_CERT_FILE + 1 - size)
-            if not chunk:
-                break
+            chunk = os.read(fd, ask)
             parts.append(chunk)
             size += len(chunk)
+            if len(chunk) < ask:
+                break
+            ask = MAX_CERT_FILE + 1 - size  # it grew while read
     except OSError as e:
         raise CertificateError(path, f"cannot read ({e.strerror})") from e
     finally:

@@ -84,11 +84,14 @@ def read(path: Path) -> bytes | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise StoreError(str(path), "is not a regular file")
-        # One read of the size the file has, and one to see that it ended there.
-        parts = [os.read(fd, st.st_size + 1)]
-        while parts[-1]:
-            parts.append(os.read(fd, 1 << 16))
-        return b"".join(parts)
+        # The size it has, and one byte more: a short read is the end of the file.
+        parts: list[bytes] = []
+        ask = st.st_size + 1
+        while True:
+            parts.append(os.read(fd, ask))
+            if len(parts[-1]) < ask:
+                return b"".join(parts)
+            ask = 1 << 16  # it grew while read
     except OSError as e:
         raise StoreError(str(path), f"cannot read ({e.strerror})") from e
     finally:
