@@ -112,7 +112,8 @@ def test_the_scrape_config_is_valid_for_prometheus(tmp_path: Path) -> None:
 
 
 def test_the_benchmark_commands_take_the_options_written() -> None:
-    for line in commands("performance-commands") + commands("performance-validated"):
+    written = ("performance-commands", "performance-validated", "performance-limit")
+    for line in (line for name in written for line in commands(name)):
         words = shlex.split(line, comments=True)
         if words[0] == ".venv/bin/python":
             script = TOP / words[1]
