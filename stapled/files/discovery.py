@@ -282,10 +282,10 @@ def _parse(
     shared: dict[bytes, x509.Certificate],
 ) -> _Loaded:
     if not named and not lineage and not _may_hold_certificate(data):
-        return _Loaded(identity, shown, skip="no certificate in it")
+        return _Loaded(identity, shown, skip=parsed.NOT_A_CERTIFICATE)
     found = certs.parse_certificates(data, shown, shared)
     if not named and not lineage and all(certs.is_ca(c) for c in found):
-        return _Loaded(identity, shown, skip="CA certificates only, no leaf")
+        return _Loaded(identity, shown, skip=parsed.NO_LEAF)
     if lineage and len(found) > 1 and found[1] == found[0]:
         found = found[:1] + found[2:]  # fullchain.pem repeats the leaf
     return _Loaded(identity, shown, chain=certs.build_chain(found, shown))

@@ -33,16 +33,20 @@ _VERSION = 1
 
 # A file parsed to a chain (its path is the caller's), or the reason it is skipped.
 Outcome = CertChain | str
+# Why a scan skips a file met in a directory (not a certificate, or no leaf in it).
+NOT_A_CERTIFICATE = "no certificate in it"
+NO_LEAF = "CA certificates only, no leaf"
+SKIPPED = frozenset({NOT_A_CERTIFICATE, NO_LEAF})
 
 
 def key(data: bytes, lineage: bool, named: bool) -> bytes:
     """The entry of a file's bytes found this way (a directory scan skips what a file
     named directly must hold)."""
-    return hashlib.sha256(b"LN"[lineage : lineage + 1] + bytes([named]) + data).digest()
+    return hashlib.sha256(bytes([lineage, named]) + data).digest()
 
 
 class Parsed:
-    """Entries read from the state directory, each taken at most once by a scan."""
+    """Entries read from the state directory, for the first scan of a process."""
 
     def __init__(self, raw: dict[str, Any] | None = None) -> None:
         raw = raw or {}
@@ -84,7 +88,7 @@ class Parsed:
             return None
         try:
             outcome = self._outcome(entry, data, path, shared)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
             return None
         if outcome is not None:
             self._taken.add(name)
@@ -94,7 +98,7 @@ class Parsed:
         self, entry: Any, data: bytes, path: str, shared: dict[bytes, x509.Certificate]
     ) -> Outcome | None:
         if isinstance(entry, str):
-            return entry
+            return entry if entry in SKIPPED else None
         (fingerprint, serial, not_after, name, issuer, ocsp_urls, must_staple,
          ca_issuers_urls, crl_urls) = entry  # fmt: skip
         if not (
@@ -141,7 +145,9 @@ class Parsed:
 
 
 def _ints(*values: object) -> bool:
-    return all(type(v) is int for v in values)
+    """Indexes into the file's tables and times: ints, none negative (a negative index
+    would name another table entry)."""
+    return all(type(v) is int and v >= 0 for v in values)
 
 
 def _strings(value: object) -> tuple[str, ...]:

@@ -171,6 +171,27 @@ def test_an_entry_of_the_wrong_shape_is_parsed_anew(
     assert found == _scan(sources, None)[0]
 
 
+def test_indexes_and_reasons_stapled_never_writes_are_parsed_anew(
+    tree: tuple[tuple[Source, ...], Path], tmp_path: Path
+) -> None:
+    """Under a checksum that holds: a negative index (Python would take it from the end
+    of a table) and a skip reason stapled does not give."""
+    sources, state_dir = tree
+    document = _document(state_dir)
+    chains = [key for key, entry in document["files"].items() if isinstance(entry, list)]
+    for key in chains[1:]:
+        entry = document["files"][key]
+        entry[3] = -1
+        entry[4] = -1 if entry[4] is not None else None
+    for key, entry in document["files"].items():
+        if key == chains[0] or not isinstance(entry, list):
+            document["files"][key] = "skipped for no reason"  # a certificate's, too
+    _write_document(tmp_path / "indexes", document)
+    found, changed = _scan(sources, tmp_path / "indexes")
+    assert found == _scan(sources, None)[0]
+    assert changed, "nothing was taken: it is written anew"
+
+
 def test_an_entry_for_another_certificate_is_not_taken(tmp_path: Path) -> None:
     """An entry that names a leaf other than the one the bytes hold (a file swapped under
     a colliding key, a file edited by hand) is parsed anew."""
