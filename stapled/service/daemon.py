@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import gc
 import logging
 import os
 import random
@@ -38,6 +36,7 @@ from ..errors import ConfigError, StapledError, StoreError
 from ..files import state, store
 from ..net.client import Transport
 from ..passes import Stapler, utc_now
+from . import memory
 from .book import Book
 from .crl_jobs import CrlJobs
 from .fleet_jobs import FleetJobs
@@ -46,7 +45,7 @@ from .monitor_jobs import MonitorJobs
 from .responder import Index, Responder, next_responder, start_responder
 from .schedule import next_run
 from .sdnotify import Notifier
-from .watcher import Watcher, roots_of
+from .watcher import Changes, Watcher, roots_of
 
 log = logging.getLogger("stapled")
 
@@ -80,9 +79,8 @@ class Daemon:
         self.responder: Responder | None = None
         self._stop = False
         self._hup = False
-        # Paths the watcher saw change, not rescanned yet (None: rescan everything).
-        self._changes: set[str] | None = set()
-        self._rescanning: asyncio.Future[None] | None = None
+        # Paths the watcher saw change, each batch rescanned in turn.
+        self.changes = Changes(self._rescan)
         self._pass: asyncio.Future[PassResult] | None = None
         self.fleet_jobs = FleetJobs(self)
         self.monitor = MonitorJobs(self)
@@ -118,7 +116,7 @@ class Daemon:
             for rec in first.records:
                 report.log_record(rec, self.book.due.get(rec.name))
             del first  # the book holds what lasts; the pass's schedule would stay here
-            _return_memory()
+            memory.give_back()
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
             self.scheduler.every(tick, self._tick, id="tick")
@@ -194,8 +192,7 @@ class Daemon:
         # (its files are written only after its fetch, in one step of the loop).
         self.scheduler.stop()
         self.refreshes.stop()
-        if self._rescanning is not None:
-            self._rescanning.cancel()
+        self.changes.stop()
         if self.responder is not None:
             self.responder.stop()
         # Temporary files are left to the next pass, which removes them with the lock
@@ -290,25 +287,7 @@ class Daemon:
         """From the watcher's thread: rescan on the loop."""
         log.debug("changes under %s", ", ".join(sorted(paths)[:5]))
         with contextlib.suppress(RuntimeError):  # the loop has closed: we are stopping
-            self._loop.call_soon_threadsafe(self._rescan_soon, paths)
-
-    def _rescan_soon(self, paths: set[str] | None = None) -> None:
-        """A rescan now: of the files under ``paths`` when all were seen before, else of
-        everything (``None``).  Changes seen while one runs are taken by it next, so
-        none is lost to a rescan already under way."""
-        if self._stop:
-            return
-        if paths is None or self._changes is None:
-            self._changes = None
-        else:
-            self._changes |= paths
-        if self._rescanning is None or self._rescanning.done():
-            self._rescanning = asyncio.ensure_future(self._rescan_changes())
-
-    async def _rescan_changes(self) -> None:
-        while self._changes != set() and not self._stop:
-            changed, self._changes = self._changes, set()
-            await self._rescan(changed)
+            self._loop.call_soon_threadsafe(self.changes.add, paths)
 
     async def _rescan(self, changed: set[str] | None = None) -> None:
         """Find certificates again: new ones are fetched now, removed ones unscheduled.
@@ -466,11 +445,3 @@ class Daemon:
         if fleet is not None and not fleet["connected"]:
             line += f"; fleet store {fleet['redis']} unreachable"
         return line
-
-
-def _return_memory() -> None:
-    """Give the allocator's free pages back to the system: what the first pass needed
-    only while it ran would otherwise stay in the daemon's resident memory (glibc)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)

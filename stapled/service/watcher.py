@@ -8,12 +8,13 @@ itself after each batch, and must not wake itself up by doing so.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from watchdog.events import (
@@ -184,3 +185,32 @@ class _Handler(FileSystemEventHandler):
 
 def _text(path: str | bytes) -> str:
     return path.decode(errors="replace") if isinstance(path, bytes) else path
+
+
+class Changes:
+    """Paths seen changing, taken by one run of ``rescan`` at a time on the loop: those
+    seen while it runs are taken by it next, so none is lost to a rescan under way."""
+
+    def __init__(self, rescan: Callable[[set[str]], Awaitable[None]]) -> None:
+        self._rescan = rescan
+        self._paths: set[str] = set()
+        self._task: asyncio.Future[None] | None = None
+        self._stopped = False
+
+    def add(self, paths: set[str]) -> None:
+        """On the loop: rescan these paths soon."""
+        if self._stopped:
+            return
+        self._paths |= paths
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self._paths and not self._stopped:
+            paths, self._paths = self._paths, set()
+            await self._rescan(paths)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stapled.service.sdnotify import Notifier
-from stapled.service.watcher import Watcher, roots_of
+from stapled.service.watcher import Changes, Watcher, roots_of
 
 
 def _receive(sock: socket.socket) -> str:
@@ -161,3 +162,31 @@ def test_own_writes_are_ignored_but_a_sibling_directory_is_not(tmp_path: Path) -
     changed = set().union(*batches)
     assert str(sibling / "a.pem") in changed
     assert not any(p.startswith(str(out) + os.sep) or p == str(out) for p in changed)
+
+
+def test_changes_seen_while_a_rescan_runs_are_rescanned_next() -> None:
+    """One rescan at a time; what arrives meanwhile is taken by the next, none lost."""
+
+    async def main() -> list[set[str]]:
+        seen: list[set[str]] = []
+        started, release, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def rescan(paths: set[str]) -> None:
+            seen.append(paths)
+            if len(seen) == 1:
+                started.set()
+                await release.wait()
+            if set().union(*seen) >= {"a", "b", "c"}:
+                done.set()
+
+        changes = Changes(rescan)
+        changes.add({"a"})
+        await started.wait()  # the first rescan is under way
+        changes.add({"b"})
+        changes.add({"c"})
+        release.set()
+        await asyncio.wait_for(done.wait(), 5)
+        changes.stop()
+        return seen
+
+    assert asyncio.run(main()) == [{"a"}, {"b", "c"}]
