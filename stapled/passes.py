@@ -27,7 +27,7 @@ from .core.origins import Origins
 from .core.policy import State
 from .core.times import Clock
 from .core.validated import Validated
-from .errors import MissingInputError, StapledError, StoreError
+from .errors import MissingInputError, StapledError
 from .fetch import Fetcher, each
 from .files import discovery, parsed, state, store
 from .files.lock import WAIT_SECONDS, DirectoryLock
@@ -240,14 +240,7 @@ class Stapler:
 
     def keep_parsed(self) -> None:
         """What the scans parsed, for the next process; written only when it changed."""
-        if not self._discovered.changed:
-            return
-        try:
-            parsed.save(self.config.state_path, self._discovered.outcomes())
-        except StoreError as e:
-            log.debug("cannot keep the certificates parsed: %s", e)
-        else:
-            self._discovered.changed = False
+        discovery.keep(self._discovered, self.config.state_path)
 
     def prepare(self) -> None:
         """Make sure the output directory is usable.  Raises StoreError when it is not."""

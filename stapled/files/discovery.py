@@ -28,7 +28,7 @@ from ..config import Source
 from ..core import certs
 from ..core.certs import CertChain
 from ..core.model import Found, Record
-from ..errors import CertificateError
+from ..errors import CertificateError, StoreError
 from . import parsed, walk
 from .parsed import Outcome, Parsed
 
@@ -110,6 +110,19 @@ def discover(
         positions[item.path] = -1 if item.path in positions else i
     cache.positions = positions
     return _assembled(items, unlisted)
+
+
+def keep(cache: Cache, state_dir: Path) -> None:
+    """What ``cache``'s scans parsed, for the next process (files/parsed.py); written
+    only when it changed, and a failure costs only the next process's time."""
+    if not cache.changed:
+        return
+    try:
+        parsed.save(state_dir, cache.outcomes())
+    except StoreError as e:
+        log.debug("cannot keep the certificates parsed: %s", e)
+    else:
+        cache.changed = False
 
 
 def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
