@@ -154,11 +154,9 @@ class Stapler:
         """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
-        try:
+        with self.publisher.one_pass():
             async with self.writing():
                 result = await self._locked_pass(force, only, log_records)
-        finally:
-            self.publisher.forget_paths()
         # Outside the lock: the command may renew, and certbot's hook then runs a pass.
         await self.revocations.act(result.records, result.crl)
         return result

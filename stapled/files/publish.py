@@ -8,7 +8,9 @@ The daemon's single refreshes write each file at once; a pass hands a
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -34,18 +36,27 @@ class Publisher:
         self.nginx_snippets = nginx_snippets
         # Staples validated before: the same bytes are not checked in full again.
         self.validated = validated
-        # A pass asks for each name's path several times, and a Path costs microseconds;
-        # kept for one pass, not for the daemon's life.
-        self._paths: dict[str, Path] = {}
+        # Each name's staple path during a pass (None outside one): a pass asks for it
+        # several times, and a Path costs microseconds.
+        self._paths: dict[str, Path] | None = None
+
+    @contextlib.contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Within it, each name's staple path is built once; kept for the pass only."""
+        self._paths = {}
+        try:
+            yield
+        finally:
+            self._paths = None
 
     def staple_path(self, item: Found) -> Path:
-        path = self._paths.get(item.name)
+        paths = self._paths
+        if paths is None:
+            return self.output_dir / f"{item.name}.der"
+        path = paths.get(item.name)
         if path is None:
-            path = self._paths[item.name] = self.output_dir / f"{item.name}.der"
+            path = paths[item.name] = self.output_dir / f"{item.name}.der"
         return path
-
-    def forget_paths(self) -> None:
-        self._paths = {}
 
     def record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
         return plan.record(
