@@ -135,16 +135,19 @@ class Timeline:
 
     async def _fire(self) -> None:
         """Start every run due by now, and arm the job for the next."""
-        now = datetime.now(UTC)
+        # Never earlier than the time it was armed for, should the timer come early.
+        now = max(datetime.now(UTC), self._armed or datetime.now(UTC))
         heap, due = self._heap, self._due
-        while heap and (heap[0][0] <= now or due.get(heap[0][2], (0, -1))[1] != heap[0][1]):
-            _, order, key = heapq.heappop(heap)
+        while heap:
+            when, order, key = heap[0]
             held = due.get(key)
-            if held is None or held[1] != order:
-                continue  # cancelled or replaced
-            del due[key]
-            if key not in self._running:
-                self._running[key] = asyncio.ensure_future(self._one(key, held[2]))
+            if held is not None and held[1] == order:  # else cancelled or replaced
+                if when > now:
+                    break
+                del due[key]
+                if key not in self._running:
+                    self._running[key] = asyncio.ensure_future(self._one(key, held[2]))
+            heapq.heappop(heap)
         self._armed = None
         self._turn ^= 1
         if heap:
