@@ -154,9 +154,8 @@ class Stapler:
         """:meth:`once` on the running event loop.  ``log_records=False`` leaves the line
         of each certificate to the caller (the daemon logs it once it is scheduled)."""
         self.prepare()
-        with self.publisher.one_pass():
-            async with self.writing():
-                result = await self._locked_pass(force, only, log_records)
+        async with self.writing():
+            result = await self._locked_pass(force, only, log_records)
         # Outside the lock: the command may renew, and certbot's hook then runs a pass.
         await self.revocations.act(result.records, result.crl)
         return result
@@ -233,7 +232,10 @@ class Stapler:
             owed=delivered.owed,
             due=result.due,
             others=state.entries(saved) if only is not None else None,
+            texts=self.validated.texts,
+            earlier=saved,
         )
+        self.validated.written()
         self.keep_parsed()
 
     def keep_parsed(self) -> None:
@@ -399,7 +401,7 @@ class Stapler:
         """What is on disk for one certificate, and whether it is due: no network."""
         checked = _Checked(members, plan.best_chain(members), force, self.clock())
         try:
-            checked.chain = chain = self.chain_of(members)
+            checked.chain = chain = self.issuers.known(checked.chain)
         except StapledError:
             return checked  # due: the issuer is fetched first
         checked.current = self.publisher.current(members, checked.now, chain, checked.seen)

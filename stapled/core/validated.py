@@ -23,6 +23,9 @@ class Validated:
         # Digest -> the staple validated from those bytes, or what the state file says
         # of it (read when met).
         self._by_digest: dict[str, Staple | str] = {}
+        # The state file's text of each staple recalled from it since the last
+        # :meth:`written`: the state is written back with it, not made anew.
+        self.texts: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -50,7 +53,14 @@ class Validated:
         # certificate of another issuer with the same serial are validated anew.
         if ocsp.cert_id(chain, known.cert_id.hash_name) != known.cert_id:
             return None
-        return ocsp.recheck(known if known.der == der else replace(known, der=der), now)
+        staple = ocsp.recheck(known if known.der == der else replace(known, der=der), now)
+        if isinstance(held, str):
+            self.texts[key] = held
+        return staple
+
+    def written(self) -> None:
+        """The state is written: the texts recalled need not be kept."""
+        self.texts = {}
 
     def add(self, remembered: Iterable[tuple[str, Staple | str]]) -> None:
         """What is remembered elsewhere (the state file, the configuration before a reload)."""
@@ -105,7 +115,7 @@ def _from_facts(text: str, der: bytes) -> Staple:
     hash_name, name_hash, key_hash = cert_id
     return Staple(
         der=der,
-        cert_status=CertStatus(status),
+        cert_status=_STATUSES[status],
         serial=number,
         this_update=_when(this),
         next_update=_when(nxt),
@@ -117,6 +127,10 @@ def _from_facts(text: str, der: bytes) -> Staple:
         single_count=count,
         signer_window=(_when(window[0]), _when(window[1])) if window is not None else None,
     )
+
+
+# A dict rather than CertStatus(value): an enum's call is several times slower.
+_STATUSES = {status.value: status for status in CertStatus}
 
 
 def _when(value: object) -> datetime:

@@ -102,10 +102,11 @@ class Parsed:
         (fingerprint, serial, not_after, name, issuer, ocsp_urls, must_staple,
          ca_issuers_urls, crl_urls) = entry  # fmt: skip
         if not (
-            isinstance(fingerprint, str)
-            and isinstance(serial, str)
-            and _ints(not_after, name)
-            and (issuer is None or _ints(issuer))
+            type(fingerprint) is str
+            and type(serial) is str
+            and _index(not_after)
+            and _index(name)
+            and (issuer is None or _index(issuer))
             and must_staple in (0, 1)
             and type(must_staple) is int
         ):
@@ -144,15 +145,19 @@ class Parsed:
         return self._name_values[index]
 
 
-def _ints(*values: object) -> bool:
-    """Indexes into the file's tables and times: ints, none negative (a negative index
-    would name another table entry)."""
-    return all(type(v) is int and v >= 0 for v in values)
+def _index(value: object) -> bool:
+    """An index into the file's tables, or a time: an int, not negative (a negative
+    index would name another table entry)."""
+    return type(value) is int and value >= 0
 
 
 def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    # Spelled out, not all() over a generator: three lists for every certificate.
+    if type(value) is not list:
         raise TypeError(value)
+    for text in value:
+        if type(text) is not str:
+            raise TypeError(value)
     return tuple(value)
 
 

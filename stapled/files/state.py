@@ -143,12 +143,17 @@ def save(
     daemon: dict[str, Any] | None = None,
     others: dict[str, dict[str, Any]] | None = None,
     fleet: dict[str, Any] | None = None,
+    texts: Mapping[str, str] | None = None,
+    earlier: dict[str, Any] | None = None,
 ) -> None:
     """Record the state of ``records``; a failure is logged, never raised.
 
     ``others`` are earlier entries kept as they are (for a pass over some certificates).
+    ``texts`` are what validating staples found, as the state file said it, by their
+    digest.  Nothing is written when ``earlier`` (the state file as read) says it all.
     """
     records = list(records)
+    described = texts or {}
 
     def entries() -> Iterator[tuple[str, dict[str, Any]]]:
         # Made one at a time as the file is written, never all at once.
@@ -162,8 +167,8 @@ def save(
             if daemon is not None and when is not None and when.refresh:
                 entry["next_refresh"] = iso(when.refresh)
             if rec.current is not None:
-                entry["staple_sha256"] = digest(rec.current.der)
-                entry["validated"] = facts(rec.current)
+                entry["staple_sha256"] = staple = digest(rec.current.der)
+                entry["validated"] = described.get(staple) or facts(rec.current)
                 if rec.source in SOURCES:
                     entry["source"] = rec.source
             yield rec.name, entry
@@ -179,7 +184,27 @@ def save(
         head["daemon"] = daemon
     if fleet is not None:
         head["fleet"] = fleet
+    if earlier is not None and _says(earlier, head, entries()):
+        return  # no temporary file, fsync and rename to say the same again
     try:
         _write(state_dir, head, entries())
     except StoreError as e:
         log.warning("cannot record state: %s", e)
+
+
+def _says(
+    earlier: dict[str, Any], head: dict[str, Any], entries: Iterable[tuple[str, dict[str, Any]]]
+) -> bool:
+    """Whether the state file as read holds exactly ``head`` and ``entries``."""
+    found = earlier.get("certificates")
+    if (
+        not isinstance(found, dict)
+        or {k: v for k, v in earlier.items() if k != "certificates"} != head
+    ):
+        return False
+    count = 0
+    for name, entry in entries:
+        if found.get(name) != entry:
+            return False
+        count += 1
+    return count == len(found)

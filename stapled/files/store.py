@@ -66,7 +66,7 @@ def check_dir(path: Path) -> None:
         raise StoreError(str(path), "the directory is not writable by this user")
 
 
-def read(path: Path) -> bytes | None:
+def read(path: str | Path) -> bytes | None:
     """The file's bytes, or None when there is no such file.
 
     A symbolic link is not followed (StoreError): stapled's files are never links, so
@@ -77,7 +77,7 @@ def read(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        if path.is_symlink():
+        if Path(path).is_symlink():
             raise StoreError(str(path), "is a symbolic link; stapled does not follow it") from e
         raise StoreError(str(path), f"cannot read ({e.strerror})") from e
     try:
@@ -103,7 +103,7 @@ UNREAD = object()
 
 
 def write_atomic(
-    path: Path,
+    path: str | Path,
     data: bytes,
     mode: int = STAPLE_MODE,
     *,
@@ -121,6 +121,7 @@ def write_atomic(
     """
     if _unchanged(path, data, existing):
         return False
+    path = Path(path)
     tmp = _write_temp(path, data, mode, sync=True)
     _rename(tmp, path)
     fsync_dir(path.parent)
@@ -166,7 +167,7 @@ class Batch:
 
     def write(
         self,
-        path: Path,
+        path: str | Path,
         data: bytes,
         mode: int = STAPLE_MODE,
         *,
@@ -176,6 +177,7 @@ class Batch:
         """As :func:`write_atomic`, the rename deferred to the next :meth:`flush`."""
         if _unchanged(path, data, existing):
             return False
+        path = Path(path)
         self._pending.append((_write_temp(path, data, mode, sync=False), path, lost))
         if len(self._pending) >= self.limit:
             self.flush()
@@ -233,12 +235,13 @@ class Batch:
                 os.unlink(tmp)
 
 
-def _unchanged(path: Path, data: bytes, existing: bytes | object | None) -> bool:
+def _unchanged(path: str | Path, data: bytes, existing: bytes | object | None) -> bool:
     """Whether ``path`` already holds ``data``; StoreError if it must not be replaced."""
     try:
         return (read(path) if existing is UNREAD else existing) == data
     except StoreError as e:
-        if path.is_symlink() or (path.exists() and not path.is_file()):
+        target = Path(path)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
             raise StoreError(
                 str(path), "is a symbolic link or not a regular file; refusing to replace it"
             ) from e

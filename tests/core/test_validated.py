@@ -161,3 +161,40 @@ def test_any_json_reads_as_the_staple_or_nothing(damage: object, text: bool) -> 
     written = json.dumps(damage) if text else str(damage)
     found = validated.from_facts(written, der)
     assert found is None or isinstance(found, ocsp.Staple)
+
+
+def test_a_staple_recalled_from_the_state_file_is_written_back_as_it_was_read() -> None:
+    der = WORLD.ca.sign_response(WORLD.leaf.cert)
+    staple = ocsp.validate(der, WORLD.chain, NOW)
+    text = validated.facts(staple)
+    memory = Validated()
+    memory.add([(digest(der), text)])
+    assert memory.recall(der, WORLD.chain, NOW) == staple
+    assert memory.texts == {digest(der): text}
+    memory.written()
+    assert memory.texts == {}
+
+
+def test_no_text_is_kept_for_a_staple_not_recalled_from_it() -> None:
+    der = WORLD.ca.sign_response(WORLD.leaf.cert, validity=timedelta(hours=2))
+    staple = ocsp.validate(der, WORLD.chain, NOW)
+
+    def remembering(text: str) -> Validated:
+        memory = Validated()
+        memory.add([(digest(der), text)])
+        return memory
+
+    # Asked for another certificate: validated anew, its text unused.
+    memory = remembering(validated.facts(staple))
+    other = certs.build_chain([WORLD.other.cert, WORLD.ca.cert], "other.pem")
+    assert memory.recall(der, other, NOW) is None
+    assert memory.texts == {}
+    # Past its time: refused.
+    memory = remembering(validated.facts(staple))
+    with pytest.raises(InvalidResponseError):
+        memory.recall(der, WORLD.chain, staple.next_update)
+    assert memory.texts == {}
+    # A damaged text: validated in full, its facts made anew.
+    memory = remembering("[2]")
+    assert memory.recall(der, WORLD.chain, NOW) is None
+    assert memory.texts == {}
