@@ -381,7 +381,7 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"stapled: {args.staple}: {e}", file=sys.stderr)
         return 2
     print(f"staple:       {args.staple}")
-    print(f"certificate:  serial {chain.serial_hex}, {chain.leaf.subject.rfc4514_string()}")
+    print(f"certificate:  serial {chain.serial_hex}, {leaf_certs[0].subject.rfc4514_string()}")
     print(f"status:       {staple.cert_status}")
     if staple.revocation_time:
         when = report.rfc3339(staple.revocation_time)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from stapled.core import certs
 from stapled.errors import CertificateError, FetchError
 from stapled.issuers import Issuers
 from stapled.net.client import Reply
@@ -39,7 +40,7 @@ def test_a_failed_issuer_is_asked_again_with_backoff(tmp_path: Path) -> None:
     now = [datetime(2026, 6, 1, tzinfo=UTC)]
     client = Flaky()
     issuers = Issuers(tmp_path, client, lambda: now[0])  # type: ignore[arg-type]
-    chain = replace(WORLD.chain, issuer=None, ca_issuers_urls=(URL,))
+    chain = replace(certs.build_chain([WORLD.leaf.cert], "leaf.pem"), ca_issuers_urls=(URL,))
 
     def attempt() -> bool:
         try:
@@ -72,6 +73,6 @@ def test_an_issuer_url_serving_junk_names_the_url(tmp_path: Path, bad: bytes) ->
             return Reply(url, bad, "application/pkix-cert")
 
     issuers = Issuers(tmp_path, Junk(), lambda: datetime.now(UTC))  # type: ignore[arg-type]
-    chain = replace(WORLD.chain, issuer=None, ca_issuers_urls=(URL,))
+    chain = replace(certs.build_chain([WORLD.leaf.cert], "leaf.pem"), ca_issuers_urls=(URL,))
     with pytest.raises(CertificateError, match=URL):
         asyncio.run(issuers.fetch(chain))

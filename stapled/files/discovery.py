@@ -30,7 +30,7 @@ from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..errors import CertificateError, StoreError
 from . import parsed, walk
-from .parsed import Outcome, Parsed
+from .parsed import Parsed
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,12 @@ class Cache:
     unlisted: list[tuple[str, str]] = field(default_factory=list)
     positions: dict[str, int] = field(default_factory=dict)
 
-    def outcomes(self) -> Iterator[tuple[bytes, Outcome]]:
+    def outcomes(self) -> Iterator[parsed.Kept]:
         """What the files read so far parsed to, for :func:`parsed.save`."""
-        for _, loaded in self.files.values():
+        for (path, lineage, named), (signature, loaded) in self.files.items():
             outcome = loaded.chain or loaded.skip
             if loaded.key is not None and outcome is not None:
-                yield loaded.key, outcome
+                yield parsed.where(path, lineage, named), signature, loaded.key, outcome
 
 
 def discover(
@@ -215,9 +215,35 @@ def _loaded(
         if unchanged:
             cache.files[key] = earlier
             return earlier[1]
-    loaded, signature = _load(files, shown, lineage, named, cache)
+    elif cache.earlier is not None and cache.earlier.has_signatures:
+        recalled = _recalled(key, files, shown, cache, cache.earlier)
+        if recalled is not None:
+            return recalled
+    loaded, signature = _load(files, shown, key, cache)
     if signature and time.time_ns() - _changed_last(signature) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
+    return loaded
+
+
+def _recalled(
+    key: tuple[str, bool, bool], files: tuple[str, ...], shown: str, cache: Cache, earlier: Parsed
+) -> _Loaded | None:
+    """What an earlier process parsed of these files, if their signature is the one it
+    kept (it kept only signatures older than ``recent_ns``, as the cache does)."""
+    try:
+        signature = _signature(files)
+    except CertificateError:
+        return None  # read, for the reason to tell
+    recalled = earlier.recall(parsed.where(*key), signature, shown, cache.shared)
+    if recalled is None:
+        return None
+    entry, outcome = recalled
+    identity = _SIGNATURE.unpack_from(signature)[:2]
+    if isinstance(outcome, str):
+        loaded = _Loaded(identity, shown, skip=outcome, key=entry)
+    else:
+        loaded = _Loaded(identity, shown, chain=outcome, key=entry)
+    cache.files[key] = (signature, loaded)
     return loaded
 
 
@@ -252,7 +278,7 @@ def _changed_last(signature: Signature) -> int:
 
 
 def _load(
-    files: tuple[str, ...], shown: str, lineage: bool, named: bool, cache: Cache
+    files: tuple[str, ...], shown: str, key: tuple[str, bool, bool], cache: Cache
 ) -> tuple[_Loaded, Signature | None]:
     """The files read and parsed (or found parsed before), and the signature of what
     was read (None when a file could not be read)."""
@@ -271,19 +297,22 @@ def _load(
     identity = (stats[0].st_dev, stats[0].st_ino)
     signature = _signature_of(stats)
     data = b"\n".join(parts)
-    key = parsed.key(data, lineage, named)
+    _, lineage, named = key
+    entry = parsed.key(data, lineage, named)
     if cache.earlier is not None:
-        outcome = cache.earlier.take(key, data, shown, cache.shared)
+        outcome = cache.earlier.take(entry, data, shown, cache.shared)
+        if outcome is not None and not cache.earlier.keeps(parsed.where(*key), signature, entry):
+            cache.changed = True  # the same bytes, met with another signature or elsewhere
         if isinstance(outcome, str):
-            return _Loaded(identity, shown, skip=outcome, key=key), signature
+            return _Loaded(identity, shown, skip=outcome, key=entry), signature
         if outcome is not None:
-            return _Loaded(identity, shown, chain=outcome, key=key), signature
+            return _Loaded(identity, shown, chain=outcome, key=entry), signature
     try:
         loaded = _parse(data, identity, shown, lineage, named, cache.shared)
     except CertificateError as e:
         return _Loaded(identity, shown, error=_reason(e, shown)), signature
     cache.changed = True
-    return replace(loaded, key=key), signature
+    return replace(loaded, key=entry), signature
 
 
 def _parse(

@@ -3,8 +3,12 @@ bytes, so that a pass in a new process parses only files it has not met.
 
 What a file's bytes parse to depends on those bytes alone (and on how the file was
 found), so an entry is keyed by their digest: a changed file is simply not found and is
-parsed anew.  Only what parsing derived is kept; the leaf's DER is taken from the file
-read now and must hash to the fingerprint remembered, or the file is parsed anew.
+parsed anew.  Only what parsing derived is kept.  Each path is kept with the signature
+its files had (device, inode, size, modification and change times, as a rescan
+compares them): a file with the same signature is not read at all.  A leaf whose issuer
+is not in its file is always read, since finding the issuer needs it; its DER must hash
+to the fingerprint remembered, or the file is parsed anew.
+
 Damage is never fatal: the file's first line is the SHA-256 of the rest, and a file
 that does not match it, or an entry that does not read back, is parsed again.
 """
@@ -45,6 +49,11 @@ def key(data: bytes, lineage: bool, named: bool) -> bytes:
     return hashlib.sha256(bytes([lineage, named]) + data).digest()
 
 
+def where(path: str, lineage: bool, named: bool) -> str:
+    """How a path found this way is named in the file (its signature's key)."""
+    return f"{int(lineage)}{int(named)}{path}"
+
+
 class Parsed:
     """Entries read from the state directory, for the first scan of a process."""
 
@@ -55,9 +64,16 @@ class Parsed:
         self._files: dict[str, Any] = files if ok else {}  # type: ignore[assignment]
         self._issuers: list[Any] = issuers if ok else []  # type: ignore[assignment]
         self._names: list[Any] = names if ok else []  # type: ignore[assignment]
+        seen = raw.get("seen")
+        self._seen: dict[str, Any] = seen if ok and isinstance(seen, dict) else {}
         self._issuer_objects: dict[int, x509.Certificate] = {}
         self._name_values: dict[int, bytes] = {}
         self._taken: set[str] = set()
+
+    @property
+    def has_signatures(self) -> bool:
+        """Whether any path is kept with its files' signature (else stat none of them)."""
+        return bool(self._seen)
 
     @property
     def all_taken(self) -> bool:
@@ -94,8 +110,34 @@ class Parsed:
             self._taken.add(name)
         return outcome
 
+    def recall(
+        self, place: str, signature: bytes, path: str, shared: dict[bytes, x509.Certificate]
+    ) -> tuple[bytes, Outcome] | None:
+        """What the files at ``place`` (:func:`where`) parsed to, and its entry's key,
+        when they have the very signature they had then: nothing is read.  None when
+        they had another, or the leaf is needed (its issuer is not in the file)."""
+        held = self._seen.get(place)
+        if type(held) is not list or len(held) != 2 or held[0] != signature.hex():
+            return None
+        name = held[1]
+        entry = self._files.get(name) if type(name) is str else None
+        if entry is None:
+            return None
+        try:
+            found = bytes.fromhex(name), self._outcome(entry, None, path, shared)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
+            return None
+        if found[1] is None:
+            return None
+        self._taken.add(name)
+        return found  # type: ignore[return-value]
+
+    def keeps(self, place: str, signature: bytes, entry_key: bytes) -> bool:
+        """Whether ``place`` is kept with this signature and entry (nothing to update)."""
+        return self._seen.get(place) == [signature.hex(), entry_key.hex()]
+
     def _outcome(
-        self, entry: Any, data: bytes, path: str, shared: dict[bytes, x509.Certificate]
+        self, entry: Any, data: bytes | None, path: str, shared: dict[bytes, x509.Certificate]
     ) -> Outcome | None:
         if isinstance(entry, str):
             return entry if entry in SKIPPED else None
@@ -111,12 +153,16 @@ class Parsed:
             and type(must_staple) is int
         ):
             raise TypeError(entry)
-        der = certs.first_der(data)
-        if der is None or hashlib.sha256(der).hexdigest() != fingerprint:
-            return None
+        known = self._issuer(issuer, shared) if issuer is not None else None
+        der = None
+        if known is None:
+            # Kept until its issuer is found: the DER of the bytes read now, no other.
+            der = certs.first_der(data) if data is not None else None
+            if der is None or hashlib.sha256(der).hexdigest() != fingerprint:
+                return None
         return CertChain(
             leaf_der=der,
-            issuer=self._issuer(issuer, shared) if issuer is not None else None,
+            issuer=known,
             path=path,
             serial=int(serial, 16),
             not_after=datetime.fromtimestamp(not_after, UTC),
@@ -161,14 +207,21 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def save(state_dir: Path, outcomes: Iterable[tuple[bytes, Outcome]]) -> None:
+# Where files were found (:func:`where`), their signature, their entry's key, and what
+# they parsed to.
+Kept = tuple[str, bytes, bytes, Outcome]
+
+
+def save(state_dir: Path, outcomes: Iterable[Kept]) -> None:
     """Keep ``outcomes`` (and only those) for the next process.  Raises StoreError."""
     issuers: dict[bytes, int] = {}
     # Thousands of chains hold the same few issuer objects: each is encoded once.
     encoded: dict[int, tuple[x509.Certificate, int]] = {}
     names: dict[bytes, int] = {}
     files: dict[str, Any] = {}
-    for entry_key, outcome in outcomes:
+    seen: dict[str, list[str]] = {}
+    for place, signature, entry_key, outcome in outcomes:
+        seen[place] = [signature.hex(), entry_key.hex()]
         if isinstance(outcome, str):
             files[entry_key.hex()] = outcome
             continue
@@ -199,6 +252,7 @@ def save(state_dir: Path, outcomes: Iterable[tuple[bytes, Outcome]]) -> None:
             "issuers": [base64.b64encode(d).decode() for d in issuers],
             "names": [base64.b64encode(n).decode() for n in names],
             "files": files,
+            "seen": seen,
         },
         separators=(",", ":"),
     ).encode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -192,18 +193,21 @@ def test_indexes_and_reasons_stapled_never_writes_are_parsed_anew(
     assert changed, "nothing was taken: it is written anew"
 
 
-def test_an_entry_for_another_certificate_is_not_taken(tmp_path: Path) -> None:
-    """An entry that names a leaf other than the one the bytes hold (a file swapped under
-    a colliding key, a file edited by hand) is parsed anew."""
+def test_an_entry_for_another_certificate_is_not_taken_where_the_leaf_is_read(
+    tmp_path: Path,
+) -> None:
+    """A leaf whose issuer is not in its file is kept as read: an entry that names
+    another leaf (a file edited by hand) is parsed anew."""
     source = Source(path=str(tmp_path / "certs"))
-    testca.write(tmp_path / "certs" / "a.pem", PLAIN.cert_pem() + CA.cert_pem())
+    testca.write(tmp_path / "certs" / "a.pem", LONE.cert_pem())
     _scan((source,), tmp_path / "state")
     document = _document(tmp_path / "state")
     (entry,) = document["files"].values()
     entry[0] = "0" * 64
     _write_document(tmp_path / "state", document)
     (found,), changed = _scan((source,), tmp_path / "state")
-    assert changed and found.chain is not None and found.chain.serial == PLAIN.cert.serial_number
+    assert changed and found.chain is not None and found.chain.serial == LONE.cert.serial_number
+    assert found.chain.fingerprint == discovery.leaf_fingerprint(str(tmp_path / "certs" / "a.pem"))
 
 
 def test_a_chain_with_other_responder_urls_is_the_same_chain_otherwise(tmp_path: Path) -> None:
@@ -212,3 +216,43 @@ def test_a_chain_with_other_responder_urls_is_the_same_chain_otherwise(tmp_path:
     assert found.chain is not None
     urls = ("http://127.0.0.3/",)
     assert found.chain.with_ocsp_urls(urls) == replace(found.chain, ocsp_urls=urls)
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The certificate files a scan reads from now on."""
+    read: list[str] = []
+    real = discovery._read
+
+    def spy(path: str) -> tuple[bytes, os.stat_result]:
+        read.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(discovery, "_read", spy)
+    return read
+
+
+def test_files_kept_with_their_signature_are_not_read(
+    tree: tuple[tuple[Source, ...], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only files whose leaf is needed to find its issuer (none in the file), broken
+    files and configured issuers are read again."""
+    sources, state_dir = tree
+    fresh, _ = _scan(sources, None)
+    read = _reads(monkeypatch)
+    again, changed = _scan(sources, state_dir)
+    assert again == fresh and not changed
+    assert sorted(read) == ["broken.pem", "issuer.pem", "lone.pem", "lone.pem", "site.crt"]
+
+
+def test_a_file_touched_is_read_and_its_new_signature_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = Source(path=str(tmp_path / "certs"))
+    path = testca.write(tmp_path / "certs" / "a.pem", PLAIN.cert_pem() + CA.cert_pem())
+    (first,), _ = _scan((source,), tmp_path / "state")
+    read = _reads(monkeypatch)
+    os.utime(path, ns=(1, 1))  # the same bytes: its times alone changed
+    (again,), changed = _scan((source,), tmp_path / "state")
+    assert again == first and changed and read == ["a.pem"]
+    (third,), changed = _scan((source,), tmp_path / "state")
+    assert third == first and not changed and read == ["a.pem"]

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stapled.config import Source
+from stapled.core.model import Found
 from stapled.demo import ca as testca
-from stapled.files import discovery
+from stapled.files import discovery, parsed
 
 URL = "http://127.0.0.1:9/"
 CA = testca.CA("rescan CA")
@@ -125,6 +126,31 @@ def test_a_rescan_of_the_changed_paths_finds_what_a_whole_scan_finds(
             again = discovery.discover(tree.sources(), cache, changed=set(tree.touched))
             tree.touched.clear()
             assert again == discovery.discover(tree.sources(), discovery.Cache())
+
+
+@settings(max_examples=60, deadline=None)
+@given(rounds=st.lists(st.lists(_changes(), min_size=1, max_size=3), min_size=1, max_size=4))
+def test_a_new_process_after_any_changes_finds_what_parsing_finds(
+    rounds: list[list[Change]],
+) -> None:
+    """Each round a new process, taking what the last one kept in the state directory
+    (files with the signature kept are not read): it finds what parsing every file
+    finds."""
+    with tempfile.TemporaryDirectory() as top:
+        tree = Tree(Path(top))
+        state_dir = Path(top) / "state"
+
+        def new_process() -> list[Found]:
+            cache = discovery.Cache(recent_ns=0, earlier=parsed.Parsed.load(state_dir))
+            found = discovery.discover(tree.sources(), cache)
+            discovery.keep(cache, state_dir)
+            return found
+
+        new_process()
+        for changes in rounds:
+            for change in changes:
+                change(tree)
+            assert new_process() == discovery.discover(tree.sources(), discovery.Cache())
 
 
 def test_a_renewal_reads_only_its_own_lineage(tmp_path: Path) -> None:
