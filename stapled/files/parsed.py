@@ -124,13 +124,13 @@ class Parsed:
         if entry is None:
             return None
         try:
-            found = bytes.fromhex(name), self._outcome(entry, None, path, shared)
+            entry_key, outcome = bytes.fromhex(name), self._outcome(entry, None, path, shared)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):
             return None
-        if found[1] is None:
+        if outcome is None:
             return None
         self._taken.add(name)
-        return found  # type: ignore[return-value]
+        return entry_key, outcome
 
     def keeps(self, place: str, signature: bytes, entry_key: bytes) -> bool:
         """Whether ``place`` is kept with this signature and entry (nothing to update)."""

@@ -256,3 +256,26 @@ def test_a_file_touched_is_read_and_its_new_signature_kept(
     assert again == first and changed and read == ["a.pem"]
     (third,), changed = _scan((source,), tmp_path / "state")
     assert third == first and not changed and read == ["a.pem"]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.data(),
+    value=st.none()
+    | st.integers()
+    | st.text()
+    | st.lists(st.none() | st.integers() | st.text(max_size=70), max_size=3),
+)
+def test_a_signature_of_the_wrong_shape_is_read_anew(
+    tree: tuple[tuple[Source, ...], Path], tmp_path: Path, data: st.DataObject, value: object
+) -> None:
+    """A path's signature that is not what stapled writes (any shape, any other text):
+    its files are read, and found as parsing finds them."""
+    sources, state_dir = tree
+    document = _document(state_dir)
+    place = data.draw(st.sampled_from(sorted(document["seen"])))
+    # (No text drawn is 80 characters long: never the real signature.)
+    document["seen"][place] = value
+    _write_document(tmp_path / "seen", document)
+    found, _ = _scan(sources, tmp_path / "seen")
+    assert found == _scan(sources, None)[0]
