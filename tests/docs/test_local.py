@@ -112,7 +112,12 @@ def test_the_scrape_config_is_valid_for_prometheus(tmp_path: Path) -> None:
 
 
 def test_the_benchmark_commands_take_the_options_written() -> None:
-    written = ("performance-commands", "performance-validated", "performance-limit")
+    written = (
+        "performance-commands",
+        "performance-validated",
+        "performance-limit",
+        "performance-signatures",
+    )
     for line in (line for name in written for line in commands(name)):
         words = shlex.split(line, comments=True)
         if words[0] == ".venv/bin/python":
