@@ -6,7 +6,7 @@ never stops the others from being served.  Private key files are never opened.
 
 # Paths are plain strings here: a pathlib object per file and per directory entry is a
 # measurable part of a scan of ten thousand certificates.
-# ruff: noqa: PTH113, PTH116, PTH118, PTH119, PTH120, PTH122
+# ruff: noqa: PTH113, PTH118, PTH119, PTH120, PTH122
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import stat
-import struct
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Set
@@ -29,22 +28,14 @@ from ..core import certs
 from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..errors import CertificateError, StoreError
-from . import parsed, walk
+from . import parsed, signatures, walk
 from .parsed import Parsed
+from .signatures import Signature
 
 log = logging.getLogger(__name__)
 
 # Refuse to slurp something that cannot be a certificate bundle.
 MAX_CERT_FILE = 1024 * 1024
-
-
-# What identifies a file's content without reading it: device, inode, size, times.
-Signature = bytes
-_SIGNATURE = struct.Struct("=QQqqq")
-# A file changed this recently may change again within the same timestamp tick (some
-# filesystems count whole seconds) without its signature changing: it is read again at
-# the next scan rather than trusted from the cache.
-RECENT_NS = 3_000_000_000
 
 
 @dataclass
@@ -59,7 +50,7 @@ class Cache:
     files: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]] = field(default_factory=dict)
     shared: dict[bytes, x509.Certificate] = field(default_factory=dict)
     # Files changed within this many nanoseconds are not kept (a test may trust all).
-    recent_ns: int = RECENT_NS
+    recent_ns: int = signatures.RECENT_NS
     # What an earlier process parsed (the state directory's), for the next scan only.
     earlier: Parsed | None = None
     # Whether what is kept for the next process differs from what it was given.
@@ -209,7 +200,7 @@ def _loaded(
     earlier = before.get(key)
     if earlier is not None:
         try:
-            unchanged = _signature(files) == earlier[0]
+            unchanged = signatures.of(files) == earlier[0]
         except CertificateError as e:
             return _Loaded(path, shown, error=_reason(e, shown))
         if unchanged:
@@ -220,7 +211,7 @@ def _loaded(
         if recalled is not None:
             return recalled
     loaded, signature = _load(files, shown, key, cache)
-    if signature and time.time_ns() - _changed_last(signature) > cache.recent_ns:
+    if signature and time.time_ns() - signatures.changed_last(signature) > cache.recent_ns:
         cache.files[key] = (signature, loaded)
     return loaded
 
@@ -231,50 +222,20 @@ def _recalled(
     """What an earlier process parsed of these files, if their signature is the one it
     kept (it kept only signatures older than ``recent_ns``, as the cache does)."""
     try:
-        signature = _signature(files)
+        signature = signatures.of(files)
     except CertificateError:
         return None  # read, for the reason to tell
     recalled = earlier.recall(parsed.where(*key), signature, shown, cache.shared)
     if recalled is None:
         return None
     entry, outcome = recalled
-    identity = _SIGNATURE.unpack_from(signature)[:2]
+    identity = signatures.identity(signature)
     if isinstance(outcome, str):
         loaded = _Loaded(identity, shown, skip=outcome, key=entry)
     else:
         loaded = _Loaded(identity, shown, chain=outcome, key=entry)
     cache.files[key] = (signature, loaded)
     return loaded
-
-
-def _signature(files: tuple[str, ...]) -> Signature:
-    stats: list[os.stat_result] = []
-    for name in files:
-        try:
-            st = os.stat(name)
-        except OSError as e:
-            raise CertificateError(name, f"cannot read ({e.strerror})") from e
-        if not stat.S_ISREG(st.st_mode):
-            raise CertificateError(name, "not a regular file")
-        stats.append(st)
-    return _signature_of(stats)
-
-
-def _signature_of(stats: list[os.stat_result]) -> Signature:
-    # Packed: five Python ints and a tuple per file were a tenth of the daemon's memory
-    # for each certificate.
-    return b"".join(
-        _SIGNATURE.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        for st in stats
-    )
-
-
-def _changed_last(signature: Signature) -> int:
-    """The latest change time, in nanoseconds, among the files of ``signature``."""
-    times: list[int] = []
-    for at in range(0, len(signature), _SIGNATURE.size):
-        times += _SIGNATURE.unpack_from(signature, at)[3:]
-    return max(times)
 
 
 def _load(
@@ -295,7 +256,7 @@ def _load(
             identity = (stats[0].st_dev, stats[0].st_ino)
         return _Loaded(identity, shown, error=_reason(e, shown)), None
     identity = (stats[0].st_dev, stats[0].st_ino)
-    signature = _signature_of(stats)
+    signature = signatures.packed(stats)
     data = b"\n".join(parts)
     _, lineage, named = key
     entry = parsed.key(data, lineage, named)

@@ -15,7 +15,7 @@ from stapled.config import Source
 from stapled.core import certs
 from stapled.demo import ca as testca
 from stapled.errors import CertificateError
-from stapled.files import discovery
+from stapled.files import discovery, signatures
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_a_file_changed_just_now_is_not_trusted_from_the_cache(
     cache = discovery.Cache()
     discovery.discover((Source(path=str(path)),), cache)
     assert cache.files == {}
-    stamp = path.stat().st_ctime_ns - 2 * discovery.RECENT_NS
+    stamp = path.stat().st_ctime_ns - 2 * signatures.RECENT_NS
     assert path.stat().st_ctime_ns > stamp  # ctime cannot be set back
     os.utime(path, ns=(stamp, stamp))
     discovery.discover((Source(path=str(path)),), cache)
