@@ -19,7 +19,7 @@ _records = st.builds(
         name or "x",
         f"/etc/letsencrypt/live/{name}/cert.pem",
         state,
-        serial="0A" * 20,
+        serial_number=int("0A" * 20, 16),
         ocsp_url="http://r3.o.lencr.org/" + "a" * 40,
         staple_path=f"/var/lib/stapled/{name}.der",
         next_update=NOW + timedelta(days=3),

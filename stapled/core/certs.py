@@ -10,8 +10,10 @@ import base64
 import functools
 import hashlib
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import TypeVar, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -182,7 +184,9 @@ def leaf_extensions(cert: x509.Certificate) -> LeafExtensions:
                 for name in point.full_name or ()
                 if isinstance(name, x509.UniformResourceIdentifier)
             )
-    return LeafExtensions(ca, tuple(ocsp), tuple(issuers), must_staple, authority, tuple(crls))
+    return LeafExtensions(
+        ca, shared(tuple(ocsp)), shared(tuple(issuers)), must_staple, authority, shared(tuple(crls))
+    )
 
 
 def is_ca(cert: x509.Certificate) -> bool:
@@ -416,9 +420,18 @@ def _name_hash(issuer_name: bytes, algorithm: str) -> bytes:
     return hashlib.new(algorithm, issuer_name).digest()
 
 
-@functools.lru_cache(maxsize=1024)
-def shared(value: bytes) -> bytes:
-    """One object for equal values (an issuer's name, the same in thousands of leaves)."""
+# What thousands of certificates hold alike: an issuer's name, its CA's URLs, a CertID's
+# hashes.
+_Alike = TypeVar("_Alike", bytes, str, tuple[str, ...])
+
+
+def shared(value: _Alike) -> _Alike:
+    """One object for equal values: at 100,000 certificates a copy each is megabytes."""
+    return cast(_Alike, _one(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _one(value: Hashable) -> Hashable:
     return value
 
 

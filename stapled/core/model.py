@@ -79,7 +79,8 @@ class Record:
     name: str
     path: str
     state: State
-    serial: str | None = None
+    # Kept as the number: its hex text (``serial``) is made when shown.
+    serial_number: int | None = None
     ocsp_url: str | None = None
     staple_path: str | None = None
     this_update: datetime | None = None
@@ -105,6 +106,11 @@ class Record:
     source: str | None = None
     # The certificate's first http CRL distribution point.
     crl_url: str | None = None
+
+    @property
+    def serial(self) -> str | None:
+        """The certificate's serial number in hex, as status and the hooks show it."""
+        return None if self.serial_number is None else format(self.serial_number, "X")
 
     @property
     def servable(self) -> Staple | None:

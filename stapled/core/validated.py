@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from . import ocsp
-from .certs import CertChain
+from .certs import CertChain, shared
 from .fleet import digest, held_digest
 from .ocsp import CertID, CertStatus, Staple
 
@@ -120,10 +120,15 @@ def _from_facts(text: str, der: bytes) -> Staple:
         this_update=_when(this),
         next_update=_when(nxt),
         produced_at=_when(produced),
-        signer=signer,
+        signer=shared(signer),
         revocation_time=_when(revoked_at) if revoked_at is not None else None,
         revocation_reason=str(reason) if reason is not None else None,
-        cert_id=CertID(str(hash_name), bytes.fromhex(name_hash), bytes.fromhex(key_hash), number),
+        cert_id=CertID(
+            shared(str(hash_name)),
+            shared(bytes.fromhex(name_hash)),
+            shared(bytes.fromhex(key_hash)),
+            number,
+        ),
         single_count=count,
         signer_window=(_when(window[0]), _when(window[1])) if window is not None else None,
     )

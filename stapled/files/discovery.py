@@ -177,7 +177,7 @@ class _Item:
 class _Loaded:
     """A certificate file read and parsed, before any source's settings apply."""
 
-    identity: object  # (device, inode) of the file read, or its path when unreadable
+    identity: object  # signatures.identity of the file read, or its path when unreadable
     shown: str
     chain: CertChain | None = None  # with the issuer the file holds, if it holds it
     error: str | None = None  # a CertificateError's reason
@@ -253,10 +253,10 @@ def _load(
             stats.append(st)
     except CertificateError as e:
         if stats:  # the file that holds the leaf identifies the certificate
-            identity = (stats[0].st_dev, stats[0].st_ino)
+            identity = signatures.identity(signatures.packed(stats))
         return _Loaded(identity, shown, error=_reason(e, shown)), None
-    identity = (stats[0].st_dev, stats[0].st_ino)
     signature = signatures.packed(stats)
+    identity = signatures.identity(signature)
     data = b"\n".join(parts)
     _, lineage, named = key
     entry = parsed.key(data, lineage, named)

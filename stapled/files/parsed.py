@@ -204,7 +204,7 @@ def _strings(value: object) -> tuple[str, ...]:
     for text in value:
         if type(text) is not str:
             raise TypeError(value)
-    return tuple(value)
+    return certs.shared(tuple(value))
 
 
 # Where files were found (:func:`where`), their signature, their entry's key, and what

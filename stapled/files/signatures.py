@@ -43,10 +43,13 @@ def packed(stats: list[os.stat_result]) -> Signature:
     )
 
 
-def identity(signature: Signature) -> tuple[int, int]:
-    """The (device, inode) of the first file: what identifies the certificate."""
-    device, inode = _PACKED.unpack_from(signature)[:2]
-    return device, inode
+def identity(signature: Signature) -> bytes:
+    """The device and inode of the first file, packed: what identifies the certificate."""
+    return signature[:_IDENTITY]
+
+
+# The device and inode lead each file's signature.
+_IDENTITY = struct.calcsize("=QQ")
 
 
 def changed_last(signature: Signature) -> int:

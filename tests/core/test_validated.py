@@ -198,3 +198,26 @@ def test_no_text_is_kept_for_a_staple_not_recalled_from_it() -> None:
     memory = remembering("[2]")
     assert memory.recall(der, WORLD.chain, NOW) is None
     assert memory.texts == {}
+
+
+def test_what_many_staples_hold_alike_is_held_once() -> None:
+    # At 100,000 certificates a copy each of the issuer's hashes, the signer's text and
+    # the CA's URLs was megabytes: equal values read back are one object.
+    ca = CA("alike CA")
+    chains, staples = [], []
+    for name in ("a.example", "b.example"):
+        leaf = ca.issue(name, ocsp_urls=["http://127.0.0.1:9/ocsp"])
+        chain = certs.build_chain([leaf.cert, ca.cert], f"{name}.pem")
+        der = ca.sign_response(leaf.cert)
+        read_back = validated.from_facts(validated.facts(ocsp.validate(der, chain, NOW)), der)
+        assert read_back is not None
+        chains.append(chain)
+        staples.append(read_back)
+    first, second = staples
+    assert first.cert_id is not None and second.cert_id is not None
+    assert first.cert_id.name_hash is second.cert_id.name_hash
+    assert first.cert_id.key_hash is second.cert_id.key_hash
+    assert first.cert_id.hash_name is second.cert_id.hash_name
+    assert first.signer is second.signer
+    assert chains[0].ocsp_urls == ("http://127.0.0.1:9/ocsp",)
+    assert chains[0].ocsp_urls is chains[1].ocsp_urls
