@@ -10,6 +10,7 @@ is 0").  The textfile carries no sample timestamps (node_exporter would refuse i
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,7 +206,7 @@ def _counted(counts: Counts) -> Iterator[Metric]:
         "Requests to the certificate's OCSP responders, by result",
         labels=["cert", "result"],
     )
-    for (name, result), n in sorted(counts.fetches.items()):
+    for name, result, n in _by_name(counts.fetches):
         fetches.add_metric([name, result], n)
     yield fetches
     durations = HistogramMetricFamily(
@@ -240,9 +241,14 @@ def _counted(counts: Counts) -> Iterator[Metric]:
         "New staples written, by where they came from ('ca' or 'fleet')",
         labels=["cert", "source"],
     )
-    for (name, source), n in sorted(counts.updates.items()):
+    for name, source, n in _by_name(counts.updates):
         updates.add_metric([name, source], n)
     yield updates
+
+
+def _by_name(counted: dict[str, Counter[str]]) -> list[tuple[str, str, int]]:
+    """(name, label, count), sorted by name then label."""
+    return sorted((name, label, n) for label, names in counted.items() for name, n in names.items())
 
 
 def _probes(counts: Counts) -> Iterator[Metric]:

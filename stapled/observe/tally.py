@@ -41,11 +41,13 @@ class Durations:
 class Counts:
     """A copy of the tally at one moment."""
 
-    fetches: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # By result, then name; updates by source, then name: a pair per certificate for a
+    # key was a tenth of the daemon's memory at 100,000.
+    fetches: dict[str, Counter[str]] = field(default_factory=dict)
     durations: dict[str, Durations] = field(default_factory=dict)
     last_success: dict[str, float] = field(default_factory=dict)
     reloads: Counter[str] = field(default_factory=Counter)
-    updates: Counter[tuple[str, str]] = field(default_factory=Counter)
+    updates: dict[str, Counter[str]] = field(default_factory=dict)
     probes: dict[tuple[str, str], Judged] = field(default_factory=dict)
     rejected: Counter[tuple[str, str]] = field(default_factory=Counter)
     crl_fetches: Counter[str] = field(default_factory=Counter)
@@ -60,8 +62,9 @@ class Tally:
     def fetched(self, names: list[str], ok: bool) -> None:
         """One fetch from the CA for a certificate known by ``names``."""
         with self._lock:
+            counted = self._counts.fetches.setdefault("success" if ok else "failure", Counter())
             for name in names:
-                self._counts.fetches[name, "success" if ok else "failure"] += 1
+                counted[name] += 1
 
     def timed(self, responder: str, seconds: float) -> None:
         """One responder asked (a fetch may ask several in turn)."""
@@ -75,7 +78,7 @@ class Tally:
 
     def updated(self, name: str, source: str) -> None:
         with self._lock:
-            self._counts.updates[name, source] += 1
+            self._counts.updates.setdefault(source, Counter())[name] += 1
 
     def reloaded(self, ok: bool) -> None:
         with self._lock:
@@ -99,11 +102,11 @@ class Tally:
         with self._lock:
             c = self._counts
             return Counts(
-                Counter(c.fetches),
+                {result: Counter(names) for result, names in c.fetches.items()},
                 {k: v.copy() for k, v in c.durations.items()},
                 dict(c.last_success),
                 Counter(c.reloads),
-                Counter(c.updates),
+                {source: Counter(names) for source, names in c.updates.items()},
                 dict(c.probes),
                 Counter(c.rejected),
                 Counter(c.crl_fetches),

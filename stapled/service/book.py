@@ -44,7 +44,7 @@ class Book:
     ) -> None:
         """The first pass's outcome."""
         self.crl = dict(crl)
-        self.groups = dict(groups)
+        self.groups = groups  # replaced by a rescan, never changed in place
         self.records = {r.name: r for r in records}
         self.owed = owed
 

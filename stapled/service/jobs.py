@@ -97,8 +97,9 @@ class Timeline:
         # Two job ids taken in turn: a firing arms the next under the other, so the
         # next is never refused as a second instance of the one still running.
         self._ids, self._turn = (f"{id}-a", f"{id}-b"), 0
-        self._due: dict[str, tuple[datetime, int, bool]] = {}
-        self._heap: list[tuple[datetime, int, str]] = []
+        # Each key's latest order number; its heap entry holds the time and whether forced.
+        self._due: dict[str, int] = {}
+        self._heap: list[tuple[datetime, int, str, bool]] = []
         self._order = itertools.count()
         self._armed: datetime | None = None
         self._running: dict[str, asyncio.Future[None]] = {}
@@ -109,11 +110,11 @@ class Timeline:
     def at(self, when: datetime, key: str, *, force: bool) -> None:
         """Run ``key`` at ``when`` (replacing the time it had)."""
         order = next(self._order)
-        self._due[key] = (when, order, force)
-        heapq.heappush(self._heap, (when, order, key))
+        self._due[key] = order
+        heapq.heappush(self._heap, (when, order, key, force))
         if len(self._heap) > 2 * len(self._due) + 64:
             # Replaced and cancelled entries, dropped now and then rather than searched.
-            self._heap = [(w, o, k) for k, (w, o, _) in self._due.items()]
+            self._heap = [e for e in self._heap if self._due.get(e[2]) == e[1]]
             heapq.heapify(self._heap)
         if self._armed is None or when < self._armed:
             self._arm(when)
@@ -139,14 +140,13 @@ class Timeline:
         now = max(datetime.now(UTC), self._armed or datetime.now(UTC))
         heap, due = self._heap, self._due
         while heap:
-            when, order, key = heap[0]
-            held = due.get(key)
-            if held is not None and held[1] == order:  # else cancelled or replaced
+            when, order, key, force = heap[0]
+            if due.get(key) == order:  # else cancelled or replaced
                 if when > now:
                     break
                 del due[key]
                 if key not in self._running:
-                    self._running[key] = asyncio.ensure_future(self._one(key, held[2]))
+                    self._running[key] = asyncio.ensure_future(self._one(key, force))
             heapq.heappop(heap)
         self._armed = None
         self._turn ^= 1
