@@ -21,7 +21,7 @@ _records = st.builds(
         state,
         serial_number=int("0A" * 20, 16),
         ocsp_url="http://r3.o.lencr.org/" + "a" * 40,
-        staple_path=f"/var/lib/stapled/{name}.der",
+        output="/var/lib/stapled",
         next_update=NOW + timedelta(days=3),
         last_error=error or None,
         must_staple=must,

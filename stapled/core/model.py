@@ -82,7 +82,8 @@ class Record:
     # Kept as the number: its hex text (``serial``) is made when shown.
     serial_number: int | None = None
     ocsp_url: str | None = None
-    staple_path: str | None = None
+    # The output directory its staple is written in (one string for every record).
+    output: str | None = None
     this_update: datetime | None = None
     next_update: datetime | None = None
     last_error: str | None = None
@@ -106,6 +107,11 @@ class Record:
     source: str | None = None
     # The certificate's first http CRL distribution point.
     crl_url: str | None = None
+
+    @property
+    def staple_path(self) -> str | None:
+        """Where its staple is written (as Publisher.staple_path names it)."""
+        return None if self.output is None else f"{self.output}/{self.name}.der"
 
     @property
     def serial(self) -> str | None:

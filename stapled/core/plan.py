@@ -138,7 +138,7 @@ def record(
     item: Found,
     current: Staple | None,
     *,
-    staple_path: str,
+    output: str,
     unknown: bool = False,
 ) -> Record:
     """The record of one name of a fetchable certificate, holding ``current``."""
@@ -154,7 +154,7 @@ def record(
         serial_number=chain.serial,
         ocsp_url=chain.ocsp_urls[0],
         must_staple=chain.must_staple,
-        staple_path=staple_path,
+        output=output,
         crl_url=chain.crl_url,
     )
     if current is not None:

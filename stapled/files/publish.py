@@ -45,7 +45,7 @@ class Publisher:
         return plan.record(
             item,
             current,
-            staple_path=self.staple_path(item),
+            output=self._output,
             unknown=unknown,
         )
 

@@ -194,13 +194,13 @@ def test_an_older_revoked_answer_replaces_a_good_staple() -> None:
 
 def test_the_record_carries_the_staple_and_plan_due_its_refresh_time() -> None:
     staple = _staple()
-    rec = plan.record(_found("a"), staple, staple_path="/out/a.der")
+    rec = plan.record(_found("a"), staple, output="/out")
     assert rec.state is State.GOOD and rec.staple_path == "/out/a.der"
     revoked = _staple(status=ocsp.CertStatus.REVOKED)
-    assert plan.record(_found(), revoked, staple_path="x").state is State.REVOKED
-    missing = plan.record(_found("m"), None, staple_path="x")
+    assert plan.record(_found(), revoked, output="x").state is State.REVOKED
+    missing = plan.record(_found("m"), None, output="x")
     assert missing.state is State.MISSING
-    unknown = plan.record(_found(), None, staple_path="x", unknown=True)
+    unknown = plan.record(_found(), None, output="x", unknown=True)
     assert unknown.state is State.UNKNOWN
     due = plan.due([rec, missing], refresh_at=0.5)
     assert due == {"a": Due(refresh=staple.this_update + staple.lifetime / 2)}
