@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _crl(ca: CA, root: Path, entries: int, revoked: list[int]) -> bytes:
     """`openssl ca -gencrl` over a database of ``entries`` revoked serials."""
-    key = ca.issued.key.private_bytes(  # type: ignore[union-attr]
+    key = ca.issued.key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
