@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..config import Source
 from ..core import certs
-from ..core.certs import CertChain
 from ..core.model import Found, Record
 from ..errors import CertificateError, StoreError
 from . import parsed, signatures, walk
+from .loaded import Kept, Key, Loaded
 from .parsed import Parsed
 from .signatures import Signature
 
@@ -47,7 +47,7 @@ class Cache:
     keep one of these.  ``shared`` holds chain certificates by DER, one object each.
     """
 
-    files: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]] = field(default_factory=dict)
+    files: Kept = field(default_factory=Kept)
     shared: dict[bytes, x509.Certificate] = field(default_factory=dict)
     # Files changed within this many nanoseconds are not kept (a test may trust all).
     recent_ns: int = signatures.RECENT_NS
@@ -62,10 +62,10 @@ class Cache:
 
     def outcomes(self) -> Iterator[parsed.Kept]:
         """What the files read so far parsed to, for :func:`parsed.save`."""
-        for (path, lineage, named), (signature, loaded) in self.files.items():
+        for (path, lineage, named), loaded in self.files.items():
             outcome = loaded.chain or loaded.skip
-            if loaded.key is not None and outcome is not None:
-                yield parsed.where(path, lineage, named), signature, loaded.key, outcome
+            if loaded.key is not None and loaded.signature is not None and outcome is not None:
+                yield parsed.where(path, lineage, named), loaded.signature, loaded.key, outcome
 
 
 def discover(
@@ -82,7 +82,7 @@ def discover(
         again = _rediscover(cache, changed)
         if again is not None:
             return again
-    before, cache.files = cache.files, {}
+    before, cache.files = cache.files, Kept()
     issuers: dict[Path, x509.Certificate | str] = {}
     items: list[_Item] = []
     unlisted: list[tuple[str, str]] = []
@@ -90,7 +90,7 @@ def discover(
         for path, lineage, named in walk.expand(source, unlisted):
             loaded = _loaded(path, lineage, named, before, cache)
             found = _found(path, lineage is not None, source, loaded, issuers)
-            items.append(_Item(source, path, lineage is not None, named, loaded.identity, found))
+            items.append(_Item(source, path, lineage is not None, named, loaded, found))
     if cache.earlier is not None:
         cache.changed |= not cache.earlier.all_taken
         cache.earlier = None  # held for one scan: the files cache serves later ones
@@ -141,7 +141,7 @@ def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
             return None  # no longer a lineage, a file gone or made a directory
         loaded = _loaded(item.path, lineage, item.named, cache.files, cache)
         found = _found(item.path, item.lineage, item.source, loaded, issuers)
-        items[at] = replace(item, identity=loaded.identity, found=found)
+        items[at] = replace(item, loaded=loaded, found=found)
     cache.items = items
     return _assembled(items, cache.unlisted)
 
@@ -150,9 +150,10 @@ def _assembled(items: list[_Item], unlisted: list[tuple[str, str]]) -> list[Foun
     found: list[Found] = []
     seen: set[object] = set()
     for item in items:
-        if item.identity in seen:
+        identity = item.loaded.identity
+        if identity in seen:
             continue  # one file reached by two sources or through a symlink
-        seen.add(item.identity)
+        seen.add(identity)
         if item.found is not None:
             found.append(item.found)
     for directory, reason in unlisted:
@@ -169,29 +170,17 @@ class _Item:
     path: str
     lineage: bool
     named: bool
-    identity: object
+    loaded: Loaded
     found: Found | None  # None: skipped
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    """A certificate file read and parsed, before any source's settings apply."""
-
-    identity: object  # signatures.identity of the file read, or its path when unreadable
-    shown: str
-    chain: CertChain | None = None  # with the issuer the file holds, if it holds it
-    error: str | None = None  # a CertificateError's reason
-    skip: str | None = None  # why a file met in a directory scan is not a certificate
-    key: bytes | None = None  # its entry for the next process (parsed.key)
 
 
 def _loaded(
     path: str,
     lineage_files: tuple[str, ...] | None,
     named: bool,
-    before: dict[tuple[str, bool, bool], tuple[Signature, _Loaded]],
+    before: Kept,
     cache: Cache,
-) -> _Loaded:
+) -> Loaded:
     """``path`` read and parsed, or what an earlier scan made of it if it is unchanged."""
     lineage = lineage_files is not None
     files = lineage_files or (path,)
@@ -200,25 +189,26 @@ def _loaded(
     earlier = before.get(key)
     if earlier is not None:
         try:
-            unchanged = signatures.of(files) == earlier[0]
+            unchanged = signatures.of(files) == earlier.signature
         except CertificateError as e:
-            return _Loaded(path, shown, error=_reason(e, shown))
+            return Loaded(None, shown, error=_reason(e, shown), alias=path)
         if unchanged:
-            cache.files[key] = earlier
-            return earlier[1]
+            cache.files.put(key, earlier)
+            return earlier
     elif cache.earlier is not None and cache.earlier.has_signatures:
         recalled = _recalled(key, files, shown, cache, cache.earlier)
         if recalled is not None:
             return recalled
-    loaded, signature = _load(files, shown, key, cache)
+    loaded = _load(files, shown, key, cache)
+    signature = loaded.signature
     if signature and time.time_ns() - signatures.changed_last(signature) > cache.recent_ns:
-        cache.files[key] = (signature, loaded)
+        cache.files.put(key, loaded)
     return loaded
 
 
 def _recalled(
-    key: tuple[str, bool, bool], files: tuple[str, ...], shown: str, cache: Cache, earlier: Parsed
-) -> _Loaded | None:
+    key: Key, files: tuple[str, ...], shown: str, cache: Cache, earlier: Parsed
+) -> Loaded | None:
     """What an earlier process parsed of these files, if their signature is the one it
     kept (it kept only signatures older than ``recent_ns``, as the cache does)."""
     try:
@@ -229,21 +219,17 @@ def _recalled(
     if recalled is None:
         return None
     entry, outcome = recalled
-    identity = signatures.identity(signature)
     if isinstance(outcome, str):
-        loaded = _Loaded(identity, shown, skip=outcome, key=entry)
+        loaded = Loaded(signature, shown, skip=outcome, key=entry)
     else:
-        loaded = _Loaded(identity, shown, chain=outcome, key=entry)
-    cache.files[key] = (signature, loaded)
+        loaded = Loaded(signature, shown, chain=outcome, key=entry)
+    cache.files.put(key, loaded)
     return loaded
 
 
-def _load(
-    files: tuple[str, ...], shown: str, key: tuple[str, bool, bool], cache: Cache
-) -> tuple[_Loaded, Signature | None]:
-    """The files read and parsed (or found parsed before), and the signature of what
+def _load(files: tuple[str, ...], shown: str, key: Key, cache: Cache) -> Loaded:
+    """The files read and parsed (or found parsed before), with the signature of what
     was read (None when a file could not be read)."""
-    identity: object = files[0]
     parts: list[bytes] = []
     stats: list[os.stat_result] = []
     try:
@@ -252,11 +238,10 @@ def _load(
             parts.append(data)
             stats.append(st)
     except CertificateError as e:
-        if stats:  # the file that holds the leaf identifies the certificate
-            identity = signatures.identity(signatures.packed(stats))
-        return _Loaded(identity, shown, error=_reason(e, shown)), None
+        # The file that holds the leaf identifies the certificate.
+        alias = signatures.identity(signatures.packed(stats)) if stats else files[0]
+        return Loaded(None, shown, error=_reason(e, shown), alias=alias)
     signature = signatures.packed(stats)
-    identity = signatures.identity(signature)
     data = b"\n".join(parts)
     _, lineage, named = key
     entry = parsed.key(data, lineage, named)
@@ -265,33 +250,33 @@ def _load(
         if outcome is not None and not cache.earlier.keeps(parsed.where(*key), signature, entry):
             cache.changed = True  # the same bytes, met with another signature or elsewhere
         if isinstance(outcome, str):
-            return _Loaded(identity, shown, skip=outcome, key=entry), signature
+            return Loaded(signature, shown, skip=outcome, key=entry)
         if outcome is not None:
-            return _Loaded(identity, shown, chain=outcome, key=entry), signature
+            return Loaded(signature, shown, chain=outcome, key=entry)
     try:
-        loaded = _parse(data, identity, shown, lineage, named, cache.shared)
+        loaded = _parse(data, signature, shown, lineage, named, cache.shared)
     except CertificateError as e:
-        return _Loaded(identity, shown, error=_reason(e, shown)), signature
+        return Loaded(signature, shown, error=_reason(e, shown))
     cache.changed = True
-    return replace(loaded, key=entry), signature
+    return replace(loaded, key=entry)
 
 
 def _parse(
     data: bytes,
-    identity: object,
+    signature: Signature,
     shown: str,
     lineage: bool,
     named: bool,
     shared: dict[bytes, x509.Certificate],
-) -> _Loaded:
+) -> Loaded:
     if not named and not lineage and not _may_hold_certificate(data):
-        return _Loaded(identity, shown, skip=parsed.NOT_A_CERTIFICATE)
+        return Loaded(signature, shown, skip=parsed.NOT_A_CERTIFICATE)
     found = certs.parse_certificates(data, shown, shared)
     if not named and not lineage and all(certs.is_ca(c) for c in found):
-        return _Loaded(identity, shown, skip=parsed.NO_LEAF)
+        return Loaded(signature, shown, skip=parsed.NO_LEAF)
     if lineage and len(found) > 1 and found[1] == found[0]:
         found = found[:1] + found[2:]  # fullchain.pem repeats the leaf
-    return _Loaded(identity, shown, chain=certs.build_chain(found, shown))
+    return Loaded(signature, shown, chain=certs.build_chain(found, shown))
 
 
 def _reason(error: CertificateError, shown: str) -> str:
@@ -304,7 +289,7 @@ def _found(
     path: str,
     lineage: bool,
     source: Source,
-    loaded: _Loaded,
+    loaded: Loaded,
     issuers: dict[Path, x509.Certificate | str],
 ) -> Found | None:
     """The Found for a loaded file under one source's settings (issuer, URL, HAProxy)."""
