@@ -41,8 +41,8 @@ class Durations:
 class Counts:
     """A copy of the tally at one moment."""
 
-    # By result, then name; updates by source, then name: a pair per certificate for a
-    # key was a tenth of the daemon's memory at 100,000.
+    # By result, then name; updates by source, then name: a (name, label) pair per
+    # certificate as the key was megabytes at 100,000.
     fetches: dict[str, Counter[str]] = field(default_factory=dict)
     durations: dict[str, Durations] = field(default_factory=dict)
     last_success: dict[str, float] = field(default_factory=dict)
