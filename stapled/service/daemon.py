@@ -116,7 +116,6 @@ class Daemon:
             for rec in first.records:
                 report.log_record(rec, self.book.due.get(rec.name))
             del first  # the book holds what lasts; the pass's schedule would stay here
-            memory.give_back()
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
             self.scheduler.every(tick, self._tick, id="tick")
@@ -128,6 +127,8 @@ class Daemon:
             self.scheduler.start()
             self._start_watcher()
             await self._save_state()
+            # What the first pass and the first state file needed only while they ran.
+            memory.give_back()
             self.notifier.ready(self.summary())
             log.info("running: %s", self.summary())
             while not self._stop:
