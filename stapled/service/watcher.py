@@ -54,6 +54,8 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
 # However busy the directory, a batch is delivered at the latest this many debounce
 # periods after its first event.
 _MAX_DELAY_FACTOR = 5
+# The logger watchdog warns on when the kernel's event queue overflowed.
+_INOTIFY_LOG = logging.getLogger("watchdog.observers.inotify_c")
 
 
 def roots_of(paths: Iterable[str]) -> list[tuple[Path, bool]]:
@@ -112,10 +114,12 @@ class Watcher:
         self._first: float | None = None
         self._timer: threading.Timer | None = None
         self._observer: BaseObserver | None = None
+        self._threads: list[threading.Thread] = []  # the observer's, once started
         self.polling = False
 
     def start(self) -> None:
         """Watch with inotify; fall back to polling where inotify is not available."""
+        before = set(threading.enumerate())
         try:
             self._observer = self._schedule(Observer())
             self._observer.start()
@@ -124,6 +128,7 @@ class Watcher:
             self._observer = self._schedule(PollingObserver(timeout=max(self.debounce, 1.0)))
             self._observer.start()
             self.polling = True
+        self._threads = [t for t in threading.enumerate() if t not in before]
 
     def _schedule(self, observer: BaseObserver) -> BaseObserver:
         handler = _Handler(self._event)
@@ -140,9 +145,16 @@ class Watcher:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
-        if self._observer is not None:
+        if self._observer is None:
+            return
+        closing = _Closing(self._threads)
+        _INOTIFY_LOG.addFilter(closing)
+        try:
             self._observer.stop()
             self._observer.join(timeout=5)
+        finally:
+            if not any(t.is_alive() for t in self._threads):
+                _INOTIFY_LOG.removeFilter(closing)
 
     def _event(self, path: str) -> None:
         ignored = self._ignored
@@ -169,6 +181,24 @@ class Watcher:
             batch, self._pending, self._first = self._pending, set(), None
         if batch:
             self.on_change(batch)
+
+
+class _Closing(logging.Filter):
+    """Drops watchdog's queue-overflow warning from the threads of an observer being
+    stopped: it removes its watches one by one, each removal queues an event, and at
+    tens of thousands of directories the kernel's queue overflows.  The events "lost"
+    are those of the watches just removed; another watcher's warnings pass."""
+
+    def __init__(self, threads: list[threading.Thread]) -> None:
+        super().__init__()
+        self._threads = threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.WARNING
+            and "overflow" in record.getMessage()
+            and any(t.ident == record.thread and t.is_alive() for t in self._threads)
+        )
 
 
 class _Handler(FileSystemEventHandler):

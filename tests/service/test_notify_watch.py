@@ -190,3 +190,54 @@ def test_changes_seen_while_a_rescan_runs_are_rescanned_next() -> None:
         return seen
 
     assert asyncio.run(main()) == [{"a"}, {"b", "c"}]
+
+
+_OVERFLOW = "Inotify queue overflowed; filesystem events were lost"
+
+
+def _record(
+    thread: int | None, message: str = _OVERFLOW, level: int = logging.WARNING
+) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "watchdog.observers.inotify_c", level, __file__, 1, message, (), None
+    )
+    record.thread = thread
+    return record
+
+
+def test_only_a_stopping_watchers_overflow_warning_is_dropped() -> None:
+    """Stopping a watcher removes each watch, and each removal queues an event: at
+    100,000 directories the kernel's queue overflows (2 stops in 2 here) and watchdog
+    warns that events were lost, which a stop makes meaningless.  That warning, from
+    that watcher's threads while they run, is dropped; anything else is kept."""
+    from stapled.service.watcher import _Closing
+
+    done = threading.Event()
+    stopping = threading.Thread(target=done.wait)
+    stopping.start()
+    closing = _Closing([stopping])
+    try:
+        assert not closing.filter(_record(stopping.ident))
+        assert closing.filter(_record(threading.get_ident()))
+        assert closing.filter(_record(stopping.ident, "another warning"))
+        assert closing.filter(_record(stopping.ident, level=logging.ERROR))
+    finally:
+        done.set()
+        stopping.join()
+    # Ended, its identifier may be another thread's: that one's warning is kept.
+    assert closing.filter(_record(stopping.ident))
+
+
+def test_a_stopped_watcher_leaves_no_filter_and_others_still_warn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for i in range(200):
+        (tmp_path / f"d{i}").mkdir()
+    first = Watcher([(tmp_path, True)], lambda paths: None, debounce=0.3)
+    first.start()
+    first.stop()
+    inotify_log = logging.getLogger("watchdog.observers.inotify_c")
+    assert inotify_log.filters == []
+    with caplog.at_level(logging.WARNING):
+        inotify_log.warning(_OVERFLOW)
+    assert _OVERFLOW in caplog.text
