@@ -43,13 +43,13 @@ def packed(stats: list[os.stat_result]) -> Signature:
     )
 
 
+# The device and inode lead each file's signature.
+_IDENTITY = struct.calcsize("=QQ")
+
+
 def identity(signature: Signature) -> bytes:
     """The device and inode of the first file, packed: what identifies the certificate."""
     return signature[:_IDENTITY]
-
-
-# The device and inode lead each file's signature.
-_IDENTITY = struct.calcsize("=QQ")
 
 
 def changed_last(signature: Signature) -> int:
