@@ -72,6 +72,12 @@ class Due:
 NOT_DUE = Due()
 
 
+def staple_file(output: str, name: str) -> str:
+    """Where the staple of the certificate named ``name`` is written in ``output`` (a
+    directory's path as text, without a trailing "/")."""
+    return f"{output}/{name}.der"
+
+
 @dataclass(slots=True)
 class Record:
     """What one pass found out about one certificate name: ``status`` shows it."""
@@ -110,8 +116,8 @@ class Record:
 
     @property
     def staple_path(self) -> str | None:
-        """Where its staple is written (as Publisher.staple_path names it)."""
-        return None if self.output is None else f"{self.output}/{self.name}.der"
+        """Where its staple is written."""
+        return None if self.output is None else staple_file(self.output, self.name)
 
     @property
     def serial(self) -> str | None:

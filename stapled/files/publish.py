@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..core import ocsp, plan, snippet
 from ..core.certs import CertChain
-from ..core.model import Found, Record
+from ..core.model import Found, Record, staple_file
 from ..core.ocsp import Staple
 from ..core.policy import State
 from ..core.validated import Validated
@@ -39,7 +39,7 @@ class Publisher:
         self._output = str(output_dir).rstrip("/")
 
     def staple_path(self, item: Found) -> str:
-        return f"{self._output}/{item.name}.der"
+        return staple_file(self._output, item.name)
 
     def record(self, item: Found, current: Staple | None, *, unknown: bool = False) -> Record:
         return plan.record(
