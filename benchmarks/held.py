@@ -55,14 +55,14 @@ def main() -> int:
         config = stapled_config(world, top / "staples", responder.url, "debounce = 0.5\n")
         report = top / "held.json"
         child = [sys.executable, str(Path(__file__).resolve()), "--top", str(args.top)]
-        subprocess.run(
-            [*child, "--child", str(config), str(report)],
-            check=True,
-            cwd=TOP,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = top / "daemon.log"
+        with log.open("wb") as output:
+            done = subprocess.run(
+                [*child, "--child", str(config), str(report)], cwd=TOP, stdout=output, stderr=output
+            )
         responder.stop()
+        if not report.exists():  # the daemon stopped before READY: say why
+            raise SystemExit(f"the daemon exited ({done.returncode}):\n{log.read_text()[-2000:]}")
         _print(json.loads(report.read_text()), args.size)
     return 0
 
