@@ -179,14 +179,15 @@ def _next(due: Due, show: Callable[[datetime | None], str], retry: str) -> str:
 
 
 def _brief(t: datetime | None) -> str:
-    return t.strftime("%m-%d %H:%MZ") if t else "-"
+    # Formatted by hand: strftime costs a microsecond or two, and status shows two a row.
+    return f"{t.month:02}-{t.day:02} {t.hour:02}:{t.minute:02}Z" if t else "-"
 
 
 _SOURCES = {"ca": "CA", "fleet": "fleet", "disk": "disk"}
 
 
 def _short(t: datetime | None) -> str:
-    return t.strftime("%Y-%m-%d %H:%MZ") if t else "-"
+    return f"{t.year:04}-{_brief(t)}" if t else "-"
 
 
 def log_record(rec: Record, due: Due | None = None) -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from stapled import config
 from stapled.cli import main
-from stapled.core import certs, der, ocsp, policy, request
+from stapled.core import certs, der, ocsp, policy, request, times
 from stapled.errors import (
     CertificateError,
     ConfigError,
@@ -279,3 +279,29 @@ def test_status_reads_a_state_file_of_any_shape(state: object, entry: dict[str, 
         json_code = main(["status", "--json", "--config", str(_STATUS_CONFIG)])
     assert code in (0, 1, 2) and json_code == code
     assert "good" in out.getvalue()
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), timezones=st.just(UTC)))
+def test_a_time_written_reads_back_to_the_second(t: datetime) -> None:
+    assert times.parse_iso(times.iso(t)) == t.replace(microsecond=0)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=30),
+        st.datetimes(timezones=st.just(UTC)).map(datetime.isoformat),
+        st.from_regex(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fullmatch=True),
+    )
+)
+def test_only_a_time_as_written_is_read(text: str) -> None:
+    # strptime is the reference: the same time, or None where it refuses or the text
+    # is not what iso() writes (a week date, an offset, a fraction, single digits).
+    found = times.parse_iso(text)
+    try:
+        reference = datetime.strptime(text, times.FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        reference = None
+    assert found is None or found == reference
+    assert found is None or times.iso(found) == text
+    if reference is not None and times.iso(reference) == text:
+        assert found == reference

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# What FORMAT writes, and no other spelling fromisoformat would take (a week date, an
+# offset, a fraction): the state file holds one or two for each certificate, and
+# fromisoformat is several times faster than strptime.
+_WRITTEN = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)
 
 # Where "now" comes from: a parameter everywhere, so tests can set it.
 Clock = Callable[[], datetime]
@@ -18,9 +23,9 @@ def iso(t: datetime | None) -> str:
 
 def parse_iso(value: object) -> datetime | None:
     """A time written by :func:`iso`; None for anything else (a damaged state file)."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or _WRITTEN.fullmatch(value) is None:
         return None
     try:
-        return datetime.strptime(value, FORMAT).replace(tzinfo=UTC)
-    except ValueError:
+        return datetime.fromisoformat(value)
+    except ValueError:  # a month 13, a February 30
         return None

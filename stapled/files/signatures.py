@@ -37,6 +37,9 @@ def of(files: tuple[str, ...]) -> Signature:
 
 
 def packed(stats: list[os.stat_result]) -> Signature:
+    if len(stats) == 1:  # a lineage's fullchain.pem, a bundle: most files, by far
+        st = stats[0]
+        return _PACKED.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     return b"".join(
         _PACKED.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         for st in stats
