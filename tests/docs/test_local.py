@@ -118,6 +118,7 @@ def test_the_benchmark_commands_take_the_options_written() -> None:
         "performance-limit",
         "performance-signatures",
         "performance-memory",
+        "performance-floor",
     )
     for line in (line for name in written for line in commands(name)):
         words = shlex.split(line, comments=True)
