@@ -96,7 +96,7 @@ def facts(staple: Staple) -> str:
 
 # A JSON string literal (json's own C function; json.dumps costs more per call).
 _quoted = json.encoder.encode_basestring_ascii
-# Facts read back with the decoder's own call: json.loads adds half as much again to
+# Facts read back with the decoder's own call: json.loads costs twice as much for
 # each, and status reads one for every certificate.
 _DECODER = json.JSONDecoder()
 
