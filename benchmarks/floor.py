@@ -4,11 +4,12 @@ stapled is built on: what each unavoidable step costs alone, without stapled's o
     .venv/bin/python benchmarks/floor.py [--count N] [--dir DIR]
 
 Each step runs N times in a loop of its own: the OCSP request built (cryptography), one
-HTTP/1.1 request and its answer framed (h11), the same exchanged over a kept-alive
-loopback connection with asyncio's streams (the client's CPU only; the answering
-process is another), the answer parsed and its ECDSA signature verified
-(cryptography), and the staple written as a new file by rename.  What a filesystem
-takes to create a file varies with what was deleted from it lately (docs/performance.md).
+HTTP/1.1 request and its answer framed (h11), the same exchanged over kept-alive
+loopback connections with asyncio's streams, four in flight as a pass has them (the
+client's CPU only; the answering process is another), the answer parsed and its ECDSA
+signature verified (cryptography), and the staple written as a new file by rename.
+What a filesystem takes to create a file varies with what was deleted from it lately
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main() -> int:
     rows = [
         ("OCSP request built", _each(n, lambda: request.build_request(chain))),
         ("HTTP/1.1 request and answer framed (h11)", _each(n, lambda: _framed(asked, der))),
-        ("... exchanged on a kept-alive loopback connection", _exchanged(n, asked, der)),
+        ("... exchanged on kept-alive loopback connections", _exchanged(n, asked, der)),
         ("answer parsed, ECDSA signature verified", _each(n, lambda: _verified(der, ca))),
     ]
     with tempfile.TemporaryDirectory(prefix="stapled-floor-", dir=args.dir) as scratch:
