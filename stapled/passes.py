@@ -203,8 +203,7 @@ class Stapler:
         names = {r.name for r in result.records} if only is not None else None
         result.crl = await self.revocations.check(self.found, result.now, force=force, only=names)
         if log_records:
-            for record in result.records:
-                report.log_record(record, result.due.get(record.name))
+            report.log_records(result.records, result.due)
         self._deliver(result, saved, only)
         return result
 

@@ -193,50 +193,99 @@ def _short(t: datetime | None) -> str:
 def log_record(rec: Record, due: Due | None = None) -> None:
     """One line for one certificate, at the level its state deserves; ``due`` gives the
     refresh time a good staple's line names."""
+    level = _level(rec)
+    if log.isEnabledFor(level):  # a good staple's times are formatted only to be shown
+        log.log(level, *_line(rec, due))
+
+
+# A pass over thousands of certificates would log a line for each good one, past
+# journald's rate limit (10,000 lines a service in 30 s by default), which then drops
+# the lines that matter along with them.
+QUIET_LINES = 100
+
+
+def log_records(records: Iterable[Record], due: Mapping[str, Due]) -> None:
+    """:func:`log_record` for each record, but only the first QUIET_LINES of those with
+    nothing wrong (logged at INFO); one line then counts the others, by state."""
+    quiet = 0
+    unshown: Counter[State] = Counter()
+    for rec in records:
+        if _level(rec) == logging.INFO:
+            quiet += 1
+            if quiet > QUIET_LINES:
+                unshown[rec.state] += 1
+                continue
+        log_record(rec, due.get(rec.name))
+    if unshown:
+        counts = ", ".join(
+            f"{n} {_LABELS.get(kind, str(kind))}" for kind, n in sorted(unshown.items())
+        )
+        log.info(
+            "%d more certificates with nothing wrong (%s) not listed here; "
+            "`stapled status` lists every one",
+            sum(unshown.values()),
+            counts,
+        )
+
+
+def _level(rec: Record) -> int:
+    if rec.state is State.NO_OCSP:
+        return logging.INFO
+    if rec.state is State.ERROR:
+        return logging.ERROR
+    if rec.state is State.EXPIRED:
+        return logging.WARNING
+    if rec.state is State.REVOKED:
+        return logging.CRITICAL
+    if rec.state in (State.MISSING, State.UNKNOWN):
+        return logging.CRITICAL if rec.must_staple else logging.ERROR
+    if rec.failed_now:
+        # Browsers refuse a must-staple certificate without a staple: say it louder.
+        return logging.ERROR if rec.must_staple else logging.WARNING
+    return logging.INFO
+
+
+def _line(rec: Record, due: Due | None) -> tuple[str, ...]:
+    """The line :func:`_level` rates: its format and arguments."""
     name = rec.name
     if rec.state is State.NO_OCSP:
-        log.info("%s: no OCSP URL in the certificate; nothing to staple", name)
-    elif rec.state is State.ERROR:
-        log.error("%s: %s", name, rec.last_error)
-    elif rec.state is State.EXPIRED:
-        log.warning("%s: %s; not fetched", name, rec.last_error)
-    elif rec.state is State.REVOKED:
-        log.critical(
+        return "%s: no OCSP URL in the certificate; nothing to staple", name
+    if rec.state is State.ERROR:
+        return "%s: %s", name, str(rec.last_error)
+    if rec.state is State.EXPIRED:
+        return "%s: %s; not fetched", name, str(rec.last_error)
+    if rec.state is State.REVOKED:
+        return (
             "%s: certificate serial %s is REVOKED; the CA-signed revoked response is in %s",
             name,
-            rec.serial,
-            rec.staple_path,
+            str(rec.serial),
+            str(rec.staple_path),
         )
-    elif rec.state in (State.MISSING, State.UNKNOWN):
-        level = logging.CRITICAL if rec.must_staple else logging.ERROR
-        log.log(
-            level,
-            "%s: no valid staple%s: %s",
-            name,
-            " for a must-staple certificate" if rec.must_staple else "",
-            rec.last_error,
-        )
-    elif rec.failed_now:
-        # Browsers refuse a must-staple certificate without a staple: say it louder.
-        log.log(
-            logging.ERROR if rec.must_staple else logging.WARNING,
+    if rec.state in (State.MISSING, State.UNKNOWN):
+        must = " for a must-staple certificate" if rec.must_staple else ""
+        return "%s: no valid staple%s: %s", name, must, str(rec.last_error)
+    if rec.failed_now:
+        refused = " (must-staple: browsers refuse the site without it)" if rec.must_staple else ""
+        return (
             "%s: refresh failed, valid staple kept until %s%s: %s",
             name,
             iso(rec.next_update),
-            " (must-staple: browsers refuse the site without it)" if rec.must_staple else "",
-            rec.last_error,
+            refused,
+            str(rec.last_error),
         )
-    elif log.isEnabledFor(logging.INFO):  # its times are formatted only to be shown
-        verb = "written" if rec.changed else "kept"
-        if rec.changed and rec.source == "fleet":
-            verb = "written (from the fleet store)"
-        log.info(
-            "%s: good staple %s, valid until %s, refresh after %s",
-            name,
-            verb,
-            iso(rec.next_update),
-            iso(due.refresh) if due is not None and due.refresh else "-",
-        )
+    verb = "written" if rec.changed else "kept"
+    if rec.changed and rec.source == "fleet":
+        verb = "written (from the fleet store)"
+    return (
+        "%s: good staple %s, valid until %s, refresh after %s",
+        name,
+        verb,
+        iso(rec.next_update),
+        iso(due.refresh) if due is not None and due.refresh else "-",
+    )
+
+
+_LABELS = {State.NO_OCSP: "without OCSP"}
 
 
 def summary(records: Iterable[Record], due: Mapping[str, Due]) -> str:
@@ -245,8 +294,7 @@ def summary(records: Iterable[Record], due: Mapping[str, Due]) -> str:
     for r in records:
         counts[r.state] += 1
     upcoming = [d.next for d in due.values()]
-    labels = {State.NO_OCSP: "without OCSP"}
-    parts = [f"{n} {labels.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
+    parts = [f"{n} {_LABELS.get(kind, str(kind))}" for kind, n in sorted(counts.items())]
     text = ", ".join(parts) or "no certificates"
     times = [t for t in upcoming if t is not None]
     if times:

@@ -113,8 +113,7 @@ class Daemon:
                 self._schedule(fingerprint, records)
                 self._index(fingerprint, records)
             # Logged once scheduled, so that each line gives the refresh time really set.
-            for rec in first.records:
-                report.log_record(rec, self.book.due.get(rec.name))
+            report.log_records(first.records, self.book.due)
             del first  # the book holds what lasts; the pass's schedule would stay here
             self.index.ready = True
             tick = min(TICK_SECONDS, self.notifier.watchdog_interval or TICK_SECONDS)
@@ -317,8 +316,7 @@ class Daemon:
             self.refreshes.cancel(fingerprint)
         for name in found.dropped:
             log.info("%s: no longer found; its schedule is dropped", name)
-        for rec in found.changed:
-            report.log_record(rec, self.book.due.get(rec.name))
+        report.log_records(found.changed, self.book.due)
         for fingerprint in found.arrived:
             self._add_job(fingerprint, now, force=False)
         if found.arrived or found.changed or found.dropped:
