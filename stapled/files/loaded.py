@@ -23,6 +23,16 @@ class Loaded:
     # What identifies files not read in full: the first one's device and inode when it
     # could be read, else the path.
     alias: object = None
+    # The file's own OCSP URLs when ``chain`` asks a source's ``ocsp_url`` instead: the
+    # chain a source uses is the one kept, not a copy beside the file's.
+    file_urls: tuple[str, ...] | None = None
+
+    @property
+    def parsed(self) -> CertChain | None:
+        """The chain as the file's bytes give it, with its own OCSP URLs."""
+        if self.chain is None or self.file_urls is None:
+            return self.chain
+        return self.chain.with_ocsp_urls(self.file_urls)
 
     @property
     def identity(self) -> object:

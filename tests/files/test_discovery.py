@@ -126,6 +126,25 @@ def test_rescan_with_a_cache_reads_only_what_changed(tmp_path: Path, ca: testca.
     assert len(cache.files) == 1
 
 
+def test_a_source_asking_another_responder_holds_one_chain_a_certificate(
+    tmp_path: Path, ca: testca.CA, leaf: testca.Issued
+) -> None:
+    testca.write(tmp_path / "site.pem", _pem(leaf), _pem(ca))
+    sources = (Source(path=str(tmp_path / "site.pem"), ocsp_url=("http://127.0.0.2:9/",)),)
+    cache = discovery.Cache(recent_ns=-(10**12))  # trust even fresh files
+    (found,) = discovery.discover(sources, cache)
+    assert found.chain is not None and found.chain.ocsp_urls == ("http://127.0.0.2:9/",)
+    # The chain the source uses is the one the scans keep, at every scan: no copy.
+    ((_, loaded),) = cache.files.items()
+    assert loaded.chain is found.chain
+    (again,) = discovery.discover(sources, cache)
+    assert again.chain is found.chain
+    # The next process is told what the file holds, not what the source asks.
+    ((_, _, _, kept),) = cache.outcomes()
+    assert not isinstance(kept, str) and kept.ocsp_urls == ("http://127.0.0.1:9/",)
+    assert kept == found.chain.with_ocsp_urls(("http://127.0.0.1:9/",))
+
+
 def test_a_file_changed_just_now_is_not_trusted_from_the_cache(
     tmp_path: Path, ca: testca.CA
 ) -> None:

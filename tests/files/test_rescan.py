@@ -39,11 +39,12 @@ class Tree:
         self.touched.clear()
 
     def sources(self) -> tuple[Source, ...]:
-        # certs/ twice, the second time by a glob: its files are reached by both.
+        # certs/ twice, the second time by a glob asking another responder: its files
+        # are reached by both, each source with its own URLs.
         return (
             Source(path=str(self.le)),
             Source(path=str(self.certs)),
-            Source(path=str(self.certs / "*.pem")),
+            Source(path=str(self.certs / "*.pem"), ocsp_url=("http://127.0.0.3:9/",)),
         )
 
     def lineage(self, name: str, leaf: testca.Issued) -> None:
