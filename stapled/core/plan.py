@@ -49,7 +49,12 @@ def classify(found: Iterable[Found], now: datetime) -> tuple[list[Record], dict[
         if usable and (chain.issuer is not None or chain.ca_issuers_urls) and now < chain.not_after:
             if usable != chain.ocsp_urls:
                 item = replace(item, chain=chain.with_ocsp_urls(usable))
-            groups[chain.fingerprint].append(item)
+            members = groups.get(chain.fingerprint)
+            if members is None:
+                # A list made with its one member holds one slot; append() would reserve four.
+                groups[chain.fingerprint] = [item]
+            else:
+                members.append(item)
             continue
         base = Record(
             item.name,

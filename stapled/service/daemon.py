@@ -360,7 +360,10 @@ class Daemon:
         jitter = self.rng.uniform(-1.0, 1.0)
         attempts = self.book.attempts
         step = next_run(records[0], attempts[fingerprint], timing, self.clock(), jitter)
-        attempts[fingerprint] = step.attempts
+        if step.attempts:
+            attempts[fingerprint] = step.attempts
+        else:  # none in a row, as a Counter reads a missing key: no entry for each good one
+            attempts.pop(fingerprint, None)
         if step.retry:
             earlier = self.book.due.get(records[0].name, NOT_DUE)
             self.book.plan(fingerprint, Due(earlier.refresh, step.when))
