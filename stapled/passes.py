@@ -21,6 +21,7 @@ from . import __version__, report
 from .config import Config
 from .core import plan, policy
 from .core.certs import CertChain
+from .core.fleet import digest
 from .core.model import Fetched, Found, Owed, PassResult, Record
 from .core.ocsp import Staple
 from .core.origins import Origins
@@ -417,8 +418,10 @@ class Stapler:
         taken = fetched is not None and settled.current is fetched.staple is not None
         if taken:
             assert fetched is not None and fetched.staple is not None
-            self.sources.note(fetched.staple, fetched.source)
-            self.validated.note(fetched.staple)
+            # One string keys it in both tables.
+            key = digest(fetched.staple.der)
+            self.sources.note(key, fetched.source)
+            self.validated.note(fetched.staple, key)
         records = []
         for member in checked.members:
             rec = self.publisher.publish(

@@ -167,3 +167,7 @@ def test_where_staples_came_from_is_kept_only_for_those_held(site: Site) -> None
     stapler.sources.keep_only(r.current for r in records)
     (held,) = {r.current for r in records}
     assert held is not None and stapler.sources.by_digest == {digest(held.der): "ca"}
+    # Where it came from and what validating it found are kept under one string.
+    ((from_ca, _),) = stapler.sources.by_digest.items()
+    kept = {key for key, _ in stapler.validated.remembered() if key == from_ca}
+    assert len(kept) == 1 and kept.pop() is from_ca

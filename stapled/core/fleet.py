@@ -7,7 +7,6 @@ Pure: the time and the host's id are parameters.
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,12 +50,6 @@ class Entry:
 def digest(der: bytes) -> str:
     """How a staple's bytes are named in the store and the state file."""
     return hashlib.sha256(der).hexdigest()
-
-
-def held_digest(der: bytes) -> str:
-    """:func:`digest` as a key kept for as long as its staple is held: one string for
-    every table that keeps it (what validation found, where it came from)."""
-    return sys.intern(digest(der))
 
 
 def _ms(t: datetime) -> int:

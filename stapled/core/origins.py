@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .fleet import digest, held_digest
+from .fleet import digest
 from .ocsp import Staple
 
 
@@ -17,8 +17,9 @@ class Origins:
     def __len__(self) -> int:
         return len(self.by_digest)
 
-    def note(self, staple: Staple, source: str) -> None:
-        self.by_digest[held_digest(staple.der)] = source
+    def note(self, key: str, source: str) -> None:
+        """The staple whose :func:`digest` is ``key`` came from ``source``."""
+        self.by_digest[key] = source
 
     def update(self, known: Mapping[str, str]) -> None:
         """Add what is known elsewhere (the state file, the configuration before a reload)."""

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from . import ocsp
 from .certs import CertChain, shared
-from .fleet import digest, held_digest
+from .fleet import digest
 from .ocsp import CertID, CertStatus, Staple
 
 
@@ -30,8 +30,10 @@ class Validated:
     def __len__(self) -> int:
         return len(self._by_digest)
 
-    def note(self, staple: Staple) -> None:
-        self._by_digest[held_digest(staple.der)] = staple
+    def note(self, staple: Staple, key: str | None = None) -> None:
+        """``staple`` validated; ``key`` is its :func:`digest` when the caller has it,
+        so that the tables keeping it share one string."""
+        self._by_digest[digest(staple.der) if key is None else key] = staple
 
     def remembered(self) -> Iterable[tuple[str, Staple | str]]:
         return self._by_digest.items()
