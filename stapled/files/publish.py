@@ -110,7 +110,7 @@ class Publisher:
             else:
                 try:
                     rec.haproxy_changed = _write(
-                        batch, Path(haproxy), rec.current.der, lost=partial(_note_lost, rec)
+                        batch, haproxy, rec.current.der, lost=partial(_note_lost, rec)
                     )
                 except StoreError as e:
                     rec.failed(str(e))
@@ -139,7 +139,7 @@ class Publisher:
         if not self.nginx_snippets or not rec.files:
             return
         text = snippet.render(rec.path, rec.staple_path if rec.servable else None, rec.state)
-        path = self.output_dir / f"{rec.name}{snippet.SUFFIX}"
+        path = f"{self._output}/{rec.name}{snippet.SUFFIX}"
         try:
             rec.changed |= _write(batch, path, text, lost=partial(_note_lost, rec))
         except StoreError as e:

@@ -121,10 +121,9 @@ def write_atomic(
     """
     if _unchanged(path, data, existing):
         return False
-    path = Path(path)
     tmp = _write_temp(path, data, mode, sync=True)
     _rename(tmp, path)
-    fsync_dir(path.parent)
+    fsync_dir(_parent(path))
     return True
 
 
@@ -134,7 +133,7 @@ def write_atomic_parts(path: Path, parts: Iterable[bytes], mode: int = STAPLE_MO
     Always written."""
     tmp = _write_temp(path, parts, mode, sync=True)
     _rename(tmp, path)
-    fsync_dir(path.parent)
+    fsync_dir(_parent(path))
 
 
 class Batch:
@@ -163,7 +162,9 @@ class Batch:
         self.limit = limit
         self._sync = sync or syncfs
         self._fsync = fsync
-        self._pending: list[tuple[str, Path, Lost | None]] = []
+        # Targets as text: a Path interns each part of its name, and the interpreter's
+        # table of interned strings keeps its size once grown by 100,000 staple names.
+        self._pending: list[tuple[str, str, Lost | None]] = []
 
     def write(
         self,
@@ -177,8 +178,8 @@ class Batch:
         """As :func:`write_atomic`, the rename deferred to the next :meth:`flush`."""
         if _unchanged(path, data, existing):
             return False
-        path = Path(path)
-        self._pending.append((_write_temp(path, data, mode, sync=False), path, lost))
+        target = os.fspath(path)
+        self._pending.append((_write_temp(target, data, mode, sync=False), target, lost))
         if len(self._pending) >= self.limit:
             self.flush()
         return True
@@ -186,33 +187,33 @@ class Batch:
     def flush(self) -> None:
         """Make the waiting writes durable, then rename them into place."""
         pending, self._pending = self._pending, []
-        failures: dict[Path, StoreError] = {}
-        for directory in sorted({path.parent for _, path, _ in pending}):
+        failures: dict[str, StoreError] = {}
+        for directory in sorted({_parent(path) for _, path, _ in pending}):
             try:
                 self._sync_filesystem_of(
-                    directory, [t for t, p, _ in pending if p.parent == directory]
+                    directory, [t for t, p, _ in pending if _parent(p) == directory]
                 )
             except OSError as e:
-                failures[directory] = StoreError(str(directory), f"cannot sync ({e.strerror})")
-        renamed: set[Path] = set()
+                failures[directory] = StoreError(directory, f"cannot sync ({e.strerror})")
+        renamed: set[str] = set()
         for tmp, path, lost in pending:
-            error = failures.get(path.parent)
+            error = failures.get(_parent(path))
             if error is None:
                 try:
                     _rename(tmp, path)
                 except StoreError as e:
                     error = e
                 else:
-                    renamed.add(path.parent)
+                    renamed.add(_parent(path))
                     continue
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             if lost is not None:
-                lost(StoreError(str(path), f"not written: {error.reason}"))
+                lost(StoreError(path, f"not written: {error.reason}"))
         for directory in sorted(renamed):
             fsync_dir(directory, self._fsync)
 
-    def _sync_filesystem_of(self, directory: Path, files: list[str]) -> None:
+    def _sync_filesystem_of(self, directory: str, files: list[str]) -> None:
         """Make ``files`` (in ``directory``) durable: syncfs(2) once, else fsync each."""
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -248,10 +249,10 @@ def _unchanged(path: str | Path, data: bytes, existing: bytes | object | None) -
         return False  # unreadable: write it
 
 
-def _write_temp(path: Path, data: bytes | Iterable[bytes], mode: int, *, sync: bool) -> str:
+def _write_temp(path: str | Path, data: bytes | Iterable[bytes], mode: int, *, sync: bool) -> str:
     """``data`` in a new temporary file beside ``path``, fsynced if ``sync``; its path."""
     try:
-        fd, tmp = _create_temp(path.parent)
+        fd, tmp = _create_temp(_parent(path))
     except OSError as e:
         raise StoreError(str(path), f"cannot create a temporary file ({e.strerror})") from e
     try:
@@ -274,7 +275,12 @@ def _write_temp(path: Path, data: bytes | Iterable[bytes], mode: int, *, sync: b
     return tmp
 
 
-def _rename(tmp: str, path: Path) -> None:
+def _parent(path: str | Path) -> str:
+    """The directory of ``path``, as text."""
+    return os.path.dirname(path) or "."  # noqa: PTH120 (text in, text out)
+
+
+def _rename(tmp: str, path: str | Path) -> None:
     try:
         os.replace(tmp, path)
     except OSError as e:
@@ -292,7 +298,7 @@ _TEMP_TAG = secrets.token_hex(4)
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _create_temp(directory: Path) -> tuple[int, str]:
+def _create_temp(directory: str | Path) -> tuple[int, str]:
     """A new file of mode 0600 in ``directory``, opened for writing: (fd, path)."""
     while True:
         tmp = f"{directory}/{TEMP_PREFIX}{os.getpid()}-{_TEMP_TAG}-{next(_temp_counter)}"
@@ -327,7 +333,7 @@ def _libc_syncfs() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], function)
 
 
-def fsync_dir(directory: Path, fsync: Callable[[int], None] = os.fsync) -> None:
+def fsync_dir(directory: str | Path, fsync: Callable[[int], None] = os.fsync) -> None:
     """Make a rename in ``directory`` durable (POSIX needs the directory synced too)."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
