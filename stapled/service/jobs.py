@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import heapq
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -97,10 +96,10 @@ class Timeline:
         # Two job ids taken in turn: a firing arms the next under the other, so the
         # next is never refused as a second instance of the one still running.
         self._ids, self._turn = (f"{id}-a", f"{id}-b"), 0
-        # Each key's latest order number; its heap entry holds the time and whether forced.
-        self._due: dict[str, int] = {}
-        self._heap: list[tuple[datetime, int, str, bool]] = []
-        self._order = itertools.count()
+        # Each key's heap entry (time, key, forced); entries no longer in this map were
+        # replaced or cancelled.  Equal times compare keys, never anything else.
+        self._due: dict[str, tuple[datetime, str, bool]] = {}
+        self._heap: list[tuple[datetime, str, bool]] = []
         self._armed: datetime | None = None
         self._running: dict[str, asyncio.Future[None]] = {}
 
@@ -109,12 +108,11 @@ class Timeline:
 
     def at(self, when: datetime, key: str, *, force: bool) -> None:
         """Run ``key`` at ``when`` (replacing the time it had)."""
-        order = next(self._order)
-        self._due[key] = order
-        heapq.heappush(self._heap, (when, order, key, force))
+        entry = self._due[key] = (when, key, force)
+        heapq.heappush(self._heap, entry)
         if len(self._heap) > 2 * len(self._due) + 64:
             # Replaced and cancelled entries, dropped now and then rather than searched.
-            self._heap = [e for e in self._heap if self._due.get(e[2]) == e[1]]
+            self._heap = [e for e in self._heap if self._due.get(e[1]) is e]
             heapq.heapify(self._heap)
         if self._armed is None or when < self._armed:
             self._arm(when)
@@ -140,8 +138,9 @@ class Timeline:
         now = max(datetime.now(UTC), self._armed or datetime.now(UTC))
         heap, due = self._heap, self._due
         while heap:
-            when, order, key, force = heap[0]
-            if due.get(key) == order:  # else cancelled or replaced
+            entry = heap[0]
+            when, key, force = entry
+            if due.get(key) is entry:  # else cancelled or replaced
                 if when > now:
                     break
                 del due[key]
