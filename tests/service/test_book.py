@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stapled.core.model import Due, Found, Owed, Record
+from stapled.core.model import NOT_DUE, Due, Found, Owed, Record
 from stapled.core.policy import State
-from stapled.service.book import Book
+from stapled.service.book import Book, Schedule
 
 
 def _found(name: str) -> Found:
@@ -89,3 +89,23 @@ def test_what_a_delivery_leaves_stays_owed_for_names_still_known(
     book.owe(Owed(push=frozenset({"a"})))  # a change while the delivery ran
     book.still_owed(Owed(left_reload, left))
     assert book.owed == Owed(left_reload, (left - {"gone"}) | {"a"})
+
+
+_times = st.none() | st.datetimes(timezones=st.just(UTC))
+_steps = st.lists(
+    st.tuples(st.sampled_from("abcd"), st.none() | st.builds(Due, _times, _times)), max_size=30
+)
+
+
+@given(_steps)
+def test_the_schedule_holds_what_a_dict_of_due_times_would(
+    steps: list[tuple[str, Due | None]],
+) -> None:
+    schedule, reference = Schedule(), dict[str, Due]()
+    for name, due in steps:
+        if due is None:  # a name dropped
+            assert schedule.pop(name, None) == reference.pop(name, None)
+        else:
+            schedule[name] = reference[name] = due
+        assert schedule == reference and list(schedule) == list(reference)
+        assert schedule.get(name, NOT_DUE) == reference.get(name, NOT_DUE)
