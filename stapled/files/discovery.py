@@ -58,7 +58,9 @@ class Cache:
     # What the last whole scan found, in order, for a scan of a few changed files.
     items: list[_Item] = field(default_factory=list)
     unlisted: list[tuple[str, str]] = field(default_factory=list)
-    positions: dict[str, int] = field(default_factory=dict)
+    # Each path's item; None for a path reached by two sources (left to a whole scan).
+    # The item rather than its index: 100,000 int objects are 3 MB.
+    positions: dict[str, _Item | None] = field(default_factory=dict)
 
     def outcomes(self) -> Iterator[parsed.Kept]:
         """What the files read so far parsed to, for :func:`parsed.save`."""
@@ -96,10 +98,9 @@ def discover(
         cache.changed |= not cache.earlier.all_taken
         cache.earlier = None  # held for one scan: the files cache serves later ones
     cache.items, cache.unlisted = items, unlisted
-    positions: dict[str, int] = {}
-    for i, item in enumerate(items):
-        # A path reached by two sources is left to a whole scan (-1).
-        positions[item.path] = -1 if item.path in positions else i
+    positions: dict[str, _Item | None] = {}
+    for item in items:
+        positions[item.path] = None if item.path in positions else item
     cache.positions = positions
     return _assembled(items, unlisted)
 
@@ -122,21 +123,23 @@ def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
     a path is not a file of a certificate that scan found."""
     if not cache.items:
         return None
-    affected: set[int] = set()
-    positions, items = cache.positions, cache.items
+    affected: set[int] = set()  # the ids of the items to read again
+    positions = cache.positions
     for path in changed:
-        at = positions.get(path)
-        if at is not None and at >= 0 and not items[at].lineage:
-            affected.add(at)  # a certificate file
+        item = positions.get(path)
+        if item is not None and not item.lineage:
+            affected.add(id(item))  # a certificate file
             continue
-        at = positions.get(os.path.dirname(path), -1)
-        if at < 0 or not items[at].lineage:
+        item = positions.get(os.path.dirname(path))
+        if item is None or not item.lineage:
             return None  # a new file, a directory made or removed, or reached twice
-        affected.add(at)  # a file in a certbot lineage
+        affected.add(id(item))  # a file in a certbot lineage
     issuers: dict[Path, x509.Certificate | str] = {}
-    items = list(items)
-    for at in sorted(affected):
-        item = items[at]
+    items = list(cache.items)
+    renewed: list[_Item] = []
+    for at, item in enumerate(items):
+        if id(item) not in affected:
+            continue
         lineage = walk.lineage_files(item.path) if item.lineage else None
         if lineage is None and (item.lineage or not os.path.isfile(item.path)):
             return None  # no longer a lineage, a file gone or made a directory
@@ -144,7 +147,10 @@ def _rediscover(cache: Cache, changed: Set[str]) -> list[Found] | None:
         loaded = _asking(loaded, item.source, (item.path, item.lineage, item.named), cache)
         found = _found(item.path, item.lineage, item.source, loaded, issuers)
         items[at] = replace(item, loaded=loaded, found=found)
+        renewed.append(items[at])
     cache.items = items
+    for item in renewed:
+        positions[item.path] = item
     return _assembled(items, cache.unlisted)
 
 

@@ -167,3 +167,17 @@ def test_a_renewal_reads_only_its_own_lineage(tmp_path: Path) -> None:
     assert names["l0"].chain is not None
     assert names["l1"].chain is not None
     assert names["l1"].chain.serial == LEAVES[3].cert.serial_number
+
+
+def test_a_lineage_renewed_again_is_read_again(tmp_path: Path) -> None:
+    """A daemon runs for months: the same lineage renews again after its last rescan."""
+    tree = Tree(tmp_path)
+    cache = discovery.Cache(recent_ns=0)
+    discovery.discover(tree.sources(), cache)
+    for leaf in (LEAVES[3], LEAVES[2], LEAVES[3]):
+        tree.lineage("l1", leaf)
+        found = discovery.discover(tree.sources(), cache, changed=set(tree.touched))
+        tree.touched.clear()
+        chain = {f.name: f for f in found}["l1"].chain
+        assert chain is not None and chain.serial == leaf.cert.serial_number
+        assert found == discovery.discover(tree.sources(), discovery.Cache())
