@@ -305,3 +305,10 @@ def test_only_a_time_as_written_is_read(text: str) -> None:
     assert found is None or times.iso(found) == text
     if reference is not None and times.iso(reference) == text:
         assert found == reference
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_a_time_shared_is_the_same_time_in_the_same_zone(t: datetime) -> None:
+    one = times.shared(t)
+    assert one == t and one.utcoffset() == t.utcoffset()
+    assert times.shared(t.replace()) is one

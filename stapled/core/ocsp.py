@@ -25,7 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 from ..errors import InvalidResponseError, OCSPStatusError
 from . import certs, extensions, foreign
 from .certs import CertChain
-from .times import iso
+from .times import iso, shared
 
 # Clocks disagree; a thisUpdate this far in the future is still accepted.
 DEFAULT_SKEW = timedelta(minutes=5)
@@ -182,13 +182,14 @@ def _validate(
     _verify_signature(resp, signer)
     facts = extensions.checked(resp.tbs_response_bytes)
     single, index, cert_id = _matching_single(resp, chain, issuer)
-    this_update = single.this_update_utc
+    this_update = shared(single.this_update_utc)
     next_update = single.next_update_utc
-    produced_at = resp.produced_at_utc
+    produced_at = shared(resp.produced_at_utc)
     if next_update is None:
         raise InvalidResponseError(
             "no nextUpdate: nginx would serve it forever and HAProxy refuses it"
         )
+    next_update = shared(next_update)
     _check_times(this_update, next_update, produced_at, now, skew, margin)
     status = _STATUS[single.certificate_status]
     reason = None

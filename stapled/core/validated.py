@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from . import ocsp
+from . import ocsp, times
 from .certs import CertChain, shared
 from .fleet import digest
 from .ocsp import CertID, CertStatus, Staple
@@ -152,4 +152,4 @@ def _when(value: object) -> datetime:
     at = datetime.fromisoformat(value)
     if at.tzinfo is None:
         raise ValueError(value)
-    return at
+    return times.shared(at)

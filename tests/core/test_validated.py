@@ -204,15 +204,21 @@ def test_what_many_staples_hold_alike_is_held_once() -> None:
     # At 100,000 certificates a copy each of the issuer's hashes, the signer's text and
     # the CA's URLs was megabytes: equal values read back are one object.
     ca = CA("alike CA")
-    chains, staples = [], []
+    chains, staples, fetched = [], [], []
+    hour = NOW.replace(minute=0, second=0) - timedelta(hours=1)
     for name in ("a.example", "b.example"):
         leaf = ca.issue(name, ocsp_urls=["http://127.0.0.1:9/ocsp"])
         chain = certs.build_chain([leaf.cert, ca.cert], f"{name}.pem")
-        der = ca.sign_response(leaf.cert)
-        read_back = validated.from_facts(validated.facts(ocsp.validate(der, chain, NOW)), der)
+        # Signed in one batch, as a CA does: thisUpdate on the hour.
+        der = ca.sign_response(leaf.cert, this_update=hour)
+        fetched.append(ocsp.validate(der, chain, NOW))
+        read_back = validated.from_facts(validated.facts(fetched[-1]), der)
         assert read_back is not None
         chains.append(chain)
         staples.append(read_back)
+    for one, other in (fetched, staples):
+        assert one.this_update == hour and one.this_update is other.this_update
+        assert one.next_update is other.next_update
     first, second = staples
     assert first.cert_id is not None and second.cert_id is not None
     assert first.cert_id.name_hash is second.cert_id.name_hash
