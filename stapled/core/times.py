@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 
 FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # What FORMAT writes, and no other spelling fromisoformat would take (a week date, an
@@ -25,14 +24,17 @@ def iso(t: datetime | None) -> str:
 def shared(t: datetime) -> datetime:
     """One object for equal times: CAs sign responses in batches (Let's Encrypt's
     thisUpdate falls on the hour), so thousands of staples hold the same few times,
-    48 bytes a copy."""
-    return _one(t, t.utcoffset())
+    48 bytes a copy.  Only UTC times: an equal instant in another zone shows otherwise."""
+    if t.tzinfo is not UTC:
+        return t
+    one = _TIMES.setdefault(t, t)
+    if len(_TIMES) > _TIMES_HELD:
+        _TIMES.clear()  # bounded; what was shared stays shared
+    return one
 
 
-# Keyed by the offset too: equal instants in other zones are other times to show.
-@functools.lru_cache(maxsize=4096)
-def _one(t: datetime, offset: timedelta | None) -> datetime:
-    return t
+_TIMES: dict[datetime, datetime] = {}
+_TIMES_HELD = 4096
 
 
 def parse_iso(value: object) -> datetime | None:

@@ -329,9 +329,7 @@ def _asking(loaded: Loaded, source: Source, key: Key, cache: Cache) -> Loaded:
     urls = source.ocsp_url or own
     if urls == chain.ocsp_urls:
         return loaded
-    asking = replace(
-        loaded, chain=chain.with_ocsp_urls(urls), file_urls=None if urls == own else own
-    )
+    asking = loaded.asking(chain.with_ocsp_urls(urls), None if urls == own else own)
     if cache.files.get(key) is loaded:
         cache.files.put(key, asking)
     return asking

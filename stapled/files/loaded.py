@@ -27,6 +27,20 @@ class Loaded:
     # chain a source uses is the one kept, not a copy beside the file's.
     file_urls: tuple[str, ...] | None = None
 
+    def asking(self, chain: CertChain, file_urls: tuple[str, ...] | None) -> Loaded:
+        """This file with ``chain`` in place of its own, which asks other responders."""
+        # Spelled out: dataclasses.replace() costs several times more, once a file a scan.
+        return Loaded(
+            self.signature,
+            self.shown,
+            chain,
+            self.error,
+            self.skip,
+            self.key,
+            self.alias,
+            file_urls,
+        )
+
     @property
     def parsed(self) -> CertChain | None:
         """The chain as the file's bytes give it, with its own OCSP URLs."""
