@@ -119,6 +119,7 @@ def test_the_benchmark_commands_take_the_options_written() -> None:
         "performance-signatures",
         "performance-memory",
         "performance-floor",
+        "performance-held",
     )
     for line in (line for name in written for line in commands(name)):
         words = shlex.split(line, comments=True)
