@@ -418,8 +418,7 @@ class Stapler:
         taken = fetched is not None and settled.current is fetched.staple is not None
         if taken:
             assert fetched is not None and fetched.staple is not None
-            # One string keys it in both tables.
-            key = digest(fetched.staple.der)
+            key = digest(fetched.staple.der)  # one string keys it in both tables
             self.sources.note(key, fetched.source)
             self.validated.note(fetched.staple, key)
         records = []

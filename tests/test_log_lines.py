@@ -4,8 +4,10 @@ rest (journald drops a service's lines past its rate limit, the wrong ones with 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from random import Random
 
@@ -39,8 +41,9 @@ def _records(kinds: list[tuple[State, bool, bool, bool]]) -> list[Record]:
     ]
 
 
-def _alone(rec: Record, due: Due | None) -> logging.LogRecord:
-    """The line log_record gives this record on its own."""
+@contextlib.contextmanager
+def _lines() -> Iterator[list[logging.LogRecord]]:
+    """What stapled's logger emits meanwhile, every level."""
     logger = logging.getLogger("stapled")
     seen: list[logging.LogRecord] = []
 
@@ -48,12 +51,20 @@ def _alone(rec: Record, due: Due | None) -> logging.LogRecord:
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record)
 
-    handler = Keep()
+    handler, level = Keep(), logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
     try:
-        report.log_record(rec, due)
+        yield seen
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _alone(rec: Record, due: Due | None) -> logging.LogRecord:
+    """The line log_record gives this record on its own."""
+    with _lines() as seen:
+        report.log_record(rec, due)
     assert len(seen) == 1
     return seen[0]
 
@@ -68,24 +79,9 @@ def test_problems_always_have_their_line_and_quiet_ones_are_counted(
     rng.shuffle(kinds)
     records = _records(kinds)
     due = {r.name: Due(refresh=NOW + timedelta(days=1)) for r in records[::2]}
-    logger = logging.getLogger("stapled")
-    lines: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record)
-
-    handler = Keep()
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    try:
+    with _lines() as lines:
         report.log_records(records, due)
-        logger.removeHandler(handler)
-        expected = [_alone(r, due.get(r.name)) for r in records]
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
+    expected = [_alone(r, due.get(r.name)) for r in records]
     quiet = [(r, e) for r, e in zip(records, expected, strict=True) if e.levelno == logging.INFO]
     shown_quiet = {r.name for r, _ in quiet[: report.QUIET_LINES]}
     wanted = [
