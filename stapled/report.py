@@ -246,7 +246,8 @@ def _level(rec: Record) -> int:
 
 
 def _line(rec: Record, due: Due | None) -> tuple[str, ...]:
-    """The line :func:`_level` rates: its format and arguments."""
+    """The line :func:`_level` rates: its format and arguments.  Both take the same
+    branches in the same order; apart, a pass learns a line's level without making it."""
     name = rec.name
     if rec.state is State.NO_OCSP:
         return "%s: no OCSP URL in the certificate; nothing to staple", name
