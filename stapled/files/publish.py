@@ -30,12 +30,12 @@ Seen = dict[str, bytes | None]
 
 class Publisher:
     def __init__(self, output_dir: Path, *, nginx_snippets: bool, validated: Validated) -> None:
-        self.output_dir = output_dir
         self.nginx_snippets = nginx_snippets
         # Staples validated before: the same bytes are not checked in full again.
         self.validated = validated
-        # Staple paths are text: a pass makes thousands, and a Path costs microseconds
-        # where formatting one costs a fraction of that.  ("/" must not give "//x.der".)
+        # The files' paths are text: a pass makes thousands, a Path costs microseconds
+        # where formatting one costs a fraction of that, and it interns each part of its
+        # name for good.  ("/" must not give "//x.der".)
         self._output = str(output_dir).rstrip("/")
 
     def staple_path(self, item: Found) -> str:
