@@ -166,6 +166,20 @@ class Fleet:
         except BaseException:
             await _quietly(self.store.release(fp, lease))
             raise
+        try:
+            return await self._share(chain, current, lease, fetched)
+        except FleetError as e:
+            # The CA has answered: that answer is served (and offered to the store at its
+            # next comparison with this host's staples), never thrown away for the CA
+            # to be asked again.
+            log.debug("%s: sharing this host's answer: %s", chain.path, e)
+            return fetched
+
+    async def _share(
+        self, chain: CertChain, current: Staple | None, lease: Lease, fetched: Fetched
+    ) -> Fetched:
+        """The CA's answer (or failure) to the store, under ``lease``: what to serve."""
+        fp = chain.fingerprint
         answer = fetched.staple
         if answer is None or answer.cert_status is CertStatus.UNKNOWN:
             delay = policy.retry_delay(
@@ -177,11 +191,7 @@ class Fleet:
                 retry_after=fetched.retry_after,
             ).total_seconds()
             why = fetched.error or "the responder says unknown"
-            try:
-                held = await self.store.back_off(fp, lease, why, delay)
-            except FleetError:
-                return fetched
-            if not held:
+            if not await self.store.back_off(fp, lease, why, delay):
                 # This host stalled past its lease and another asked meanwhile.
                 _, adopted = await self._look(chain, current)
                 return adopted or fetched

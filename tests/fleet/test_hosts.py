@@ -75,6 +75,14 @@ class Fleet:
     def fingerprint(self, cert: str) -> str:
         return self.chain(cert).fingerprint
 
+    def valid(self, cert: str, der: bytes | None) -> bool:
+        """``der`` validates for ``cert`` now, by the hosts' clock."""
+        try:
+            ocsp.validate(der or b"", self.chain(cert), self.now())
+        except Exception:
+            return False
+        return True
+
 
 def together(*hosts: Host) -> list[PassResult]:
     """One pass on every host at once, on one event loop."""
@@ -314,6 +322,36 @@ def test_with_the_store_down_staples_stay_and_the_ca_waits_for_the_grace(fleet: 
     assert fleet.site.responder.requests == requests + len(CERTS)
     assert result.exit_code() == 0
     assert all(host.staple(c) != held[c] for c in CERTS)
+
+
+def test_a_store_hung_while_the_ca_answers_costs_no_answer(fleet: Fleet) -> None:
+    """Every host holds its leases and the CA answers, then the store hangs before the
+    answers are shared: each answer is written, none is asked for twice."""
+    default = fleet.site.responder.answer
+
+    def hang_the_store(request_der: bytes) -> tuple[int, dict[str, str], bytes]:
+        fleet.redis.pause()
+        return default(request_der)
+
+    fleet.site.responder.answer = hang_the_store
+    for skew in (timedelta(0), timedelta(days=2, minutes=10)):
+        # Cold (nothing to serve meanwhile), then due within the grace (a staple to keep);
+        # a new process each time, not one that counts the store down already.  Short
+        # leases: the hung store kept the first run's, and the second waits them out.
+        host = fleet.host("web-1", extra="grace = 3600\nspread = 600\ntimeout = 0.2\nlease = 1")
+        fleet.skew = skew
+        held = {c: host.staple(c) for c in CERTS}
+        requests = fleet.site.responder.requests
+        try:
+            (result,) = together(host)
+        finally:
+            fleet.redis.resume()
+        assert fleet.site.responder.requests == requests + len(CERTS)
+        assert result.exit_code() == 0
+        assert all(r.source == "ca" for r in result.records)
+        for cert in CERTS:
+            assert host.staple(cert) not in (None, held[cert])
+            assert fleet.valid(cert, host.staple(cert))
 
 
 def test_a_store_restarted_empty_is_seeded_without_asking_the_ca(fleet: Fleet) -> None:
