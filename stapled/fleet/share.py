@@ -89,6 +89,9 @@ class Fleet:
         # Told of each staple refused from the store: (leaf fingerprint, reason).
         self.on_rejected = rejected
         self._logged: set[tuple[str, str]] = set()
+        # By fingerprint, while its refresh asks the fleet: the newest staple this host
+        # adopted meanwhile (the daemon adopts what others announce as it waits).
+        self._adopted: dict[str, Staple | None] = {}
 
     def state(self, *, connected: bool | None = None) -> dict[str, object]:
         """``status``'s "fleet" object: the store (never with its password), this host,
@@ -113,10 +116,15 @@ class Fleet:
         ``current``, else the CA's, asked under the fleet's lease and shared.  With the
         store unreachable: ``current`` is kept until a grace period has passed, then the
         CA is asked alone."""
+        fp = chain.fingerprint
+        self._adopted[fp] = None
         try:
             return await self._obtain(chain, current, fetch)
         except FleetError as e:
-            return await self._alone(chain, current, fetch, e)
+            # A staple adopted while this host waited is the one to keep serving.
+            return await self._alone(chain, self._adopted.get(fp) or current, fetch, e)
+        finally:
+            self._adopted.pop(fp, None)
 
     async def _obtain(self, chain: CertChain, current: Staple | None, fetch: Fetch) -> Fetched:
         fp = chain.fingerprint
@@ -288,6 +296,8 @@ class Fleet:
             reason = "unknown" if settled.unknown else "older"
             self._reject(chain, seen, reason, settled.error or reason, shared.host)
             return seen, None
+        if fp in self._adopted:
+            self._adopted[fp] = staple
         # Who serves what, for an operator looking at the store.
         await _quietly(self.store.heartbeat(fp, seen, _expiry(staple)))
         return seen, fetched

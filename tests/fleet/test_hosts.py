@@ -18,10 +18,10 @@ from cryptography.x509 import ocsp as x509_ocsp
 from stapled import __version__, config, overview
 from stapled.core import certs, ocsp
 from stapled.core.fleet import Entry, digest
-from stapled.core.model import PassResult
+from stapled.core.model import PassResult, Record
 from stapled.core.policy import State
 from stapled.demo import ca as testca
-from stapled.fleet.store import Lease
+from stapled.fleet.store import Lease, Outcome
 from stapled.net.client import Transport
 from stapled.observe import textfile
 from stapled.passes import Stapler
@@ -352,6 +352,44 @@ def test_a_store_hung_while_the_ca_answers_costs_no_answer(fleet: Fleet) -> None
         for cert in CERTS:
             assert host.staple(cert) not in (None, held[cert])
             assert fleet.valid(cert, host.staple(cert))
+
+
+def test_a_staple_adopted_while_waiting_is_kept_when_the_store_hangs(fleet: Fleet) -> None:
+    """A host waits for another's lease; meanwhile it adopts the holder's answer (the
+    daemon hears it announced), then the store hangs before the wait sees it: the
+    adopted staple is served, and the CA is not asked again."""
+    cert = "a.example"
+    waiting = fleet.host("web-2", extra="timeout = 0.2\ngrace = 3600")
+    holder = fleet.host("web-1")
+    assert waiting.stapler.fleet is not None and holder.stapler.fleet is not None
+    shared = holder.stapler.fleet.store
+    fp = fleet.fingerprint(cert)
+
+    async def main() -> list[Record]:
+        _, groups = waiting.stapler.scan()
+        lease = await shared.acquire(fp, 30)
+        assert isinstance(lease, Lease)
+        refresh = asyncio.ensure_future(waiting.stapler.refresh(groups[fp]))
+        # Past the first steps of its wait, inside a long one.
+        await asyncio.sleep(2.2)
+        der = fleet.site.ca.sign_response(fleet.issued[cert].cert)
+        staple = ocsp.validate(der, fleet.chain(cert), fleet.now())
+        assert await shared.publish(fp, lease, Entry.of(staple)) is Outcome.STORED
+        adopted = await waiting.stapler.adopt(groups[fp])
+        assert adopted and adopted[0].state is State.GOOD
+        fleet.redis.pause()
+        try:
+            return await refresh
+        finally:
+            fleet.redis.resume()
+            for h in (waiting, holder):
+                assert h.stapler.fleet is not None
+                await h.stapler.fleet.store.close()
+
+    records = asyncio.run(main())
+    assert fleet.site.responder.requests == 0
+    assert [r.state for r in records] == [State.GOOD] and records[0].last_error is None
+    assert waiting.staple(cert) == fleet.redis.client.hget(f"stapled:{{{fp}}}:staple", "der")
 
 
 def test_a_store_restarted_empty_is_seeded_without_asking_the_ca(fleet: Fleet) -> None:
