@@ -21,13 +21,20 @@ if TYPE_CHECKING:
     from .conftest import Site
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 15.0,
+    *,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """``detail``: what to show beside the timeout (the daemons' logs, say)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
 class DaemonProcess:
