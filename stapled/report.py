@@ -228,6 +228,19 @@ def log_records(records: Iterable[Record], due: Mapping[str, Due]) -> None:
         )
 
 
+def log_dropped(names: Iterable[str]) -> None:
+    """A line for each name a rescan no longer finds, up to QUIET_LINES; one line then
+    counts the others (removing a source of thousands is one event)."""
+    unshown = 0
+    for n, name in enumerate(names):
+        if n < QUIET_LINES:
+            log.info("%s: no longer found; its schedule is dropped", name)
+        else:
+            unshown += 1
+    if unshown:
+        log.info("%d more certificates no longer found; their schedules are dropped", unshown)
+
+
 def _level(rec: Record) -> int:
     if rec.state is State.NO_OCSP:
         return logging.INFO

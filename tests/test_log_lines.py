@@ -121,3 +121,17 @@ def test_a_hundred_thousand_good_staples_log_a_hundred_lines_and_a_count(
     assert len(messages) == report.QUIET_LINES + 2
     assert "n70000.example: the responder said tryLater" in messages
     assert messages[-1].startswith("99899 more certificates with nothing wrong (99899 good)")
+
+
+@given(st.integers(0, 3 * report.QUIET_LINES))
+def test_names_no_longer_found_are_listed_up_to_the_limit_then_counted(count: int) -> None:
+    names = [f"n{i}.example" for i in range(count)]
+    with _lines() as seen:
+        report.log_dropped(names)
+    messages = [r.getMessage() for r in seen]
+    shown = min(count, report.QUIET_LINES)
+    assert messages[:shown] == [f"{n}: no longer found; its schedule is dropped" for n in names[:shown]]
+    rest = count - shown
+    tail = [f"{rest} more certificates no longer found; their schedules are dropped"]
+    assert messages[shown:] == (tail if rest else [])
+    assert all(r.levelno == logging.INFO for r in seen)

@@ -314,8 +314,7 @@ class Daemon:
         found = self.book.rescan(records, groups)
         for fingerprint in found.gone:
             self.refreshes.cancel(fingerprint)
-        for name in found.dropped:
-            log.info("%s: no longer found; its schedule is dropped", name)
+        report.log_dropped(found.dropped)
         report.log_records(found.changed, self.book.due)
         for fingerprint in found.arrived:
             self._add_job(fingerprint, now, force=False)
