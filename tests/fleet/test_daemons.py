@@ -34,7 +34,8 @@ class Fleet:
         for name, leaf in self.issued.items():
             site.bundle(name, leaf)
         self.names = [f"web-{i}" for i in range(hosts)]
-        settings = {"lease": 4, "poll_interval": 0.5, "timeout": 0.3, **fleet}
+        # The shipped timeout: a loaded machine must not count the store down by mistake.
+        settings = {"lease": 4, "poll_interval": 0.5, "timeout": 1.0, **fleet}
         extra = "\n".join(f"{k} = {v}" for k, v in settings.items())
         for name in self.names:
             (site.root / f"{name}.toml").write_text(
