@@ -122,10 +122,8 @@ class Stapler:
         deploy hook's ``$RENEWED_LINEAGE``); what is recorded of the others is kept.
         Raises StoreError when the output directory is unusable (nothing is written).
         """
-        if self.transport is None:
-            result = client.run(self._once(force, only))
-        else:
-            result = self.transport.run(self._once(force, only))
+        run = client.run if self.transport is None else self.transport.run
+        result = run(self._once(force, only))
         up = self.fleet.store.connected if self.fleet is not None else None
         wanted = self.config.metrics
         path = wanted.textfile if wanted is not None else None
@@ -322,16 +320,18 @@ class Stapler:
 
     async def _obtain(self, checked: _Checked) -> Fetched:
         """A due certificate's new staple: from the fleet when there is one, else the CA."""
-        names = [m.name for m in checked.members]
 
         async def fetch(chain: CertChain) -> Fetched:
             fetched = await self.fetcher.fetch(chain)
-            self.tally.fetched(names, fetched.staple is not None)
+            self.tally.fetched([m.name for m in checked.members], fetched.staple is not None)
             return fetched
+
+        def on_disk() -> Staple | None:  # adopted from another host meanwhile, perhaps
+            return self._check(checked.members, force=False).current
 
         if self.fleet is None:
             return await fetch(checked.chain)
-        return await self.fleet.obtain(checked.chain, checked.current, fetch)
+        return await self.fleet.obtain(checked.chain, checked.current, fetch, on_disk)
 
     def _rejected(self, fingerprint: str, reason: str) -> None:
         members = self._groups.get(fingerprint)

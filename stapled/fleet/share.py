@@ -29,6 +29,7 @@ log = logging.getLogger("stapled")
 
 Fetch = Callable[[CertChain], Awaitable[Fetched]]
 Rejected = Callable[[str, str], None]
+OnDisk = Callable[[], Staple | None]
 
 # A host waits for another's answer at most this many lease lengths.
 WAIT_LEASES = 2
@@ -89,9 +90,6 @@ class Fleet:
         # Told of each staple refused from the store: (leaf fingerprint, reason).
         self.on_rejected = rejected
         self._logged: set[tuple[str, str]] = set()
-        # By fingerprint, while its refresh asks the fleet: the newest staple this host
-        # adopted meanwhile (the daemon adopts what others announce as it waits).
-        self._adopted: dict[str, Staple | None] = {}
 
     def state(self, *, connected: bool | None = None) -> dict[str, object]:
         """``status``'s "fleet" object: the store (never with its password), this host,
@@ -111,20 +109,18 @@ class Fleet:
 
     # ---- a due certificate --------------------------------------------------------------
 
-    async def obtain(self, chain: CertChain, current: Staple | None, fetch: Fetch) -> Fetched:
+    async def obtain(
+        self, chain: CertChain, current: Staple | None, fetch: Fetch, on_disk: OnDisk | None = None
+    ) -> Fetched:
         """A staple for a due certificate: the store's when it is valid and newer than
         ``current``, else the CA's, asked under the fleet's lease and shared.  With the
-        store unreachable: ``current`` is kept until a grace period has passed, then the
-        CA is asked alone."""
-        fp = chain.fingerprint
-        self._adopted[fp] = None
+        store unreachable: the staple held is kept until a grace period has passed, then
+        the CA is asked alone.  ``on_disk``: the staple held now, which may have changed
+        since ``current`` was read (the daemon adopts what others announce meanwhile)."""
         try:
             return await self._obtain(chain, current, fetch)
         except FleetError as e:
-            # A staple adopted while this host waited is the one to keep serving.
-            return await self._alone(chain, self._adopted.get(fp) or current, fetch, e)
-        finally:
-            self._adopted.pop(fp, None)
+            return await self._alone(chain, on_disk() if on_disk else current, fetch, e)
 
     async def _obtain(self, chain: CertChain, current: Staple | None, fetch: Fetch) -> Fetched:
         fp = chain.fingerprint
@@ -296,8 +292,6 @@ class Fleet:
             reason = "unknown" if settled.unknown else "older"
             self._reject(chain, seen, reason, settled.error or reason, shared.host)
             return seen, None
-        if fp in self._adopted:
-            self._adopted[fp] = staple
         # Who serves what, for an operator looking at the store.
         await _quietly(self.store.heartbeat(fp, seen, _expiry(staple)))
         return seen, fetched

@@ -21,6 +21,7 @@ from stapled.core.fleet import Entry, digest
 from stapled.core.model import PassResult, Record
 from stapled.core.policy import State
 from stapled.demo import ca as testca
+from stapled.fleet import share
 from stapled.fleet.store import Lease, Outcome
 from stapled.net.client import Transport
 from stapled.observe import textfile
@@ -74,6 +75,11 @@ class Fleet:
 
     def fingerprint(self, cert: str) -> str:
         return self.chain(cert).fingerprint
+
+    def last_command(self, host: str, command: str) -> bool:
+        """Whether ``host``'s last call to the store was ``command`` (Redis's client list)."""
+        clients = self.redis.client.client_list()
+        return any(c.get("name") == f"stapled:{host}" and c.get("cmd") == command for c in clients)
 
     def valid(self, cert: str, der: bytes | None) -> bool:
         """``der`` validates for ``cert`` now, by the hosts' clock."""
@@ -354,10 +360,14 @@ def test_a_store_hung_while_the_ca_answers_costs_no_answer(fleet: Fleet) -> None
             assert fleet.valid(cert, host.staple(cert))
 
 
-def test_a_staple_adopted_while_waiting_is_kept_when_the_store_hangs(fleet: Fleet) -> None:
+def test_a_staple_adopted_while_waiting_is_kept_when_the_store_hangs(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A host waits for another's lease; meanwhile it adopts the holder's answer (the
     daemon hears it announced), then the store hangs before the wait sees it: the
     adopted staple is served, and the CA is not asked again."""
+    # One long step of the wait, so that all of this happens inside it.
+    monkeypatch.setattr(share, "WAIT_STEPS", (5.0,))
     cert = "a.example"
     waiting = fleet.host("web-2", extra="timeout = 0.2\ngrace = 3600")
     holder = fleet.host("web-1")
@@ -370,8 +380,9 @@ def test_a_staple_adopted_while_waiting_is_kept_when_the_store_hangs(fleet: Flee
         lease = await shared.acquire(fp, 30)
         assert isinstance(lease, Lease)
         refresh = asyncio.ensure_future(waiting.stapler.refresh(groups[fp]))
-        # Past the first steps of its wait, inside a long one.
-        await asyncio.sleep(2.2)
+        async with asyncio.timeout(10):  # until it has asked for the lease (a script)
+            while not fleet.last_command("web-2", "evalsha"):
+                await asyncio.sleep(0.01)
         der = fleet.site.ca.sign_response(fleet.issued[cert].cert)
         staple = ocsp.validate(der, fleet.chain(cert), fleet.now())
         assert await shared.publish(fp, lease, Entry.of(staple)) is Outcome.STORED
