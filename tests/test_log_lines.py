@@ -130,7 +130,9 @@ def test_names_no_longer_found_are_listed_up_to_the_limit_then_counted(count: in
         report.log_dropped(names)
     messages = [r.getMessage() for r in seen]
     shown = min(count, report.QUIET_LINES)
-    assert messages[:shown] == [f"{n}: no longer found; its schedule is dropped" for n in names[:shown]]
+    assert messages[:shown] == [
+        f"{n}: no longer found; its schedule is dropped" for n in names[:shown]
+    ]
     rest = count - shown
     tail = [f"{rest} more certificates no longer found; their schedules are dropped"]
     assert messages[shown:] == (tail if rest else [])

@@ -331,7 +331,7 @@ def test_with_the_store_down_staples_stay_and_the_ca_waits_for_the_grace(fleet: 
 
 
 def test_a_store_hung_while_the_ca_answers_costs_no_answer(fleet: Fleet) -> None:
-    """Every host holds its leases and the CA answers, then the store hangs before the
+    """A host holds its leases and the CA answers, then the store hangs before the
     answers are shared: each answer is written, none is asked for twice."""
     default = fleet.site.responder.answer
 
@@ -342,8 +342,8 @@ def test_a_store_hung_while_the_ca_answers_costs_no_answer(fleet: Fleet) -> None
     fleet.site.responder.answer = hang_the_store
     for skew in (timedelta(0), timedelta(days=2, minutes=10)):
         # Cold (nothing to serve meanwhile), then due within the grace (a staple to keep);
-        # a new process each time, not one that counts the store down already.  Short
-        # leases: the hung store kept the first run's, and the second waits them out.
+        # a new Stapler each time (as each `once` is), not one that counts the store down
+        # already.  Short leases: the hung store kept the first run's, the second waits.
         host = fleet.host("web-1", extra="grace = 3600\nspread = 600\ntimeout = 0.2\nlease = 1")
         fleet.skew = skew
         held = {c: host.staple(c) for c in CERTS}
